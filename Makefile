@@ -1,0 +1,43 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# A thin wrapper around the kernel's build system and the test harness.
+#
+#   make [KDIR=/lib/modules/<ver>/build]   build ksmdev.ko
+#   make check [KERNELS="6.1 6.12"] [TESTS="abi scanner"]
+#                                          the whole test matrix in QEMU guests
+#   make demo                              a guest with live counters
+#   make style / make sparse               checkpatch --strict / sparse + W=1
+
+KVER ?= $(shell uname -r)
+KDIR ?= /lib/modules/$(KVER)/build
+KERNELS ?= 6.1 6.12
+TESTS ?=
+
+export KERNELS TESTS
+
+all: module
+
+module:
+	$(MAKE) -C $(KDIR) M=$(CURDIR) modules
+
+clean:
+	$(MAKE) -C $(KDIR) M=$(CURDIR) clean 2>/dev/null || true
+	rm -rf build
+
+# W=1 and sparse over every file, for one kernel tree.
+sparse:
+	$(MAKE) -C $(KDIR) M=$(CURDIR) W=1 C=2 modules
+
+setup:
+	bash tests/qemu/setup.sh
+
+check:
+	bash tests/qemu/check.sh
+
+demo:
+	bash tests/qemu/demo.sh
+
+style:
+	bash tests/style.sh
+
+.PHONY: all module clean sparse setup check demo style

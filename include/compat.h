@@ -1,0 +1,171 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The compat layer: the one place where ksmdev knows which kernel it runs
+ * on. Force-included before everything else (see Kbuild), so that the logic
+ * files read like upstream code. Each block is keyed on a feature probe
+ * done by Kbuild (KSMDEV_HAVE_*), never on a version number.
+ *
+ * Kernel-internal functions that are not exported to modules are resolved
+ * at load (compat.c) and called through static calls: the call site becomes
+ * a direct call, which IBT (6.12: CONFIG_X86_KERNEL_IBT) allows, where an
+ * indirect call to a sealed function would fault. Each static call takes
+ * its type from the kernel's own declaration of the function (typeof), so a
+ * changed prototype breaks the build instead of the kernel.
+ */
+#ifndef _KSMDEV_COMPAT_H
+#define _KSMDEV_COMPAT_H
+
+#include <linux/static_call.h>
+#include <linux/kallsyms.h>
+#include <linux/mm.h>
+#include <linux/rmap.h>
+#include <linux/swap.h>
+#include <linux/huge_mm.h>
+#include <linux/mmu_notifier.h>
+#include <linux/pgtable.h>
+
+/*
+ * KSMDEV_SYMBOLS(X) - every kernel function resolved at load, and nowhere
+ * else: X(name) gets the static call ksmdev_sc_<name>. Loading fails, naming
+ * each one missing, unless all of them are found.
+ */
+#ifdef KSMDEV_HAVE_FOLIO_RMAP_PTES
+#define KSMDEV_SYMBOLS_RMAP(X)	X(folio_add_file_rmap_ptes) X(folio_remove_rmap_ptes)
+#else
+#define KSMDEV_SYMBOLS_RMAP(X)	X(page_add_file_rmap) X(page_remove_rmap)
+#endif
+
+#ifdef KSMDEV_HAVE_SPLIT_TO_ORDER
+#define KSMDEV_SYMBOLS_SPLIT(X)	X(split_huge_page_to_list_to_order)
+#else
+#define KSMDEV_SYMBOLS_SPLIT(X)	X(split_huge_page_to_list)
+#endif
+
+#ifdef KSMDEV_HAVE_PTE_MAP_LOCK_FN
+#define KSMDEV_SYMBOLS_PTL(X)	X(__pte_offset_map_lock)
+#else
+#define KSMDEV_SYMBOLS_PTL(X)
+#endif
+
+#define KSMDEV_SYMBOLS(X)					\
+	X(ptep_clear_flush)					\
+	X(__mmu_notifier_invalidate_range_start)		\
+	X(__mmu_notifier_invalidate_range_end)			\
+	X(lru_add_drain_all)					\
+	KSMDEV_SYMBOLS_RMAP(X)					\
+	KSMDEV_SYMBOLS_SPLIT(X)					\
+	KSMDEV_SYMBOLS_PTL(X)
+
+#define KSMDEV_DECLARE_SC(sym)	DECLARE_STATIC_CALL(ksmdev_sc_##sym, sym);
+KSMDEV_SYMBOLS(KSMDEV_DECLARE_SC)
+/* Found first, through a kprobe: the key to all the others. */
+DECLARE_STATIC_CALL(ksmdev_sc_kallsyms_lookup_name, kallsyms_lookup_name);
+
+/*
+ * Map the page table of @addr and take its lock. Returns NULL if the pmd no
+ * longer points to a page table (6.5+ checks that under RCU). Release with
+ * pte_unmap_unlock().
+ */
+static inline pte_t *ksmdev_pte_map_lock(struct mm_struct *mm, pmd_t *pmd,
+					 unsigned long addr, spinlock_t **ptlp)
+{
+#ifdef KSMDEV_HAVE_PTE_MAP_LOCK_FN
+	return static_call(ksmdev_sc___pte_offset_map_lock)(mm, pmd, addr, ptlp);
+#else
+	return pte_offset_map_lock(mm, pmd, addr, ptlp);
+#endif
+}
+
+/* lru_add_drain_all(): flush the per-CPU batches that hold page references. */
+static inline void ksmdev_lru_add_drain_all(void)
+{
+	static_call(ksmdev_sc_lru_add_drain_all)();
+}
+
+static inline pte_t ksmdev_ptep_clear_flush(struct vm_area_struct *vma,
+					    unsigned long addr, pte_t *ptep)
+{
+	return static_call(ksmdev_sc_ptep_clear_flush)(vma, addr, ptep);
+}
+
+/* Map @page (order 0, not anonymous) into @vma with file rmap accounting. */
+static inline void ksmdev_page_add_file_rmap(struct page *page,
+					     struct vm_area_struct *vma)
+{
+#ifdef KSMDEV_HAVE_FOLIO_RMAP_PTES
+	static_call(ksmdev_sc_folio_add_file_rmap_ptes)(page_folio(page), page,
+							1, vma);
+#else
+	static_call(ksmdev_sc_page_add_file_rmap)(page, vma, false);
+#endif
+}
+
+/* Undo the rmap of one PTE mapping of @page in @vma. */
+static inline void ksmdev_page_remove_rmap(struct page *page,
+					   struct vm_area_struct *vma)
+{
+#ifdef KSMDEV_HAVE_FOLIO_RMAP_PTES
+	static_call(ksmdev_sc_folio_remove_rmap_ptes)(page_folio(page), page,
+						      1, vma);
+#else
+	static_call(ksmdev_sc_page_remove_rmap)(page, vma, false);
+#endif
+}
+
+/* Split the locked huge page @page into order-0 pages. */
+static inline int ksmdev_split_huge_page(struct page *page)
+{
+#ifdef KSMDEV_HAVE_SPLIT_TO_ORDER
+	return static_call(ksmdev_sc_split_huge_page_to_list_to_order)(page,
+								       NULL, 0);
+#else
+	return static_call(ksmdev_sc_split_huge_page_to_list)(page, NULL);
+#endif
+}
+
+/*
+ * add_mm_counter() cannot be linked from a module (its tracepoint helper is
+ * not exported): update the counter it updates.
+ */
+static inline void ksmdev_add_mm_counter(struct mm_struct *mm, int member,
+					 long value)
+{
+#ifdef KSMDEV_HAVE_PERCPU_RSS
+	percpu_counter_add(&mm->rss_stat[member], value);
+#else
+	atomic_long_add(value, &mm->rss_stat.count[member]);
+#endif
+}
+
+static inline void ksmdev_mmu_range_init(struct mmu_notifier_range *range,
+					 struct vm_area_struct *vma,
+					 unsigned long start, unsigned long end)
+{
+#ifdef KSMDEV_HAVE_MMU_RANGE_VMA
+	mmu_notifier_range_init(range, MMU_NOTIFY_CLEAR, 0, vma, vma->vm_mm,
+				start, end);
+#else
+	mmu_notifier_range_init(range, MMU_NOTIFY_CLEAR, 0, vma->vm_mm,
+				start, end);
+#endif
+}
+
+/* The inline mmu_notifier_invalidate_range_start/end(), resolved. */
+static inline void ksmdev_mmu_invalidate_start(struct mmu_notifier_range *range)
+{
+	if (mm_has_notifiers(range->mm))
+		static_call(ksmdev_sc___mmu_notifier_invalidate_range_start)(range);
+}
+
+static inline void ksmdev_mmu_invalidate_end(struct mmu_notifier_range *range)
+{
+	if (!mm_has_notifiers(range->mm))
+		return;
+#ifdef KSMDEV_HAVE_MMU_END_ONLY_END
+	static_call(ksmdev_sc___mmu_notifier_invalidate_range_end)(range, false);
+#else
+	static_call(ksmdev_sc___mmu_notifier_invalidate_range_end)(range);
+#endif
+}
+
+#endif /* _KSMDEV_COMPAT_H */

@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Resolution of the kernel-internal functions ksmdev needs (the list is
+ * KSMDEV_SYMBOLS in include/compat.h).
+ *
+ * kallsyms_lookup_name() has not been exported since 5.7; a kprobe on it
+ * tells its address. Every address found is installed into a static call,
+ * never kept in a function pointer (see compat.h). Resolution is all or
+ * nothing: with one function missing the module refuses to load, naming it.
+ */
+#include <linux/kprobes.h>
+#include <linux/moduleparam.h>
+
+#include "ksmdev.h"
+
+#define KSMDEV_DEFINE_SC(sym)	DEFINE_STATIC_CALL_NULL(ksmdev_sc_##sym, sym);
+KSMDEV_SYMBOLS(KSMDEV_DEFINE_SC)
+DEFINE_STATIC_CALL_NULL(ksmdev_sc_kallsyms_lookup_name, kallsyms_lookup_name);
+
+/*
+ * For the test suite only: one more symbol to resolve, so that a load that
+ * fails on a missing symbol can be exercised on a kernel that has them all.
+ */
+static char *test_missing_symbol;
+module_param(test_missing_symbol, charp, 0);
+MODULE_PARM_DESC(test_missing_symbol,
+		 "testing only: fail to load as if this kernel symbol were missing");
+
+#define KSMDEV_SYM_ENUM(sym)	KSMDEV_SYM_##sym,
+enum { KSMDEV_SYMBOLS(KSMDEV_SYM_ENUM) KSMDEV_NR_SYMS };
+
+#define KSMDEV_SYM_NAME(sym)	#sym,
+static const char * const ksmdev_sym_names[KSMDEV_NR_SYMS] = {
+	KSMDEV_SYMBOLS(KSMDEV_SYM_NAME)
+};
+
+static unsigned long ksmdev_find_kallsyms_lookup_name(void)
+{
+	struct kprobe kp = { .symbol_name = "kallsyms_lookup_name" };
+	unsigned long addr;
+
+	if (register_kprobe(&kp) < 0)
+		return 0;
+	/*
+	 * On IBT kernels this is past the function's landing instruction; a
+	 * direct call may enter there.
+	 */
+	addr = (unsigned long)kp.addr;
+	unregister_kprobe(&kp);
+	return addr;
+}
+
+static unsigned long ksmdev_lookup(const char *name)
+{
+	unsigned long addr;
+
+	addr = static_call(ksmdev_sc_kallsyms_lookup_name)(name);
+	if (!addr)
+		pr_err("cannot resolve kernel symbol %s\n", name);
+	return addr;
+}
+
+int ksmdev_compat_init(void)
+{
+	unsigned long addr[KSMDEV_NR_SYMS];
+	unsigned long kln;
+	bool missing = false;
+	int i;
+
+	kln = ksmdev_find_kallsyms_lookup_name();
+	if (!kln) {
+		pr_err("cannot resolve kernel symbol kallsyms_lookup_name (needs CONFIG_KPROBES)\n");
+		return -ENOENT;
+	}
+	static_call_update(ksmdev_sc_kallsyms_lookup_name,
+			   (typeof(&kallsyms_lookup_name))kln);
+
+	for (i = 0; i < KSMDEV_NR_SYMS; i++) {
+		addr[i] = ksmdev_lookup(ksmdev_sym_names[i]);
+		if (!addr[i])
+			missing = true;
+	}
+	if (test_missing_symbol && !ksmdev_lookup(test_missing_symbol))
+		missing = true;
+	if (missing) {
+		pr_err("this kernel lacks functions ksmdev needs; not loading\n");
+		return -ENOENT;
+	}
+
+#define KSMDEV_SC_UPDATE(sym)						\
+	static_call_update(ksmdev_sc_##sym,				\
+			   (typeof(&sym))addr[KSMDEV_SYM_##sym]);
+	KSMDEV_SYMBOLS(KSMDEV_SC_UPDATE)
+#undef KSMDEV_SC_UPDATE
+	return 0;
+}

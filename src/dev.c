@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * /dev/ksm: the misc device and its ioctls (uapi/linux/ksmdev.h).
+ *
+ * Each open() makes a context bound to the opener's mm. Argument structures
+ * are size-tolerant: the size is taken from _IOC_SIZE(cmd), so an ioctl
+ * number is matched with its size bits masked out.
+ */
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/fs.h>
+#include <linux/uaccess.h>
+#include <linux/capability.h>
+#include <linux/sched/mm.h>
+
+#include "ksmdev.h"
+
+/*
+ * A fixed minor from the range devices.txt reserves for local use, so that
+ * udev (kmod static-nodes) can create /dev/ksm before the module is loaded
+ * and the first open loads it. If another driver holds it, fall back to a
+ * dynamic minor (then on-demand loading does not work).
+ */
+#define KSMDEV_MINOR	247
+
+static int ksmdev_open(struct inode *inode, struct file *file)
+{
+	struct ksmdev_ctx *ctx = ksmdev_ctx_create();
+
+	if (IS_ERR(ctx))
+		return PTR_ERR(ctx);
+	file->private_data = ctx;
+	return nonseekable_open(inode, file);
+}
+
+static int ksmdev_release(struct inode *inode, struct file *file)
+{
+	ksmdev_ctx_destroy(file->private_data);
+	return 0;
+}
+
+/* Copy a structure out, zeroing the tail of a larger (newer) user one. */
+static int ksmdev_copy_out(void __user *uarg, size_t usize, const void *kbuf,
+			   size_t ksize)
+{
+	if (copy_to_user(uarg, kbuf, min(usize, ksize)))
+		return -EFAULT;
+	if (usize > ksize && clear_user(uarg + ksize, usize - ksize))
+		return -EFAULT;
+	return 0;
+}
+
+/* Checks shared by register and unregister (ABI.md, "Register"). */
+static int ksmdev_region_check(const struct ksm_region *r, u64 flags_allowed)
+{
+	u64 end;
+
+	if (r->flags & ~flags_allowed)
+		return -EINVAL;
+	if (!r->len || !PAGE_ALIGNED(r->addr) || !PAGE_ALIGNED(r->len))
+		return -EINVAL;
+	if (check_add_overflow(r->addr, r->len, &end) || end > TASK_SIZE)
+		return -EINVAL;
+	return 0;
+}
+
+static long ksmdev_region_ioctl(struct ksmdev_ctx *ctx, bool add,
+				void __user *uarg, size_t usize)
+{
+	struct ksm_region r;
+	int err;
+
+	/* Only the mm that opened the device may change what it registered. */
+	if (current->mm != ctx->mm)
+		return -EPERM;
+	err = copy_struct_from_user(&r, sizeof(r), uarg, usize);
+	if (err)
+		return err;
+	err = ksmdev_region_check(&r, add ? KSM_REGION_FLAGS_ALL : 0);
+	if (err)
+		return err;
+	if (add)
+		return ksmdev_region_add(ctx, &r);
+	return ksmdev_region_remove(ctx, &r);
+}
+
+static long ksmdev_mm_stats_ioctl(struct ksmdev_ctx *ctx, void __user *uarg,
+				  size_t usize)
+{
+	struct ksm_mm_stats st;
+
+	ksmdev_lock_acquire();
+	st.regions = ctx->nr_regions;
+	st.registered_pages = ctx->nr_pages;
+	st.merging_pages = ctx->nr_merging;
+	st.ksm_zero_pages = ctx->nr_zero;
+	mutex_unlock(&ksmdev_lock);
+	return ksmdev_copy_out(uarg, usize, &st, sizeof(st));
+}
+
+static long ksmdev_set_config_ioctl(void __user *uarg, size_t usize)
+{
+	struct ksm_config cfg;
+	int err;
+
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
+	err = copy_struct_from_user(&cfg, sizeof(cfg), uarg, usize);
+	if (err)
+		return err;
+	return ksmdev_config_set(&cfg);
+}
+
+/* @cmd is @ref, whatever size the caller's structure has. */
+static bool ksmdev_cmd_is(unsigned int cmd, unsigned int ref)
+{
+	return (cmd & ~IOCSIZE_MASK) == (ref & ~IOCSIZE_MASK);
+}
+
+static long ksmdev_ioctl(struct file *file, unsigned int cmd,
+			 unsigned long arg)
+{
+	struct ksmdev_ctx *ctx = file->private_data;
+	void __user *uarg = (void __user *)arg;
+	size_t usize = _IOC_SIZE(cmd);
+
+	if (cmd == KSM_GET_API_VERSION)
+		return KSMDEV_API_VERSION;
+	if (ksmdev_cmd_is(cmd, KSM_REGISTER_REGION))
+		return ksmdev_region_ioctl(ctx, true, uarg, usize);
+	if (ksmdev_cmd_is(cmd, KSM_UNREGISTER_REGION))
+		return ksmdev_region_ioctl(ctx, false, uarg, usize);
+	if (ksmdev_cmd_is(cmd, KSM_GET_STATS))
+		/* A momentarily stale snapshot is fine (see stats.c). */
+		return ksmdev_copy_out(uarg, usize, &ksmdev_stats,
+				       sizeof(ksmdev_stats));
+	if (ksmdev_cmd_is(cmd, KSM_GET_MM_STATS))
+		return ksmdev_mm_stats_ioctl(ctx, uarg, usize);
+	if (ksmdev_cmd_is(cmd, KSM_GET_CONFIG))
+		return ksmdev_copy_out(uarg, usize, &ksmdev_config,
+				       sizeof(ksmdev_config));
+	if (ksmdev_cmd_is(cmd, KSM_SET_CONFIG))
+		return ksmdev_set_config_ioctl(uarg, usize);
+	return -ENOTTY;
+}
+
+static const struct file_operations ksmdev_fops = {
+	.owner		= THIS_MODULE,
+	.open		= ksmdev_open,
+	.release	= ksmdev_release,
+	.unlocked_ioctl	= ksmdev_ioctl,
+	/* Every structure is made of __u64: 32-bit callers lay them out alike. */
+	.compat_ioctl	= compat_ptr_ioctl,
+};
+
+static struct miscdevice ksmdev_misc = {
+	.minor	= KSMDEV_MINOR,
+	.name	= "ksm",
+	.fops	= &ksmdev_fops,
+	.mode	= 0600,
+};
+
+int ksmdev_dev_init(void)
+{
+	int err = misc_register(&ksmdev_misc);
+
+	if (err == -EBUSY) {
+		pr_info("misc minor %d is taken; using a dynamic one\n",
+			KSMDEV_MINOR);
+		ksmdev_misc.minor = MISC_DYNAMIC_MINOR;
+		err = misc_register(&ksmdev_misc);
+	}
+	return err;
+}
+
+void ksmdev_dev_exit(void)
+{
+	misc_deregister(&ksmdev_misc);
+}
+
+MODULE_ALIAS_MISCDEV(KSMDEV_MINOR);
+MODULE_ALIAS("devname:ksm");

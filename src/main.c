@@ -1,0 +1,182 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ksmdev: Kernel Samepage Merging for any process, through /dev/ksm.
+ *
+ * This file holds the module's entry points, the global lock and the scanner
+ * configuration, which is both struct ksm_config (KSM_GET/SET_CONFIG) and a
+ * set of root-writable module parameters; both go through
+ * ksmdev_config_set(), which validates the whole configuration before it
+ * changes anything.
+ */
+#include <linux/module.h>
+#include <linux/moduleparam.h>
+#include <linux/mm.h>
+
+#include "ksmdev.h"
+
+DEFINE_MUTEX(ksmdev_lock);
+/* Tasks waiting for ksmdev_lock: the scanner lets go early when non-zero. */
+atomic_t ksmdev_lock_waiters = ATOMIC_INIT(0);
+
+/* Before load completes, max_kernel_pages holds this: "a quarter of RAM". */
+#define KSMDEV_MAX_KERNEL_PAGES_DEFAULT	U64_MAX
+
+/* Written under ksmdev_lock; the scanner reads single fields locklessly. */
+struct ksm_config ksmdev_config = {
+	.run = KSM_RUN_MERGE,
+	.pages_to_scan = 100,
+	.sleep_millisecs = 20,
+	.max_kernel_pages = KSMDEV_MAX_KERNEL_PAGES_DEFAULT,
+	.use_zero_pages = 0,
+};
+
+unsigned int ksmdev_max_regions = 4096;
+module_param_named(max_regions, ksmdev_max_regions, uint, 0644);
+MODULE_PARM_DESC(max_regions, "most regions one context may register (4096)");
+
+/* Take ksmdev_lock, telling the scanner that somebody is waiting. */
+void ksmdev_lock_acquire(void)
+{
+	atomic_inc(&ksmdev_lock_waiters);
+	mutex_lock(&ksmdev_lock);
+	atomic_dec(&ksmdev_lock_waiters);
+}
+
+static int ksmdev_config_check(const struct ksm_config *cfg)
+{
+	if (cfg->run > KSM_RUN_UNMERGE ||
+	    !cfg->pages_to_scan || cfg->pages_to_scan > KSM_PAGES_TO_SCAN_MAX ||
+	    cfg->sleep_millisecs > KSM_SLEEP_MSECS_MAX ||
+	    cfg->max_kernel_pages > totalram_pages() ||
+	    cfg->use_zero_pages > 1)
+		return -EINVAL;
+	return 0;
+}
+
+/*
+ * Install a configuration that passed ksmdev_config_check(). Switching run
+ * to KSM_RUN_UNMERGE unmerges everything first; if that fails (-ENOMEM,
+ * -EINTR) nothing else changes and run is left at KSM_RUN_STOP.
+ */
+static int ksmdev_config_apply(const struct ksm_config *cfg)
+{
+	int err;
+
+	lockdep_assert_held(&ksmdev_lock);
+	if (cfg->run == KSM_RUN_UNMERGE && ksmdev_config.run != KSM_RUN_UNMERGE) {
+		/* The scanner stays stopped while everything is unmerged. */
+		WRITE_ONCE(ksmdev_config.run, KSM_RUN_STOP);
+		err = ksmdev_unmerge_all();
+		if (err)
+			return err;
+	}
+	WRITE_ONCE(ksmdev_config.run, cfg->run);
+	WRITE_ONCE(ksmdev_config.pages_to_scan, cfg->pages_to_scan);
+	WRITE_ONCE(ksmdev_config.sleep_millisecs, cfg->sleep_millisecs);
+	WRITE_ONCE(ksmdev_config.max_kernel_pages, cfg->max_kernel_pages);
+	WRITE_ONCE(ksmdev_config.use_zero_pages, cfg->use_zero_pages);
+	return 0;
+}
+
+/**
+ * ksmdev_config_set - validate and install a whole scanner configuration
+ * @cfg: the new configuration
+ *
+ * Return: 0, -EINVAL for a value out of range (nothing changes), or the
+ * error of the unmerge that run=2 asks for.
+ */
+int ksmdev_config_set(const struct ksm_config *cfg)
+{
+	int err = ksmdev_config_check(cfg);
+
+	if (err)
+		return err;
+	ksmdev_lock_acquire();
+	err = ksmdev_config_apply(cfg);
+	mutex_unlock(&ksmdev_lock);
+	ksmdev_scan_wake();
+	return err;
+}
+
+/* Module parameters: each is one field of ksmdev_config. */
+static int ksmdev_param_set(const char *val, const struct kernel_param *kp)
+{
+	size_t field = (u64 *)kp->arg - (u64 *)&ksmdev_config;
+	struct ksm_config cfg;
+	u64 value;
+	int err;
+
+	err = kstrtou64(val, 0, &value);
+	if (err)
+		return err;
+
+	ksmdev_lock_acquire();
+	cfg = ksmdev_config;
+	/* Parameters given to modprobe are set before ksmdev_init(). */
+	if (cfg.max_kernel_pages == KSMDEV_MAX_KERNEL_PAGES_DEFAULT)
+		cfg.max_kernel_pages = totalram_pages() / 4;
+	((u64 *)&cfg)[field] = value;
+	err = ksmdev_config_check(&cfg);
+	if (!err)
+		err = ksmdev_config_apply(&cfg);
+	mutex_unlock(&ksmdev_lock);
+	ksmdev_scan_wake();
+	return err;
+}
+
+static const struct kernel_param_ops ksmdev_param_ops = {
+	.set = ksmdev_param_set,
+	.get = param_get_ullong,
+};
+
+#define KSMDEV_CONFIG_PARAM(field, desc)				\
+	module_param_cb(field, &ksmdev_param_ops, &ksmdev_config.field, 0644); \
+	MODULE_PARM_DESC(field, desc)
+
+KSMDEV_CONFIG_PARAM(run, "0 stop, 1 scan and merge (default), 2 unmerge all and stop");
+KSMDEV_CONFIG_PARAM(pages_to_scan, "pages per batch (100)");
+KSMDEV_CONFIG_PARAM(sleep_millisecs, "pause between batches, 0 yields only (20)");
+KSMDEV_CONFIG_PARAM(max_kernel_pages, "most merged pages held, 0 no limit (RAM/4)");
+KSMDEV_CONFIG_PARAM(use_zero_pages, "1 maps zero-filled pages to the zero page (0)");
+
+static int __init ksmdev_init(void)
+{
+	int err;
+
+	if (ksmdev_config.max_kernel_pages == KSMDEV_MAX_KERNEL_PAGES_DEFAULT)
+		ksmdev_config.max_kernel_pages = totalram_pages() / 4;
+
+	err = ksmdev_compat_init();
+	if (err)
+		return err;
+	ksmdev_debugfs_init();
+	err = ksmdev_scan_init();
+	if (err)
+		goto err_debugfs;
+	/* Last: once /dev/ksm exists, everything behind it must work. */
+	err = ksmdev_dev_init();
+	if (err)
+		goto err_scan;
+	return 0;
+
+err_scan:
+	ksmdev_scan_exit();
+err_debugfs:
+	ksmdev_debugfs_exit();
+	return err;
+}
+
+static void __exit ksmdev_exit(void)
+{
+	ksmdev_dev_exit();
+	ksmdev_scan_exit();
+	ksmdev_debugfs_exit();
+}
+
+module_init(ksmdev_init);
+module_exit(ksmdev_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("Kernel Samepage Merging for any process, through /dev/ksm");
+MODULE_AUTHOR("The ksmdev developers");
+MODULE_VERSION("0.1.0");

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Counters and their debugfs view, /sys/kernel/debug/ksm/: one read-only
+ * file per struct ksm_stats field (decimal and a newline), and "mms", a line
+ * per context: "pid regions registered_pages merging_pages".
+ *
+ * The counters are written only under ksmdev_lock. Readers (the ioctl,
+ * debugfs) read them without it and accept a momentarily stale value; each
+ * field is a naturally aligned u64, so no reader sees a torn one.
+ */
+#include <linux/debugfs.h>
+#include <linux/seq_file.h>
+#include <linux/slab.h>
+
+#include "ksmdev.h"
+
+struct ksm_stats ksmdev_stats;
+
+static struct dentry *ksmdev_debugfs_dir;
+
+/*
+ * Bookkeeping memory goes through these two, so that metadata_bytes counts
+ * what the allocator really hands out (the slab bucket, or whole pages for
+ * a vmalloc) and returns to its old value when the objects are gone.
+ * Called with ksmdev_lock held, or before an object is visible to anyone.
+ */
+static size_t ksmdev_meta_size(size_t size)
+{
+	if (size > KMALLOC_MAX_CACHE_SIZE)
+		return PAGE_ALIGN(size);
+	return kmalloc_size_roundup(size);
+}
+
+void *ksmdev_meta_alloc(size_t size, gfp_t gfp)
+{
+	void *ptr = kvzalloc(size, gfp | __GFP_NOWARN);
+
+	if (ptr)
+		WRITE_ONCE(ksmdev_stats.metadata_bytes,
+			   ksmdev_stats.metadata_bytes + ksmdev_meta_size(size));
+	return ptr;
+}
+
+void ksmdev_meta_free(const void *ptr, size_t size)
+{
+	if (!ptr)
+		return;
+	kvfree(ptr);
+	WRITE_ONCE(ksmdev_stats.metadata_bytes,
+		   ksmdev_stats.metadata_bytes - ksmdev_meta_size(size));
+}
+
+#define KSMDEV_STAT(field)	{ #field, &ksmdev_stats.field }
+static const struct {
+	const char *name;
+	u64 *value;
+} ksmdev_stat_files[] = {
+	KSMDEV_STAT(pages_shared),
+	KSMDEV_STAT(pages_sharing),
+	KSMDEV_STAT(pages_unshared),
+	KSMDEV_STAT(pages_volatile),
+	KSMDEV_STAT(full_scans),
+	KSMDEV_STAT(pages_scanned),
+	KSMDEV_STAT(ksm_zero_pages),
+	KSMDEV_STAT(regions),
+	KSMDEV_STAT(mms),
+	KSMDEV_STAT(registered_pages),
+	KSMDEV_STAT(stable_nodes_limit_hits),
+	KSMDEV_STAT(metadata_bytes),
+};
+static_assert(ARRAY_SIZE(ksmdev_stat_files) * sizeof(u64) ==
+	      sizeof(struct ksm_stats));
+
+static int ksmdev_stat_get(void *data, u64 *val)
+{
+	*val = READ_ONCE(*(u64 *)data);
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(ksmdev_stat_fops, ksmdev_stat_get, NULL, "%llu\n");
+
+static int ksmdev_mms_show(struct seq_file *m, void *unused)
+{
+	struct ksmdev_ctx *ctx;
+
+	ksmdev_lock_acquire();
+	list_for_each_entry(ctx, &ksmdev_ctx_list, list)
+		seq_printf(m, "%d %lu %lu %lu\n", ctx->pid, ctx->nr_regions,
+			   ctx->nr_pages, ctx->nr_merging);
+	mutex_unlock(&ksmdev_lock);
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(ksmdev_mms);
+
+void ksmdev_debugfs_init(void)
+{
+	int i;
+
+	/* debugfs is optional: without it the ioctls still tell everything. */
+	ksmdev_debugfs_dir = debugfs_create_dir("ksm", NULL);
+	for (i = 0; i < ARRAY_SIZE(ksmdev_stat_files); i++)
+		debugfs_create_file_unsafe(ksmdev_stat_files[i].name, 0444,
+					   ksmdev_debugfs_dir,
+					   ksmdev_stat_files[i].value,
+					   &ksmdev_stat_fops);
+	debugfs_create_file("mms", 0444, ksmdev_debugfs_dir, NULL,
+			    &ksmdev_mms_fops);
+}
+
+void ksmdev_debugfs_exit(void)
+{
+	debugfs_remove(ksmdev_debugfs_dir);
+}

@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * ksmdev: Kernel Samepage Merging through a character device.
+ *
+ * A process opens /dev/ksm and registers ranges of its own private anonymous
+ * memory; a scanner thread merges identical pages into one read-only page that
+ * is broken again by copy-on-write on the next write.
+ *
+ * ABI rules (version 1):
+ *  - Every structure is made of __u64 fields only and only ever grows at its
+ *    end. The driver takes the size from _IOC_SIZE(cmd): a smaller (older)
+ *    structure is accepted, its missing tail read as zero and not written; a
+ *    larger (newer) one is accepted only if the tail the driver does not know
+ *    is zero (else E2BIG). Unknown ioctl numbers fail with ENOTTY.
+ *  - KSM_REGISTER_REGION and KSM_UNREGISTER_REGION only work from the mm that
+ *    opened the file (EPERM otherwise); the other ioctls work from any holder
+ *    of the file descriptor. KSM_SET_CONFIG needs CAP_SYS_ADMIN.
+ */
+#ifndef _UAPI_LINUX_KSMDEV_H
+#define _UAPI_LINUX_KSMDEV_H
+
+#include <linux/types.h>
+#include <linux/ioctl.h>
+
+#define KSMDEV_API_VERSION	1
+
+/* Not listed in Documentation/userspace-api/ioctl/ioctl-number.rst. */
+#define KSMDEV_IOCTL_MAGIC	0xD5
+
+/**
+ * struct ksm_region - a range of the caller's memory
+ * @addr:  start address, page aligned
+ * @len:   length in bytes, a non-zero multiple of the page size
+ * @flags: 0 or KSM_REGION_SCOPE_MM
+ */
+struct ksm_region {
+	__u64 addr;
+	__u64 len;
+	__u64 flags;
+};
+
+/* Pages of the region merge only with pages of the same mm. */
+#define KSM_REGION_SCOPE_MM	(1ULL << 0)
+#define KSM_REGION_FLAGS_ALL	(KSM_REGION_SCOPE_MM)
+
+/**
+ * struct ksm_stats - system-wide counters (meanings of the in-kernel KSM)
+ * @pages_shared:            merged pages in use
+ * @pages_sharing:           further mappings sharing them (pages saved)
+ * @pages_unshared:          unique pages checked repeatedly
+ * @pages_volatile:          pages changing too fast to enter a tree
+ * @full_scans:              completed passes over all regions
+ * @pages_scanned:           pages examined since load
+ * @ksm_zero_pages:          mappings of the zero page placed by merging
+ * @regions:                 registered regions
+ * @mms:                     open contexts (each bound to one process's mm)
+ * @registered_pages:        pages covered by registered regions
+ * @stable_nodes_limit_hits: merges refused because max_kernel_pages was reached
+ * @metadata_bytes:          memory the module holds for its own bookkeeping
+ */
+struct ksm_stats {
+	__u64 pages_shared;
+	__u64 pages_sharing;
+	__u64 pages_unshared;
+	__u64 pages_volatile;
+	__u64 full_scans;
+	__u64 pages_scanned;
+	__u64 ksm_zero_pages;
+	__u64 regions;
+	__u64 mms;
+	__u64 registered_pages;
+	__u64 stable_nodes_limit_hits;
+	__u64 metadata_bytes;
+};
+
+/**
+ * struct ksm_mm_stats - the counters of one context
+ * @regions:          registered regions
+ * @registered_pages: pages covered by them
+ * @merging_pages:    pages that map a merged page or a merged zero page
+ * @ksm_zero_pages:   of those, mappings of the zero page
+ */
+struct ksm_mm_stats {
+	__u64 regions;
+	__u64 registered_pages;
+	__u64 merging_pages;
+	__u64 ksm_zero_pages;
+};
+
+/**
+ * struct ksm_config - scanner settings
+ * @run:              KSM_RUN_STOP, KSM_RUN_MERGE or KSM_RUN_UNMERGE
+ * @pages_to_scan:    pages per batch (1 .. KSM_PAGES_TO_SCAN_MAX)
+ * @sleep_millisecs:  pause between batches (0 .. KSM_SLEEP_MSECS_MAX; 0 yields)
+ * @max_kernel_pages: most merged pages the module may hold; 0 means no limit
+ * @use_zero_pages:   1 maps zero-filled pages to the kernel's zero page
+ */
+struct ksm_config {
+	__u64 run;
+	__u64 pages_to_scan;
+	__u64 sleep_millisecs;
+	__u64 max_kernel_pages;
+	__u64 use_zero_pages;
+};
+
+#define KSM_RUN_STOP		0
+#define KSM_RUN_MERGE		1
+#define KSM_RUN_UNMERGE		2
+
+#define KSM_PAGES_TO_SCAN_MAX	(1ULL << 24)
+#define KSM_SLEEP_MSECS_MAX	60000ULL
+
+#define KSM_GET_API_VERSION	_IO(KSMDEV_IOCTL_MAGIC, 0x00)
+#define KSM_REGISTER_REGION	_IOW(KSMDEV_IOCTL_MAGIC, 0x01, struct ksm_region)
+#define KSM_UNREGISTER_REGION	_IOW(KSMDEV_IOCTL_MAGIC, 0x02, struct ksm_region)
+#define KSM_GET_STATS		_IOR(KSMDEV_IOCTL_MAGIC, 0x03, struct ksm_stats)
+#define KSM_GET_MM_STATS	_IOR(KSMDEV_IOCTL_MAGIC, 0x04, struct ksm_mm_stats)
+#define KSM_GET_CONFIG		_IOR(KSMDEV_IOCTL_MAGIC, 0x05, struct ksm_config)
+#define KSM_SET_CONFIG		_IOW(KSMDEV_IOCTL_MAGIC, 0x06, struct ksm_config)
+
+#endif /* _UAPI_LINUX_KSMDEV_H */
