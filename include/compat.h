@@ -24,55 +24,44 @@
 #include <linux/mmu_notifier.h>
 #include <linux/pgtable.h>
 
-/*
- * KSMDEV_SYMBOLS(X) - every kernel function resolved at load, and nowhere
- * else: X(name) gets the static call ksmdev_sc_<name>. Loading fails, naming
- * each one missing, unless all of them are found.
- */
-#ifdef KSMDEV_HAVE_FOLIO_RMAP_PTES
-#define KSMDEV_SYMBOLS_RMAP(X)	X(folio_add_file_rmap_ptes) X(folio_remove_rmap_ptes)
-#else
-#define KSMDEV_SYMBOLS_RMAP(X)	X(page_add_file_rmap) X(page_remove_rmap)
-#endif
+/* The static calls of include/symbols.h. */
+#define KSMDEV_SYMBOL(sym)	DECLARE_STATIC_CALL(ksmdev_sc_##sym, sym)
+#include "symbols.h"
+#undef KSMDEV_SYMBOL
 
-#ifdef KSMDEV_HAVE_SPLIT_TO_ORDER
-#define KSMDEV_SYMBOLS_SPLIT(X)	X(split_huge_page_to_list_to_order)
-#else
-#define KSMDEV_SYMBOLS_SPLIT(X)	X(split_huge_page_to_list)
-#endif
-
-#ifdef KSMDEV_HAVE_PTE_MAP_LOCK_FN
-#define KSMDEV_SYMBOLS_PTL(X)	X(__pte_offset_map_lock)
-#else
-#define KSMDEV_SYMBOLS_PTL(X)
-#endif
-
-#define KSMDEV_SYMBOLS(X)					\
-	X(ptep_clear_flush)					\
-	X(__mmu_notifier_invalidate_range_start)		\
-	X(__mmu_notifier_invalidate_range_end)			\
-	X(lru_add_drain_all)					\
-	KSMDEV_SYMBOLS_RMAP(X)					\
-	KSMDEV_SYMBOLS_SPLIT(X)					\
-	KSMDEV_SYMBOLS_PTL(X)
-
-#define KSMDEV_DECLARE_SC(sym)	DECLARE_STATIC_CALL(ksmdev_sc_##sym, sym);
-KSMDEV_SYMBOLS(KSMDEV_DECLARE_SC)
 /* Found first, through a kprobe: the key to all the others. */
 DECLARE_STATIC_CALL(ksmdev_sc_kallsyms_lookup_name, kallsyms_lookup_name);
 
 /*
  * Map the page table of @addr and take its lock. Returns NULL if the pmd no
- * longer points to a page table (6.5+ checks that under RCU). Release with
- * pte_unmap_unlock().
+ * longer points to a page table (6.5+ checks that under RCU); then nothing
+ * is held, and the caller says so to sparse with ksmdev_pte_map_failed().
+ * Release with pte_unmap_unlock().
  */
 static inline pte_t *ksmdev_pte_map_lock(struct mm_struct *mm, pmd_t *pmd,
 					 unsigned long addr, spinlock_t **ptlp)
+	__acquires(*ptlp)
 {
 #ifdef KSMDEV_HAVE_PTE_MAP_LOCK_FN
-	return static_call(ksmdev_sc___pte_offset_map_lock)(mm, pmd, addr, ptlp);
+	pte_t *pte = static_call(ksmdev_sc___pte_offset_map_lock)(mm, pmd,
+								   addr, ptlp);
+
+	/* For sparse: the page table is mapped under RCU, then locked. */
+	__acquire(RCU);
+	__acquire(*ptlp);
+	return pte;
 #else
 	return pte_offset_map_lock(mm, pmd, addr, ptlp);
+#endif
+}
+
+/* Sparse only: ksmdev_pte_map_lock() returned NULL and holds nothing. */
+static inline void ksmdev_pte_map_failed(spinlock_t *ptl)
+	__releases(ptl)
+{
+	__release(ptl);
+#ifdef KSMDEV_HAVE_PTE_MAP_LOCK_FN
+	__release(RCU);
 #endif
 }
 

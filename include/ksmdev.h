@@ -25,6 +25,7 @@
 #define _KSMDEV_H
 
 #include <linux/types.h>
+#include <linux/bits.h>
 #include <linux/list.h>
 #include <linux/rbtree.h>
 #include <linux/mutex.h>
@@ -33,14 +34,14 @@
 
 /* Per-page scan state is kept in chunks of this many pages. */
 #define KSMDEV_CHUNK_SHIFT	9
-#define KSMDEV_CHUNK_PAGES	(1UL << KSMDEV_CHUNK_SHIFT)
+#define KSMDEV_CHUNK_PAGES	BIT(KSMDEV_CHUNK_SHIFT)
 /* A region's directory points to leaves of this many chunk pointers. */
 #define KSMDEV_LEAF_SHIFT	9
-#define KSMDEV_LEAF_CHUNKS	(1UL << KSMDEV_LEAF_SHIFT)
+#define KSMDEV_LEAF_CHUNKS	BIT(KSMDEV_LEAF_SHIFT)
 
 /* ksmdev_slot: one word of scan state per registered page. */
 #define KSMDEV_SLOT_CSUM_MASK	0xffffffffULL	/* checksum at the last visit */
-#define KSMDEV_SLOT_SEEN	(1ULL << 32)	/* checksum is valid */
+#define KSMDEV_SLOT_SEEN	BIT_ULL(32)	/* checksum is valid */
 
 /**
  * struct ksmdev_chunk - scan state of KSMDEV_CHUNK_PAGES consecutive pages

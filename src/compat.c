@@ -13,8 +13,9 @@
 
 #include "ksmdev.h"
 
-#define KSMDEV_DEFINE_SC(sym)	DEFINE_STATIC_CALL_NULL(ksmdev_sc_##sym, sym);
-KSMDEV_SYMBOLS(KSMDEV_DEFINE_SC)
+#define KSMDEV_SYMBOL(sym)	DEFINE_STATIC_CALL_NULL(ksmdev_sc_##sym, sym)
+#include "symbols.h"
+#undef KSMDEV_SYMBOL
 DEFINE_STATIC_CALL_NULL(ksmdev_sc_kallsyms_lookup_name, kallsyms_lookup_name);
 
 /*
@@ -25,14 +26,6 @@ static char *test_missing_symbol;
 module_param(test_missing_symbol, charp, 0);
 MODULE_PARM_DESC(test_missing_symbol,
 		 "testing only: fail to load as if this kernel symbol were missing");
-
-#define KSMDEV_SYM_ENUM(sym)	KSMDEV_SYM_##sym,
-enum { KSMDEV_SYMBOLS(KSMDEV_SYM_ENUM) KSMDEV_NR_SYMS };
-
-#define KSMDEV_SYM_NAME(sym)	#sym,
-static const char * const ksmdev_sym_names[KSMDEV_NR_SYMS] = {
-	KSMDEV_SYMBOLS(KSMDEV_SYM_NAME)
-};
 
 static unsigned long ksmdev_find_kallsyms_lookup_name(void)
 {
@@ -62,10 +55,8 @@ static unsigned long ksmdev_lookup(const char *name)
 
 int ksmdev_compat_init(void)
 {
-	unsigned long addr[KSMDEV_NR_SYMS];
 	unsigned long kln;
-	bool missing = false;
-	int i;
+	int missing = 0;
 
 	kln = ksmdev_find_kallsyms_lookup_name();
 	if (!kln) {
@@ -73,24 +64,23 @@ int ksmdev_compat_init(void)
 		return -ENOENT;
 	}
 	static_call_update(ksmdev_sc_kallsyms_lookup_name,
-			   (typeof(&kallsyms_lookup_name))kln);
+			   (void *)kln);
 
-	for (i = 0; i < KSMDEV_NR_SYMS; i++) {
-		addr[i] = ksmdev_lookup(ksmdev_sym_names[i]);
-		if (!addr[i])
-			missing = true;
-	}
+	/* All or nothing: look every one up before installing any. */
+#define KSMDEV_SYMBOL(sym)	(missing += !ksmdev_lookup(#sym))
+#include "symbols.h"
+#undef KSMDEV_SYMBOL
 	if (test_missing_symbol && !ksmdev_lookup(test_missing_symbol))
-		missing = true;
+		missing++;
 	if (missing) {
-		pr_err("this kernel lacks functions ksmdev needs; not loading\n");
+		pr_err("this kernel lacks %d function(s) ksmdev needs; not loading\n",
+		       missing);
 		return -ENOENT;
 	}
 
-#define KSMDEV_SC_UPDATE(sym)						\
-	static_call_update(ksmdev_sc_##sym,				\
-			   (typeof(&sym))addr[KSMDEV_SYM_##sym]);
-	KSMDEV_SYMBOLS(KSMDEV_SC_UPDATE)
-#undef KSMDEV_SC_UPDATE
+#define KSMDEV_SYMBOL(sym)						\
+	static_call_update(ksmdev_sc_##sym, (void *)ksmdev_lookup(#sym))
+#include "symbols.h"
+#undef KSMDEV_SYMBOL
 	return 0;
 }

@@ -14,6 +14,7 @@
 
 #include "ksmdev.h"
 
+/* See include/ksmdev.h for what it protects and the lock order. */
 DEFINE_MUTEX(ksmdev_lock);
 /* Tasks waiting for ksmdev_lock: the scanner lets go early when non-zero. */
 atomic_t ksmdev_lock_waiters = ATOMIC_INIT(0);
@@ -129,15 +130,20 @@ static const struct kernel_param_ops ksmdev_param_ops = {
 	.get = param_get_ullong,
 };
 
-#define KSMDEV_CONFIG_PARAM(field, desc)				\
-	module_param_cb(field, &ksmdev_param_ops, &ksmdev_config.field, 0644); \
-	MODULE_PARM_DESC(field, desc)
-
-KSMDEV_CONFIG_PARAM(run, "0 stop, 1 scan and merge (default), 2 unmerge all and stop");
-KSMDEV_CONFIG_PARAM(pages_to_scan, "pages per batch (100)");
-KSMDEV_CONFIG_PARAM(sleep_millisecs, "pause between batches, 0 yields only (20)");
-KSMDEV_CONFIG_PARAM(max_kernel_pages, "most merged pages held, 0 no limit (RAM/4)");
-KSMDEV_CONFIG_PARAM(use_zero_pages, "1 maps zero-filled pages to the zero page (0)");
+module_param_cb(run, &ksmdev_param_ops, &ksmdev_config.run, 0644);
+MODULE_PARM_DESC(run, "0 stop, 1 scan and merge (default), 2 unmerge all and stop");
+module_param_cb(pages_to_scan, &ksmdev_param_ops, &ksmdev_config.pages_to_scan,
+		0644);
+MODULE_PARM_DESC(pages_to_scan, "pages per batch (100)");
+module_param_cb(sleep_millisecs, &ksmdev_param_ops,
+		&ksmdev_config.sleep_millisecs, 0644);
+MODULE_PARM_DESC(sleep_millisecs, "pause between batches, 0 yields only (20)");
+module_param_cb(max_kernel_pages, &ksmdev_param_ops,
+		&ksmdev_config.max_kernel_pages, 0644);
+MODULE_PARM_DESC(max_kernel_pages, "most merged pages held, 0 no limit (RAM/4)");
+module_param_cb(use_zero_pages, &ksmdev_param_ops,
+		&ksmdev_config.use_zero_pages, 0644);
+MODULE_PARM_DESC(use_zero_pages, "1 maps zero-filled pages to the zero page (0)");
 
 static int __init ksmdev_init(void)
 {

@@ -127,58 +127,49 @@ static pmd_t *ksmdev_walk_to_pmd(struct mm_struct *mm, unsigned long addr,
 	return pmd_offset(pud, addr);
 }
 
-/*
- * Gather the present anonymous pages of [*addr, end), one page table (or
- * one PMD-mapped huge page) at most, taking a reference on each. Advances
- * *addr past what was looked at.
- */
-static void ksmdev_gather(struct vm_area_struct *vma, pmd_t *pmd,
-			  unsigned long *addr, unsigned long end,
-			  struct ksmdev_batch *b, unsigned int max)
+static void ksmdev_batch_add(struct ksmdev_batch *b, unsigned long addr,
+			     struct page *page)
 {
-	struct mm_struct *mm = vma->vm_mm;
-	unsigned long a = *addr;
-	pmd_t pmdval = READ_ONCE(*pmd);
-	spinlock_t *ptl;
+	get_page(page);
+	b->addr[b->nr] = addr;
+	b->page[b->nr++] = page;
+}
+
+/* Gather subpages of the PMD-mapped huge page at @pmd, if anonymous. */
+static unsigned long ksmdev_gather_huge(struct vm_area_struct *vma,
+					pmd_t *pmd, unsigned long addr,
+					unsigned long end,
+					struct ksmdev_batch *b, unsigned int max)
+{
+	spinlock_t *ptl = pmd_lock(vma->vm_mm, pmd);
+	struct page *head = pmd_page(*pmd);
+
+	if (!pmd_trans_huge(*pmd) || !PageAnon(head)) {
+		spin_unlock(ptl);
+		return end;
+	}
+	for (; addr < end && b->nr < max; addr += PAGE_SIZE)
+		ksmdev_batch_add(b, addr,
+				 nth_page(head, (addr & ~PMD_MASK) >> PAGE_SHIFT));
+	spin_unlock(ptl);
+	return addr;
+}
+
+/* Gather the present anonymous pages of the page table at @pmd. */
+static unsigned long ksmdev_gather_ptes(struct vm_area_struct *vma,
+					pmd_t *pmd, unsigned long addr,
+					unsigned long end,
+					struct ksmdev_batch *b, unsigned int max)
+{
+	spinlock_t *ptl;	/* the page table's lock */
 	pte_t *start_pte, *pte;
 
-	if (pmd_none(pmdval) || !pmd_present(pmdval)) {
-		*addr = end;
-		return;
-	}
-
-	if (pmd_trans_huge(pmdval)) {
-		ptl = pmd_lock(mm, pmd);
-		if (pmd_trans_huge(*pmd) && PageAnon(pmd_page(*pmd))) {
-			struct page *head = pmd_page(*pmd);
-
-			for (; a < end && b->nr < max; a += PAGE_SIZE) {
-				struct page *page = nth_page(head,
-					(a & ~PMD_MASK) >> PAGE_SHIFT);
-
-				get_page(page);
-				b->addr[b->nr] = a;
-				b->page[b->nr++] = page;
-			}
-		} else {
-			a = end;
-		}
-		spin_unlock(ptl);
-		*addr = a;
-		return;
-	}
-
-	if (pmd_bad(pmdval)) {
-		*addr = end;
-		return;
-	}
-	start_pte = ksmdev_pte_map_lock(mm, pmd, a, &ptl);
+	start_pte = ksmdev_pte_map_lock(vma->vm_mm, pmd, addr, &ptl);
 	if (!start_pte) {
-		/* The page table went away under us: nothing here now. */
-		*addr = end;
-		return;
+		ksmdev_pte_map_failed(ptl);
+		return end;	/* the page table went away under us */
 	}
-	for (pte = start_pte; a < end && b->nr < max; pte++, a += PAGE_SIZE) {
+	for (pte = start_pte; addr < end && b->nr < max; pte++, addr += PAGE_SIZE) {
 		pte_t entry = ptep_get(pte);
 		struct page *page;
 
@@ -186,15 +177,31 @@ static void ksmdev_gather(struct vm_area_struct *vma, pmd_t *pmd,
 		    is_zero_pfn(pte_pfn(entry)) || !pfn_valid(pte_pfn(entry)))
 			continue;
 		page = pfn_to_page(pte_pfn(entry));
-		if (!PageAnon(page))
-			continue;
-		/* Mapped and under the PTE lock: the page cannot be freed. */
-		get_page(page);
-		b->addr[b->nr] = a;
-		b->page[b->nr++] = page;
+		/* Mapped and under the PTE lock: it cannot be freed. */
+		if (PageAnon(page))
+			ksmdev_batch_add(b, addr, page);
 	}
 	pte_unmap_unlock(start_pte, ptl);
-	*addr = a;
+	return addr;
+}
+
+/*
+ * Gather the present anonymous pages of [addr, end), within one pmd, taking
+ * a reference on each, at most @max in @b. Returns where it stopped.
+ */
+static unsigned long ksmdev_gather(struct vm_area_struct *vma, pmd_t *pmd,
+				   unsigned long addr, unsigned long end,
+				   struct ksmdev_batch *b, unsigned int max)
+{
+	pmd_t pmdval = READ_ONCE(*pmd);
+
+	if (pmd_none(pmdval) || !pmd_present(pmdval))
+		return end;
+	if (pmd_trans_huge(pmdval))
+		return ksmdev_gather_huge(vma, pmd, addr, end, b, max);
+	if (pmd_bad(pmdval))
+		return end;
+	return ksmdev_gather_ptes(vma, pmd, addr, end, b, max);
 }
 
 /* Look at one page of @region: checksum it and remember the result. */
@@ -233,9 +240,9 @@ static unsigned long ksmdev_scan_vma(struct ksmdev_region *region,
 			continue;
 		}
 		b.nr = 0;
-		ksmdev_gather(vma, pmd, addr, next, &b,
-			      min_t(unsigned long, KSMDEV_BATCH,
-				    budget - scanned));
+		*addr = ksmdev_gather(vma, pmd, *addr, next, &b,
+				      min_t(unsigned long, KSMDEV_BATCH,
+					    budget - scanned));
 		for (i = 0; i < b.nr; i++) {
 			ksmdev_scan_page(region, b.addr[i], b.page[i]);
 			put_page(b.page[i]);
@@ -361,10 +368,14 @@ static int ksmdev_scan_thread(void *unused)
 					     ksmdev_should_run() ||
 					     kthread_should_stop());
 		} else if (READ_ONCE(ksmdev_config.sleep_millisecs)) {
+			unsigned long timeout;
+
+			timeout = msecs_to_jiffies(READ_ONCE(ksmdev_config.sleep_millisecs));
+
 			wait_event_freezable_timeout(ksmdev_thread_wait,
-				atomic_read(&ksmdev_wake_seq) != seq ||
-				kthread_should_stop(),
-				msecs_to_jiffies(READ_ONCE(ksmdev_config.sleep_millisecs)));
+						     atomic_read(&ksmdev_wake_seq) != seq ||
+						     kthread_should_stop(),
+						     timeout);
 		} else {
 			cond_resched();
 			try_to_freeze();

@@ -68,6 +68,7 @@ static const struct {
 	KSMDEV_STAT(stable_nodes_limit_hits),
 	KSMDEV_STAT(metadata_bytes),
 };
+
 static_assert(ARRAY_SIZE(ksmdev_stat_files) * sizeof(u64) ==
 	      sizeof(struct ksm_stats));
 

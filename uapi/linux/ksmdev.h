@@ -40,7 +40,7 @@ struct ksm_region {
 };
 
 /* Pages of the region merge only with pages of the same mm. */
-#define KSM_REGION_SCOPE_MM	(1ULL << 0)
+#define KSM_REGION_SCOPE_MM	0x1ULL
 #define KSM_REGION_FLAGS_ALL	(KSM_REGION_SCOPE_MM)
 
 /**
@@ -107,7 +107,7 @@ struct ksm_config {
 #define KSM_RUN_MERGE		1
 #define KSM_RUN_UNMERGE		2
 
-#define KSM_PAGES_TO_SCAN_MAX	(1ULL << 24)
+#define KSM_PAGES_TO_SCAN_MAX	0x1000000ULL
 #define KSM_SLEEP_MSECS_MAX	60000ULL
 
 #define KSM_GET_API_VERSION	_IO(KSMDEV_IOCTL_MAGIC, 0x00)

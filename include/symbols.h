@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Every kernel function ksmdev resolves at load, and the only place that
+ * names them. No include guard: the includer defines KSMDEV_SYMBOL(sym)
+ * first, to declare, define or resolve the static call ksmdev_sc_<sym>,
+ * whose type is that of the kernel's own declaration of <sym>. Loading
+ * fails, naming each one missing, unless all of them are found.
+ */
+KSMDEV_SYMBOL(ptep_clear_flush);
+KSMDEV_SYMBOL(__mmu_notifier_invalidate_range_start);
+KSMDEV_SYMBOL(__mmu_notifier_invalidate_range_end);
+KSMDEV_SYMBOL(lru_add_drain_all);
+#ifdef KSMDEV_HAVE_FOLIO_RMAP_PTES
+KSMDEV_SYMBOL(folio_add_file_rmap_ptes);
+KSMDEV_SYMBOL(folio_remove_rmap_ptes);
+#else
+KSMDEV_SYMBOL(page_add_file_rmap);
+KSMDEV_SYMBOL(page_remove_rmap);
+#endif
+#ifdef KSMDEV_HAVE_SPLIT_TO_ORDER
+KSMDEV_SYMBOL(split_huge_page_to_list_to_order);
+#else
+KSMDEV_SYMBOL(split_huge_page_to_list);
+#endif
+#ifdef KSMDEV_HAVE_PTE_MAP_LOCK_FN
+KSMDEV_SYMBOL(__pte_offset_map_lock);
+#endif
