@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Counters and their debugfs view, /sys/kernel/debug/ksm/: one read-only
- * file per struct ksm_stats field (decimal and a newline), and "mms", a line
- * per context: "pid regions registered_pages merging_pages".
+ * file per struct ksm_stats field (decimal and a newline), except that
+ * "mms" is a table with a line per context, "pid regions registered_pages
+ * merging_pages": ABI.md gives that name to both, and the table's line
+ * count is the counter.
  *
  * The counters are written only under ksmdev_lock. Readers (the ioctl,
  * debugfs) read them without it and accept a momentarily stale value; each
@@ -98,11 +100,15 @@ void ksmdev_debugfs_init(void)
 
 	/* debugfs is optional: without it the ioctls still tell everything. */
 	ksmdev_debugfs_dir = debugfs_create_dir("ksm", NULL);
-	for (i = 0; i < ARRAY_SIZE(ksmdev_stat_files); i++)
+	for (i = 0; i < ARRAY_SIZE(ksmdev_stat_files); i++) {
+		/* "mms" is the table below; its line count is the counter. */
+		if (ksmdev_stat_files[i].value == &ksmdev_stats.mms)
+			continue;
 		debugfs_create_file_unsafe(ksmdev_stat_files[i].name, 0444,
 					   ksmdev_debugfs_dir,
 					   ksmdev_stat_files[i].value,
 					   &ksmdev_stat_fops);
+	}
 	debugfs_create_file("mms", 0444, ksmdev_debugfs_dir, NULL,
 			    &ksmdev_mms_fops);
 }

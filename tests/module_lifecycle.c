@@ -1,0 +1,187 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ksmdev module lifecycle: refuses to unload while in use, unloads cleanly,
+ * refuses to load (cleanly, saying why) when a kernel symbol is missing, and
+ * loads again. The tests run in order and leave the module loaded.
+ *
+ * Runs last, as root, in a QEMU guest; never on a host: it unloads and loads
+ * the DKMS-installed ksmdev.ko.
+ */
+#define _GNU_SOURCE
+#include <sys/klog.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+
+#include "ksmdev_test.h"
+
+#define MODULE_NAME		"ksmdev"
+#define MISSING_SYMBOL		"ksmdev_no_such_symbol"
+#ifndef MODULE_INIT_COMPRESSED_FILE
+#define MODULE_INIT_COMPRESSED_FILE	4
+#endif
+
+static int delete_module(const char *name, int flags)
+{
+	return syscall(SYS_delete_module, name, flags) ? -errno : 0;
+}
+
+/* finit_module() of the DKMS-installed ksmdev.ko, compressed or not. */
+static int load_module(const char *params)
+{
+	static const char *const ext[] = { "", ".xz", ".zst", ".gz" };
+	char path[512];
+	struct utsname u;
+	unsigned int i;
+	int fd, ret;
+
+	if (uname(&u))
+		return -errno;
+	for (i = 0; i < ARRAY_SIZE(ext); i++) {
+		snprintf(path, sizeof(path),
+			 "/lib/modules/%s/updates/dkms/" MODULE_NAME ".ko%s",
+			 u.release, ext[i]);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0)
+			break;
+	}
+	if (fd < 0) {
+		fprintf(stderr, "# no %s.ko under /lib/modules/%s/updates/dkms\n",
+			MODULE_NAME, u.release);
+		return -ENOPKG;
+	}
+	ret = syscall(SYS_finit_module, fd, params,
+		      i ? MODULE_INIT_COMPRESSED_FILE : 0) ? -errno : 0;
+	close(fd);
+	return ret;
+}
+
+static bool path_exists(const char *path)
+{
+	return !access(path, F_OK);
+}
+
+/* Poll (at most @timeout_s) until @path exists (@want) or not. */
+static bool wait_path(const char *path, bool want, unsigned int timeout_s)
+{
+	uint64_t end = ksm_now_ms() + timeout_s * 1000ULL;
+
+	while (path_exists(path) != want) {
+		if (ksm_now_ms() > end)
+			return false;
+		ksm_sleep_ms(10);
+	}
+	return true;
+}
+
+/* How many times @s occurs in the kernel log. */
+static int klog_count(const char *s)
+{
+	int size = klogctl(10 /* SYSLOG_ACTION_SIZE_BUFFER */, NULL, 0);
+	int n, count = 0;
+	char *buf, *p;
+
+	if (size <= 0)
+		return -1;
+	buf = malloc(size + 1);
+	if (!buf)
+		return -1;
+	n = klogctl(3 /* SYSLOG_ACTION_READ_ALL */, buf, size);
+	if (n < 0) {
+		free(buf);
+		return -1;
+	}
+	buf[n] = '\0';
+	for (p = buf; (p = strstr(p, s)); p += strlen(s))
+		count++;
+	free(buf);
+	return count;
+}
+
+/* The context a test opens, if any; closed at teardown. */
+FIXTURE(module) {
+	int fd;
+};
+
+FIXTURE_SETUP(module)
+{
+	self->fd = -1;
+}
+
+FIXTURE_TEARDOWN(module)
+{
+	if (self->fd >= 0)
+		close(self->fd);
+}
+
+TEST_F(module, busy_module_stays)
+{
+	struct ksm_stats s;
+	int fd2, ret;
+
+	self->fd = ksm_open();
+	ASSERT_LE(0, self->fd) TH_LOG("open " KSM_DEV_PATH ": %s", strerror(errno));
+	ret = delete_module(MODULE_NAME, O_NONBLOCK);
+	EXPECT_TRUE(ret == -EWOULDBLOCK || ret == -EAGAIN || ret == -EBUSY)
+		TH_LOG("delete_module with /dev/ksm open: %d", ret);
+	EXPECT_TRUE(path_exists("/sys/module/" MODULE_NAME));
+	EXPECT_EQ(KSMDEV_API_VERSION, ioctl(self->fd, KSM_GET_API_VERSION));
+	EXPECT_EQ(0, ksm_get_stats(self->fd, &s));
+	fd2 = ksm_open();
+	EXPECT_LE(0, fd2);
+	if (fd2 >= 0)
+		close(fd2);
+}
+
+TEST_F(module, unload)
+{
+	uint64_t end = ksm_now_ms() + 5000;
+	int ret;
+
+	/* The last fput of the previous test's process may still be due. */
+	while ((ret = delete_module(MODULE_NAME, O_NONBLOCK)) == -EWOULDBLOCK ||
+	       ret == -EBUSY) {
+		if (ksm_now_ms() > end)
+			break;
+		ksm_sleep_ms(10);
+	}
+	ASSERT_EQ(0, ret) TH_LOG("delete_module: %s", strerror(-ret));
+	EXPECT_TRUE(wait_path(KSM_DEV_PATH, false, 5))
+		TH_LOG(KSM_DEV_PATH " still exists");
+	EXPECT_TRUE(wait_path("/sys/module/" MODULE_NAME, false, 5));
+}
+
+TEST_F(module, missing_symbol_refused)
+{
+	int before, after, ret;
+
+	ASSERT_FALSE(path_exists("/sys/module/" MODULE_NAME))
+		TH_LOG("the module is still loaded");
+	before = klog_count(MISSING_SYMBOL);
+	ASSERT_LE(0, before) TH_LOG("cannot read the kernel log");
+	ret = load_module("test_missing_symbol=" MISSING_SYMBOL);
+	ASSERT_NE(-ENOPKG, ret);
+	EXPECT_EQ(-ENOENT, ret);
+	EXPECT_TRUE(wait_path("/sys/module/" MODULE_NAME, false, 5));
+	EXPECT_FALSE(path_exists(KSM_DEV_PATH));
+	after = klog_count(MISSING_SYMBOL);
+	EXPECT_LT(before, after) TH_LOG("no kernel log line names " MISSING_SYMBOL);
+}
+
+TEST_F(module, reload)
+{
+	struct ksm_stats s;
+
+	ASSERT_EQ(0, load_module(""));
+	ASSERT_TRUE(wait_path(KSM_DEV_PATH, true, 10))
+		TH_LOG(KSM_DEV_PATH " did not appear");
+	self->fd = ksm_open();
+	ASSERT_LE(0, self->fd) TH_LOG("open " KSM_DEV_PATH ": %s", strerror(errno));
+	EXPECT_EQ(KSMDEV_API_VERSION, ioctl(self->fd, KSM_GET_API_VERSION));
+	/* A fresh module: only this context. */
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+	EXPECT_EQ(1, s.mms);
+	EXPECT_EQ(0, s.regions);
+	EXPECT_EQ(0, s.registered_pages);
+}
+
+TEST_HARNESS_MAIN

@@ -1,0 +1,253 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# The whole test matrix (`make check`):
+#   checkpatch; per kernel sparse, a W=1 build and a DKMS build + install;
+#   the kselftest programs tests/*.c, built static; then, per kernel, a QEMU
+#   guest (TCG) that loads the DKMS-installed module, runs every program,
+#   checks the kernel log, unloads the module and checks again.
+# Environment:
+#   KERNELS       kernel series or full releases (default "6.1 6.12")
+#   TESTS         test programs to run (default: all tests/*.c but demo)
+#   TEST_TIMEOUT  seconds per test program in the guest (default 600)
+#   QEMU_TIMEOUT  seconds per guest (default 2400)
+#   RUN_BUDGET    seconds for the whole run, guests are cut short to fit
+#                 (default 4800)
+#   SKIP_STYLE=1  leave out checkpatch and sparse
+# The last line of output is "N passed, N failed[, N skipped]"; the exit
+# status is non-zero on any failure.
+set -euo pipefail
+# shellcheck source=tests/qemu/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+export KERNELS=${KERNELS:-6.1 6.12}
+TESTS=${TESTS:-}
+QEMU_TIMEOUT=${QEMU_TIMEOUT:-2400}
+RUN_BUDGET=${RUN_BUDGET:-4800}
+START=$SECONDS
+
+# run_style: checkpatch once, sparse per kernel.
+run_style() {
+	local kver
+	log "checkpatch --strict"
+	result_cmd checkpatch "$BUILD/logs/checkpatch.log" style_checkpatch || true
+	for kver in "${KVERS[@]}"; do
+		log "sparse (C=2 W=1) against $kver"
+		result_cmd "sparse $kver" "$BUILD/logs/$kver/sparse.log" \
+			style_sparse "$kver" || true
+	done
+}
+
+# build_tests: every selected program; sets RUNNABLE to those that built.
+build_tests() {
+	local t
+	RUNNABLE=()
+	log "building test programs: ${SELECTED//$'\n'/ }"
+	for t in $SELECTED; do
+		if result_cmd "build tests/$t.c" "$BUILD/logs/tests/$t.build.log" \
+			build_test "$t"; then
+			RUNNABLE+=("$t")
+		fi
+	done
+}
+
+# tap_count FILE: print "pass fail skip plan" for the TAP lines in FILE.
+tap_count() {
+	awk '
+	/^ok [0-9]+/ { if (tolower($0) ~ /# skip/) s++; else p++ }
+	/^not ok [0-9]+/ { f++ }
+	/^1\.\.[0-9]+/ { plan += substr($0, 4) }
+	END { printf "%d %d %d %d\n", p, f, s, plan }' "$1"
+}
+
+# finish_test KVER NAME RC: results of one test program from its output.
+# RC is empty if the guest died while it ran.
+finish_test() {
+	local kver=$1 name=$2 rc=$3 out=$BUILD/logs/$1/tests/$2.out
+	local p f s plan line bad=0
+	read -r p f s plan < <(tap_count "$out")
+	while IFS= read -r line; do
+		case $line in
+		"not ok "[0-9]*) result fail "$kver $name: $line"; bad=1 ;;
+		ok\ [0-9]*)
+			shopt -s nocasematch
+			if [[ $line == *"# SKIP"* ]]; then
+				result skip "$kver $name: $line"
+			else
+				result pass "$kver $name: $line"
+			fi
+			shopt -u nocasematch ;;
+		esac
+	done < "$out"
+	if [ -z "$rc" ]; then
+		result fail "$kver $name: did not finish (the guest died)"
+		bad=1
+	elif [ $((p + f + s)) -eq 0 ]; then
+		result fail "$kver $name: no results (exit $rc)"
+		bad=1
+	elif [ "$rc" -ne 0 ] && [ "$rc" -ne 4 ] && [ "$f" -eq 0 ]; then
+		case $rc in
+		124|137|143) result fail "$kver $name: timed out (exit $rc)" ;;
+		*) result fail "$kver $name: exit status $rc" ;;
+		esac
+		bad=1
+	elif [ $((p + f + s)) -lt "$plan" ] && [ "$f" -eq 0 ]; then
+		result fail "$kver $name: $((p + f + s)) results of $plan planned"
+		bad=1
+	fi
+	[ $bad -eq 0 ] || FAILED_TESTS+=("$name")
+}
+
+# parse_results KVER: read build/logs/KVER/result.txt (the guest's ttyS1).
+parse_results() {
+	local kver=$1 logs=$BUILD/logs/$1 line cur='' details='' done=0 t ran=''
+	local name status
+	FAILED_TESTS=()
+	FAILED_CHECKS=0
+	mkdir -p "$logs/tests"
+	while IFS= read -r line || [ -n "$line" ]; do
+		line=${line%$'\r'}
+		# A test whose output does not end in a newline: its last line
+		# and the guest's marker share a line.
+		if [ -n "$cur" ] && [[ $line == ?*"### exit "* ]]; then
+			printf '%s\n' "${line%%"### exit "*}" >> "$logs/tests/$cur.out"
+			line="### exit ${line#*"### exit "}"
+		fi
+		case $line in
+		"### test "*)
+			cur=${line#\#\#\# test }
+			ran="$ran $cur"
+			: > "$logs/tests/$cur.out" ;;
+		"### exit "*)
+			# shellcheck disable=SC2086 # split the marker into words
+			set -- $line
+			finish_test "$kver" "$3" "$4"
+			cur= ;;
+		"### check "*)
+			# shellcheck disable=SC2086
+			set -- $line
+			name=$3 status=$4
+			[ "$status" = pass ] || status=fail
+			result "$status" "$kver $name"
+			if [ "$status" != pass ]; then
+				FAILED_CHECKS=$((FAILED_CHECKS + 1))
+				printf '%s\n' "$details" | sed 's/^/    | /'
+			fi
+			details= ;;
+		"### done")
+			done=1 ;;
+		"### "*) ;;
+		*)
+			if [ -n "$cur" ]; then
+				printf '%s\n' "$line" >> "$logs/tests/$cur.out"
+			else
+				details=${details:+$details$'\n'}${line#\# }
+			fi ;;
+		esac
+	done < "$logs/result.txt"
+	[ -z "$cur" ] || finish_test "$kver" "$cur" ""
+	if [ $done -eq 1 ]; then
+		result pass "$kver guest ran to the end"
+	else
+		if [ "${QEMU_RC:-0}" -eq 124 ] || [ "${QEMU_RC:-0}" -eq 137 ]; then
+			result fail "$kver guest ran to the end (killed by the host after ${QEMU_SECS}s)"
+		else
+			result fail "$kver guest ran to the end (it panicked or died: see the console)"
+		fi
+		for t in "${RUNNABLE[@]}"; do
+			[[ " $ran " == *" $t "* ]] || echo "    not run: $t"
+		done
+		FAILED_CHECKS=$((FAILED_CHECKS + 1))
+	fi
+	for t in "${FAILED_TESTS[@]}"; do
+		echo
+		echo "---- $kver: output of $t ----"
+		cat "$logs/tests/$t.out"
+	done
+	if [ ${#FAILED_TESTS[@]} -gt 0 ] || [ "$FAILED_CHECKS" -gt 0 ]; then
+		echo
+		echo "---- $kver: last 60 lines of the guest console ($logs/console.log) ----"
+		tail -n 60 "$logs/console.log" |
+			sed -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' -e 's/\x1b[A-Za-z]//g' -e 's/\r//g'
+		echo "----"
+	fi
+}
+
+# show_progress FILE PID: follow the guest's results while PID runs.
+show_progress() {
+	tail -n +1 -F --pid="$2" "$1" 2>/dev/null | awk '
+	/^### test / { print "    guest: running " $3; fflush() }
+	/^### exit / { print "    guest: " $3 " exited with status " $4; fflush() }
+	/^### check .* fail/ { print "    guest: check " $3 " failed"; fflush() }'
+}
+
+# run_guest KVER: initramfs, boot, results.
+run_guest() {
+	local kver=$1 logs=$BUILD/logs/$1 initrd left secs t0
+	if ! built_module "$kver" >/dev/null; then
+		result fail "$kver guest not booted: no DKMS-installed module"
+		return
+	fi
+	log "$kver: initramfs with ${RUNNABLE[*]:-no tests}"
+	initrd=$(build_initramfs "$kver" check "${RUNNABLE[@]}")
+	left=$((RUN_BUDGET - (SECONDS - START) - 60))
+	secs=$((left < QEMU_TIMEOUT ? left : QEMU_TIMEOUT))
+	if [ "$left" -lt 120 ]; then
+		result fail "$kver guest not booted: out of time (RUN_BUDGET=$RUN_BUDGET)"
+		return
+	fi
+	log "$kver: booting (at most ${secs}s; console in $logs/console.log)"
+	t0=$SECONDS
+	QEMU_SECS=$secs QEMU_RC=0
+	mkdir -p "$logs"
+	: > "$logs/result.txt"
+	boot_guest "$kver" "$initrd" "$secs" "$logs/console.log" </dev/null &
+	show_progress "$logs/result.txt" $!
+	wait $! || QEMU_RC=$?
+	[ "$QEMU_RC" -eq 0 ] || echo "    qemu exited with status $QEMU_RC"
+	log "$kver: guest done in $((SECONDS - t0))s"
+	parse_results "$kver"
+}
+
+# on_exit: whatever stopped the run, the last line is the count.
+on_exit() {
+	local rc=$?
+	trap - EXIT
+	if [ "${SUMMARY_DONE:-0}" != 1 ]; then
+		[ -n "$RESULTS" ] || result_init
+		result fail "harness: check.sh stopped early (exit status $rc)"
+		result_summary || true
+		exit 1
+	fi
+	exit "$rc"
+}
+
+main() {
+	local kver rc=0
+	rm -rf "$BUILD/logs" "$BUILD/tests"
+	result_init
+	trap on_exit EXIT
+	log "setup"
+	bash "$QEMU_DIR/setup.sh"
+	resolve_kernels "$KERNELS"
+	SELECTED=$(test_names)
+	log "kernels: ${KVERS[*]}; tests: ${SELECTED//$'\n'/ }"
+
+	[ "${SKIP_STYLE:-0}" = 1 ] || run_style
+	dkms_install_all "${KVERS[@]}"
+	for kver in "${KVERS[@]}"; do
+		log "W=1 build against $kver"
+		result_cmd "build W=1 $kver" "$BUILD/logs/$kver/build-w1.log" \
+			build_w1 "$kver" || true
+	done
+	build_tests
+	for kver in "${KVERS[@]}"; do
+		run_guest "$kver"
+	done
+	log "done in $(((SECONDS - START) / 60))m$(((SECONDS - START) % 60))s"
+	result_summary || rc=1
+	SUMMARY_DONE=1
+	return $rc
+}
+
+main "$@"

@@ -1,0 +1,402 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# Functions shared by setup.sh, check.sh, demo.sh and ../style.sh.
+# Sourced, never run. Everything the harness downloads or extracts lives in
+# .cache/ (reused between runs); everything it builds lives in build/.
+
+KSMDEV_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CACHE=$KSMDEV_ROOT/.cache
+BUILD=$KSMDEV_ROOT/build
+QEMU_DIR=$KSMDEV_ROOT/tests/qemu
+
+# Files that make up the module (what DKMS and the host builds get).
+MODULE_FILES="Kbuild Makefile dkms.conf src include uapi"
+
+# Packages the harness needs on the host; kernel headers are added per kernel.
+# shellcheck disable=SC2034 # used by setup.sh
+HOST_PACKAGES="qemu-system-x86 busybox-static kmod dkms sparse cpio gcc make
+	xz-utils libc6-dev perl linux-source-6.1 linux-source-6.12"
+
+log() { printf '==> %s\n' "$*"; }
+warn() { printf '==> WARNING: %s\n' "$*" >&2; }
+die() { printf '==> ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Run a command, showing it first.
+run() { printf '+ %s\n' "$*"; "$@"; }
+
+# resolve_kver SERIES: print the full kernel release ("6.1.0-56-amd64",
+# "6.12.117+deb12-amd64") of the newest Debian image of SERIES ("6.1", "6.12")
+# that the archive has as an unsigned image *and* as headers. A full release
+# is accepted as is.
+resolve_kver() {
+	local series=$1 re kver pkgs
+	case $series in
+	*-amd64) echo "$series"; return 0 ;;
+	esac
+	re="^linux-image-${series//./\\.}\\.[0-9]+(-[0-9]+|\\+deb[0-9]+)-amd64-unsigned\$"
+	pkgs=$(apt-cache pkgnames linux-image-"$series". | grep -E "$re" |
+		sed -e 's/^linux-image-//' -e 's/-unsigned$//' | sort -rV)
+	for kver in $pkgs; do
+		# pkgnames also lists names only referenced by other packages.
+		if apt-cache show "linux-image-$kver-unsigned" >/dev/null 2>&1 &&
+		   apt-cache show "linux-headers-$kver" >/dev/null 2>&1; then
+			echo "$kver"
+			return 0
+		fi
+	done
+	die "no linux-image-$series.*-amd64-unsigned with matching headers in the archive (apt-get update?)"
+}
+
+# resolve_kernels "6.1 6.12": set the array KVERS to the full releases.
+resolve_kernels() {
+	local s
+	KVERS=()
+	for s in $1; do
+		KVERS+=("$(resolve_kver "$s")")
+	done
+	[ ${#KVERS[@]} -gt 0 ] || die "no kernel selected (KERNELS is empty)"
+}
+
+kernel_dir() { echo "$CACHE/kernels/$1"; }
+kernel_image() { echo "$CACHE/kernels/$1/boot/vmlinuz-$1"; }
+kernel_headers() { echo "/lib/modules/$1/build"; }
+
+# The pieces of Debian's linux-source-6.12 the harness uses, never copied
+# into the repository.
+SRC_CACHE=$CACHE/linux-source-6.12
+SELFTESTS_DIR=$SRC_CACHE/tools/testing/selftests
+CHECKPATCH=$SRC_CACHE/scripts/checkpatch.pl
+
+module_version() {
+	sed -n 's/^PACKAGE_VERSION="\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' \
+		"$KSMDEV_ROOT/dkms.conf"
+}
+
+# copy_module_tree DEST: a fresh copy of the module sources.
+copy_module_tree() {
+	local dest=$1 f
+	rm -rf "$dest"
+	mkdir -p "$dest"
+	for f in $MODULE_FILES; do
+		[ -e "$KSMDEV_ROOT/$f" ] || die "missing $f in $KSMDEV_ROOT"
+		cp -a "$KSMDEV_ROOT/$f" "$dest/"
+	done
+}
+
+# ---------------------------------------------------------------------------
+# Results. Every check adds one line to $RESULTS ("pass|fail|skip<TAB>name"),
+# and failures may attach a text to show at the end.
+
+RESULTS=${RESULTS:-}
+
+result_init() {
+	RESULTS=$BUILD/results.tsv
+	mkdir -p "$BUILD"
+	: > "$RESULTS"
+}
+
+# result STATUS NAME: record one result (STATUS is pass, fail or skip).
+result() {
+	printf '%s\t%s\n' "$1" "$2" >> "$RESULTS"
+	case $1 in
+	pass) printf '    PASS  %s\n' "$2" ;;
+	fail) printf '    FAIL  %s\n' "$2" ;;
+	skip) printf '    SKIP  %s\n' "$2" ;;
+	esac
+}
+
+# result_cmd NAME LOGFILE CMD...: run CMD with its output in LOGFILE, record
+# pass or fail, show the log on failure.
+result_cmd() {
+	local name=$1 logf=$2
+	shift 2
+	mkdir -p "$(dirname "$logf")"
+	printf '+ %s\n' "$*" > "$logf"
+	if "$@" >> "$logf" 2>&1; then
+		result pass "$name"
+		return 0
+	fi
+	result fail "$name"
+	sed 's/^/    | /' "$logf"
+	return 1
+}
+
+# result_summary: per-kernel and total lines; the last line of the output is
+# exactly "N passed, N failed[, N skipped]". Returns non-zero on any failure
+# or if nothing passed.
+result_summary() {
+	local total
+	echo
+	echo "Summary:"
+	awk -F'\t' '
+	{
+		n = split($2, w, " ")
+		grp = "host"
+		for (i = 1; i <= n && grp == "host"; i++)
+			if (w[i] ~ /^[0-9]+\.[0-9]+.*-amd64:?$/) { grp = w[i]; sub(/:$/, "", grp) }
+		c[grp, $1]++; g[grp] = 1
+	}
+	END {
+		for (k in g) {
+			line = sprintf("  %-24s %d passed, %d failed", k ":", c[k, "pass"], c[k, "fail"])
+			if (c[k, "skip"]) line = line sprintf(", %d skipped", c[k, "skip"])
+			print line
+		}
+	}' "$RESULTS" | sort
+	total=$(awk -F'\t' '
+	{ c[$1]++ }
+	END {
+		line = sprintf("%d passed, %d failed", c["pass"], c["fail"])
+		if (c["skip"]) line = line sprintf(", %d skipped", c["skip"])
+		print line
+	}' "$RESULTS")
+	echo "$total"
+	echo "$total" > "$BUILD/summary.txt"
+	case $total in
+	"0 passed"*) return 1 ;;
+	*", 0 failed"*) return 0 ;;
+	*) return 1 ;;
+	esac
+}
+
+# ---------------------------------------------------------------------------
+# Building.
+
+# dkms_install_all KVER...: register the current sources with DKMS and build
+# and install them for every kernel (nothing is loaded: DKMS only compiles
+# and copies). One result per kernel. What DKMS installed is kept in
+# build/modules/KVER/ at once: /lib/modules is shared with other runs.
+dkms_install_all() {
+	local ver src kver mod mk
+	ver=$(module_version)
+	[ -n "$ver" ] || die "no PACKAGE_VERSION in dkms.conf"
+	src=/usr/src/ksmdev-$ver
+	log "DKMS: ksmdev/$ver from $src"
+	rm -rf "$BUILD/modules"
+	# /usr/src and the DKMS tree are global: one run at a time.
+	exec 9> /var/lock/ksmdev-dkms.lock
+	if ! flock -n 9; then
+		log "waiting for another run's DKMS step"
+		flock 9
+	fi
+	if dkms status ksmdev/"$ver" 2>/dev/null | grep -q .; then
+		run dkms remove ksmdev/"$ver" --all >/dev/null 2>&1 || true
+	fi
+	rm -rf /var/lib/dkms/ksmdev/"$ver"
+	copy_module_tree "$src"
+	run dkms add ksmdev/"$ver"
+	for kver in "$@"; do
+		rm -f /lib/modules/"$kver"/updates/dkms/ksmdev.ko*
+		if result_cmd "dkms $kver" "$BUILD/logs/$kver/dkms.log" \
+			sh -c "dkms build ksmdev/$ver -k $kver && dkms install ksmdev/$ver -k $kver --force" &&
+		   mod=$(dkms_module "$kver"); then
+			mkdir -p "$BUILD/modules/$kver"
+			cp "$mod" "$BUILD/modules/$kver/"
+		else
+			mk=/var/lib/dkms/ksmdev/$ver/build/make.log
+			[ -f "$mk" ] && sed 's/^/    | /' "$mk" | tail -n 60
+		fi
+	done
+	flock -u 9
+	exec 9>&-
+}
+
+# dkms_module KVER: path of the module DKMS installed for KVER (may be .xz).
+dkms_module() {
+	local m
+	for m in /lib/modules/"$1"/updates/dkms/ksmdev.ko*; do
+		[ -f "$m" ] && { echo "$m"; return 0; }
+	done
+	return 1
+}
+
+# built_module KVER: this run's DKMS-built module for KVER (may be .xz).
+built_module() {
+	local m
+	for m in "$BUILD/modules/$1"/ksmdev.ko*; do
+		[ -f "$m" ] && { echo "$m"; return 0; }
+	done
+	return 1
+}
+
+# test_names: the test programs selected by $TESTS (default: every
+# tests/*.c but demo), module_lifecycle last since it unloads the module.
+test_names() {
+	local all t sel=()
+	all=$(find "$KSMDEV_ROOT/tests" -maxdepth 1 -name '*.c' -printf '%f\n' |
+		sed 's/\.c$//' | grep -vx demo | LC_ALL=C sort || true)
+	if [ -n "${TESTS:-}" ]; then
+		for t in $TESTS; do
+			grep -qx -- "$t" <<< "$all" ||
+				die "no test program tests/$t.c (TESTS=$TESTS)"
+			sel+=("$t")
+		done
+		all=$(printf '%s\n' "${sel[@]}" | LC_ALL=C sort -u)
+	fi
+	grep -vx module_lifecycle <<< "$all" || true
+	grep -x module_lifecycle <<< "$all" || true
+}
+
+# build_test NAME: build tests/NAME.c into build/tests/NAME (static).
+build_test() {
+	local name=$1
+	mkdir -p "$BUILD/tests"
+	gcc -static -O2 -Wall -pthread \
+		-I "$KSMDEV_ROOT/uapi" -I "$KSMDEV_ROOT/tests" -I "$SELFTESTS_DIR" \
+		-o "$BUILD/tests/$name" "$KSMDEV_ROOT/tests/$name.c"
+}
+
+# build_w1 KVER: build the module with W=1 in a copy of the tree; fails if
+# the build fails or says "warning:".
+build_w1() {
+	local kver=$1 tree=$BUILD/w1/$1
+	copy_module_tree "$tree"
+	make -C "$(kernel_headers "$kver")" M="$tree" W=1 modules 2>&1 |
+		tee "$tree.log"
+	[ "${PIPESTATUS[0]}" -eq 0 ] || return 1
+	! grep -q 'warning:' "$tree.log"
+}
+
+# ---------------------------------------------------------------------------
+# Style: checkpatch and sparse (used by ../style.sh and check.sh).
+
+# The only checkpatch types ignored: FILE_PATH_CHANGES and SPDX_LICENSE_TAG
+# are about the layout of the kernel tree (MAINTAINERS, where SPDX lines go
+# in-tree), LINUX_VERSION_CODE is how our compat code is keyed.
+CHECKPATCH_IGNORE=FILE_PATH_CHANGES,SPDX_LICENSE_TAG,LINUX_VERSION_CODE
+
+# style_checkpatch: checkpatch --strict --no-tree on every file of src/,
+# include/ and uapi/. The files are checked where they would sit in the
+# kernel tree (uapi/ as include/uapi/), so that checkpatch applies the rules
+# it has for uapi headers (no BIT() there, for one); its messages are shown
+# with our own paths.
+style_checkpatch() {
+	local tree=$BUILD/checkpatch files rc=0
+	rm -rf "$tree"
+	mkdir -p "$tree/include"
+	cp -a "$KSMDEV_ROOT/src" "$tree/src"
+	cp -a "$KSMDEV_ROOT/include/." "$tree/include/"
+	cp -a "$KSMDEV_ROOT/uapi" "$tree/include/uapi"
+	files=$(cd "$tree" && find src include -type f \
+		\( -name '*.c' -o -name '*.h' \) | LC_ALL=C sort)
+	[ -n "$files" ] || { echo "no source files in src/ include/ uapi/"; return 1; }
+	# shellcheck disable=SC2086
+	(cd "$tree" && perl "$CHECKPATCH" --strict --no-tree --terse --show-types \
+		--ignore "$CHECKPATCH_IGNORE" --file $files) > "$tree.log" 2>&1 || rc=1
+	sed 's|^include/uapi/|uapi/|' "$tree.log"
+	return $rc
+}
+
+# style_sparse KVER: W=1 C=2 (sparse on every file) in a copy of the tree.
+# Fails on any warning or error about our own files; what sparse says about
+# the kernel's headers is shown but is not ours to fix.
+style_sparse() {
+	local kver=$1 tree=$BUILD/sparse/$1 out ours
+	copy_module_tree "$tree"
+	out=$tree.log
+	make -C "$(kernel_headers "$kver")" M="$tree" W=1 C=2 modules > "$out" 2>&1 || {
+		cat "$out"; return 1; }
+	ours=$(grep -E '(warning|error):' "$out" | grep -F "$tree/" || true)
+	if [ -n "$ours" ]; then
+		echo "${ours//$tree\//}"
+		return 1
+	fi
+	if grep -qE '(warning|error):' "$out"; then
+		echo "(sparse on kernel headers, not ours:)"
+		grep -E '(warning|error):' "$out" | sort -u | head -n 20
+	fi
+	return 0
+}
+
+# ---------------------------------------------------------------------------
+# The guest.
+
+# copy_module_deps ROOT KVER MODULE: copy the modules MODULE depends on (and
+# theirs) from the kernel image into ROOT, decompressed.
+copy_module_deps() {
+	local root=$1 kver=$2 mod=$3 kmods dep path deps
+	kmods=$(kernel_dir "$kver")/lib/modules/$kver
+	deps=$(modinfo -F depends "$mod" | tr ',' ' ')
+	for dep in $deps; do
+		path=$(grep -E "/${dep//_/[-_]}\\.ko(\\.[a-z]+)?:" "$kmods/modules.dep" |
+			head -n 1 | cut -d: -f1)
+		[ -n "$path" ] || die "ksmdev needs module $dep, not in $kver"
+		[ -f "$root/lib/modules/$kver/${path%.xz}" ] && continue
+		install_module_file "$kmods/$path" "$root/lib/modules/$kver/${path%.xz}"
+		copy_module_deps "$root" "$kver" "$root/lib/modules/$kver/${path%.xz}"
+	done
+}
+
+# install_module_file SRC DEST: copy a module, decompressing an .xz one.
+install_module_file() {
+	mkdir -p "$(dirname "$2")"
+	case $1 in
+	*.xz) xz -dc "$1" > "$2" ;;
+	*.zst) zstd -qdc "$1" > "$2" ;;
+	*.gz) gzip -dc "$1" > "$2" ;;
+	*) cp "$1" "$2" ;;
+	esac
+}
+
+# build_initramfs KVER MODE PROGRAMS...: build/initramfs/KVER.cpio.gz with
+# busybox, /init (MODE is "check" or "demo"), the given programs from
+# build/tests/ and the DKMS-installed module.
+build_initramfs() {
+	local kver=$1 mode=$2 root img mod kmods a f
+	shift 2
+	root=$BUILD/initramfs/$kver
+	img=$BUILD/initramfs/$kver.cpio.gz
+	kmods=$(kernel_dir "$kver")/lib/modules/$kver
+	rm -rf "$root"
+	mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,run,root,tests}
+	cp /bin/busybox "$root/bin/busybox"
+	for a in $(/bin/busybox --list-full); do
+		[ "$a" = bin/busybox ] && continue
+		ln -sf /bin/busybox "$root/$a"
+	done
+	install -m 0755 "$QEMU_DIR/init.sh" "$root/init"
+	{
+		echo "MODE=$mode"
+		echo "TESTS=\"$*\""
+		echo "TEST_TIMEOUT=${TEST_TIMEOUT:-600}"
+	} > "$root/etc/harness.conf"
+	for f in "$@"; do
+		[ -f "$BUILD/tests/$f" ] && cp "$BUILD/tests/$f" "$root/tests/"
+	done
+
+	mod=$(built_module "$kver") || die "no DKMS-installed ksmdev for $kver"
+	install_module_file "$mod" "$root/lib/modules/$kver/updates/dkms/ksmdev.ko"
+	for f in modules.builtin modules.builtin.modinfo modules.builtin.alias.bin \
+		 modules.order; do
+		[ -f "$kmods/$f" ] && cp "$kmods/$f" "$root/lib/modules/$kver/"
+	done
+	copy_module_deps "$root" "$kver" "$root/lib/modules/$kver/updates/dkms/ksmdev.ko"
+	depmod -b "$root" "$kver"
+
+	(cd "$root" && find . -print0 | LC_ALL=C sort -z |
+		cpio --null -o -H newc --quiet --owner=0:0) | gzip -1 > "$img"
+	echo "$img"
+}
+
+KERNEL_CMDLINE="console=ttyS0 panic=-1 panic_on_warn=1 oops=panic softlockup_panic=1 hung_task_panic=1 nmi_watchdog=0 quiet loglevel=4"
+
+# boot_guest KVER INITRD SECONDS [CONSOLE]: boot under TCG, bounded by
+# `timeout`. The console goes to the file CONSOLE (default: the terminal);
+# the guest's ttyS1 (results only) goes to build/logs/KVER/result.txt.
+boot_guest() {
+	local kver=$1 initrd=$2 secs=$3 console=${4:-} logs serial0
+	logs=$BUILD/logs/$kver
+	mkdir -p "$logs"
+	: > "$logs/result.txt"
+	if [ -n "$console" ]; then
+		serial0=file:$console
+	else
+		serial0=mon:stdio
+	fi
+	run timeout --foreground -k 10 "$secs" qemu-system-x86_64 \
+		-accel tcg -cpu max -m "${GUEST_MEM:-2G}" -smp 2 \
+		-nographic -no-reboot -monitor none \
+		-kernel "$(kernel_image "$kver")" -initrd "$initrd" \
+		-append "$KERNEL_CMDLINE ${KERNEL_EXTRA_CMDLINE:-}" \
+		-serial "$serial0" -serial file:"$logs/result.txt"
+}

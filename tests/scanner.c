@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ksmdev scanner: it walks registered pages, never faults pages in, stops
+ * with run=0, and keeps quiet (no CPU, no wakeups) when it has nothing to do.
+ *
+ * Runs as root in a QEMU guest with ksmdev loaded; never on a host.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+
+#include "ksmdev_test.h"
+
+#define SCAN_TIMEOUT_S	60
+
+FIXTURE(scanner) {
+	int fd;
+	size_t ps;
+	struct ksm_config saved;
+};
+
+FIXTURE_SETUP(scanner)
+{
+	self->ps = ksm_page_size();
+	self->fd = ksm_open();
+	ASSERT_LE(0, self->fd) TH_LOG("open " KSM_DEV_PATH ": %s", strerror(errno));
+	ASSERT_EQ(0, ksm_get_config(self->fd, &self->saved));
+}
+
+FIXTURE_TEARDOWN(scanner)
+{
+	EXPECT_EQ(0, ksm_set_config(self->fd, &self->saved));
+	close(self->fd);
+}
+
+/* Map @npages, write every @stride-th page (0 = none), register them all. */
+static char *map_and_register(struct __test_metadata *_metadata, int fd,
+			      size_t npages, size_t stride)
+{
+	size_t ps = ksm_page_size(), i;
+	char *p = ksm_mmap_anon(npages * ps);
+
+	if (!p)
+		return NULL;
+	for (i = 0; stride && i < npages; i += stride)
+		ksm_fill_page(p, i, 7);
+	EXPECT_EQ(0, ksm_register(fd, p, npages * ps, 0));
+	return p;
+}
+
+TEST_F_TIMEOUT(scanner, counters_advance, 120)
+{
+	const size_t npages = 256;
+	struct ksm_stats s0, s1;
+	struct ksm_mm_stats ms;
+	char *p;
+
+	p = map_and_register(_metadata, self->fd, npages, 1);
+	ASSERT_NE(NULL, p);
+	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s0));
+	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 2, SCAN_TIMEOUT_S))
+		TH_LOG("full_scans did not advance by 2 in %d s", SCAN_TIMEOUT_S);
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s1));
+	/* Two full scans contain one whole pass over our pages. */
+	EXPECT_LE(s0.pages_scanned + npages, s1.pages_scanned);
+	ASSERT_EQ(0, ksm_get_mm_stats(self->fd, &ms));
+	EXPECT_EQ(1, ms.regions);
+	EXPECT_EQ(npages, ms.registered_pages);
+	munmap(p, npages * ksm_page_size());
+}
+
+TEST_F_TIMEOUT(scanner, untouched_pages_stay_absent, 120)
+{
+	const size_t npages = 64;
+	size_t ps = self->ps, i;
+	struct ksm_stats s0, s1;
+	char *p;
+
+	p = map_and_register(_metadata, self->fd, npages, 2);
+	ASSERT_NE(NULL, p);
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s0));
+	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 3, SCAN_TIMEOUT_S))
+		TH_LOG("full_scans did not advance by 3 in %d s", SCAN_TIMEOUT_S);
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s1));
+	EXPECT_LE(s0.pages_scanned + npages / 2, s1.pages_scanned);
+	/* Look at presence before reading anything: a read faults in. */
+	for (i = 0; i < npages; i++) {
+		EXPECT_EQ(i % 2 == 0, ksm_page_present(p + i * ps))
+			TH_LOG("page %zu: present %d", i,
+			       ksm_page_present(p + i * ps));
+	}
+	for (i = 0; i < npages; i += 2) {
+		EXPECT_TRUE(ksm_check_page(p, i, 7))
+			TH_LOG("page %zu changed", i);
+	}
+	munmap(p, npages * ps);
+}
+
+/* Poll until a @window_ms window shows no scanner progress; bounded. */
+static int wait_scanner_still(int fd, unsigned int window_ms,
+			      unsigned int timeout_s)
+{
+	uint64_t end = ksm_now_ms() + timeout_s * 1000ULL;
+	struct ksm_stats a, b;
+	int ret;
+
+	do {
+		ret = ksm_get_stats(fd, &a);
+		if (ret)
+			return ret;
+		ksm_sleep_ms(window_ms);
+		ret = ksm_get_stats(fd, &b);
+		if (ret)
+			return ret;
+		if (a.full_scans == b.full_scans &&
+		    a.pages_scanned == b.pages_scanned)
+			return 0;
+	} while (ksm_now_ms() < end);
+	return -ETIMEDOUT;
+}
+
+TEST_F_TIMEOUT(scanner, run0_stops_run1_resumes, 180)
+{
+	const size_t npages = 256;
+	struct ksm_stats a, b;
+	char *p;
+
+	p = map_and_register(_metadata, self->fd, npages, 1);
+	ASSERT_NE(NULL, p);
+	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 1, SCAN_TIMEOUT_S));
+
+	ASSERT_EQ(0, ksm_set_run(self->fd, KSM_RUN_STOP));
+	ASSERT_EQ(0, wait_scanner_still(self->fd, 500, 10))
+		TH_LOG("the scanner kept going after run=0");
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &a));
+	ksm_sleep_ms(2000);
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &b));
+	EXPECT_EQ(a.full_scans, b.full_scans);
+	EXPECT_EQ(a.pages_scanned, b.pages_scanned);
+
+	ASSERT_EQ(0, ksm_set_run(self->fd, KSM_RUN_MERGE));
+	EXPECT_EQ(0, ksm_wait_full_scans(self->fd, 1, SCAN_TIMEOUT_S))
+		TH_LOG("full_scans did not resume after run=1");
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &b));
+	EXPECT_LT(a.pages_scanned, b.pages_scanned);
+	munmap(p, npages * self->ps);
+}
+
+/* ---- the kthread keeps quiet ---- */
+
+static pid_t find_kthread(const char *name)
+{
+	char path[300], comm[32];
+	struct dirent *de;
+	pid_t found = -1;
+	DIR *d;
+	FILE *f;
+
+	d = opendir("/proc");
+	if (!d)
+		return -1;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/comm", de->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f)) {
+			comm[strcspn(comm, "\n")] = '\0';
+			if (!strcmp(comm, name))
+				found = found == -1 ? atoi(de->d_name) : -2;
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return found;
+}
+
+struct activity {
+	uint64_t ticks;		/* utime + stime */
+	uint64_t switches;	/* voluntary + nonvoluntary */
+};
+
+static int read_activity(pid_t pid, struct activity *a)
+{
+	unsigned long long ut, st, v;
+	char path[64], buf[1024], *s;
+	int ok = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -errno;
+	s = fgets(buf, sizeof(buf), f) ? strrchr(buf, ')') : NULL;
+	fclose(f);
+	/* After "pid (comm)": state is field 3, utime 14, stime 15. */
+	if (!s || sscanf(s + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+			 &ut, &st) != 2)
+		return -EINVAL;
+	a->ticks = ut + st;
+	a->switches = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -errno;
+	while (fgets(buf, sizeof(buf), f)) {
+		if (sscanf(buf, "voluntary_ctxt_switches: %llu", &v) == 1 ||
+		    sscanf(buf, "nonvoluntary_ctxt_switches: %llu", &v) == 1) {
+			a->switches += v;
+			ok++;
+		}
+	}
+	fclose(f);
+	return ok == 2 ? 0 : -EINVAL;
+}
+
+/*
+ * The kthread is idle if one of up to 5 windows of 3 s shows no CPU time and
+ * no context switch (the first ones may still see it settle).
+ */
+static void expect_kthread_idle(struct __test_metadata *_metadata)
+{
+	struct activity a, b;
+	pid_t pid = find_kthread("ksmdev");
+	int i;
+
+	ASSERT_LT(0, pid) TH_LOG("no single kthread named ksmdev (%d)", pid);
+	for (i = 0; i < 5; i++) {
+		ASSERT_EQ(0, read_activity(pid, &a));
+		ksm_sleep_ms(3000);
+		ASSERT_EQ(0, read_activity(pid, &b));
+		if (a.ticks == b.ticks && a.switches == b.switches)
+			return;
+		TH_LOG("window %d: +%llu ticks, +%llu context switches", i,
+		       (unsigned long long)(b.ticks - a.ticks),
+		       (unsigned long long)(b.switches - a.switches));
+	}
+	EXPECT_TRUE(false) TH_LOG("the ksmdev kthread never went quiet");
+}
+
+TEST_F_TIMEOUT(scanner, kthread_quiet_without_regions, 60)
+{
+	struct ksm_stats s;
+
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+	ASSERT_EQ(0, s.regions) TH_LOG("regions are registered elsewhere");
+	/* The fastest setting: a scanner that polls would spin. */
+	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+	expect_kthread_idle(_metadata);
+}
+
+TEST_F_TIMEOUT(scanner, kthread_quiet_when_stopped, 120)
+{
+	const size_t npages = 256;
+	char *p;
+
+	p = map_and_register(_metadata, self->fd, npages, 1);
+	ASSERT_NE(NULL, p);
+	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 1, SCAN_TIMEOUT_S));
+	ASSERT_EQ(0, ksm_set_run(self->fd, KSM_RUN_STOP));
+	expect_kthread_idle(_metadata);
+	munmap(p, npages * self->ps);
+}
+
+TEST_HARNESS_MAIN
