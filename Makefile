@@ -5,12 +5,13 @@
 #   make [KDIR=/lib/modules/<ver>/build]   build ksmdev.ko
 #   make check [KERNELS="6.1 6.12"] [TESTS="abi scanner"]
 #                                          the whole test matrix in QEMU guests
-#   make demo                              a guest with live counters
+#   make demo [DEMO_KERNEL=6.1]            a guest with live counters
 #   make style / make sparse               checkpatch --strict / sparse + W=1
 
 KVER ?= $(shell uname -r)
 KDIR ?= /lib/modules/$(KVER)/build
 KERNELS ?= 6.1 6.12
+DEMO_KERNEL ?= 6.12
 TESTS ?=
 
 export KERNELS TESTS
@@ -35,7 +36,7 @@ check:
 	bash tests/qemu/check.sh
 
 demo:
-	bash tests/qemu/demo.sh
+	KERNELS=$(DEMO_KERNEL) bash tests/qemu/demo.sh
 
 style:
 	bash tests/style.sh

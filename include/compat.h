@@ -101,6 +101,28 @@ static inline void ksmdev_page_remove_rmap(struct page *page,
 #endif
 }
 
+/* Mappings of the order-0 page @page. */
+static inline int ksmdev_page_mapcount(struct page *page)
+{
+#ifdef KSMDEV_HAVE_INLINE_FOLIO_MAPCOUNT
+	return folio_mapcount(page_folio(page));
+#else
+	return page_mapcount(page);
+#endif
+}
+
+/* Fault @addr of @mm for write, breaking copy-on-write even if read-only. */
+static inline long ksmdev_fault_write(struct mm_struct *mm, unsigned long addr)
+{
+#ifdef KSMDEV_HAVE_GUP_VMAS
+	return get_user_pages_remote(mm, addr, 1, FOLL_WRITE | FOLL_FORCE,
+				     NULL, NULL, NULL);
+#else
+	return get_user_pages_remote(mm, addr, 1, FOLL_WRITE | FOLL_FORCE,
+				     NULL, NULL);
+#endif
+}
+
 /* Split the locked huge page @page into order-0 pages. */
 static inline int ksmdev_split_huge_page(struct page *page)
 {

@@ -39,9 +39,78 @@
 #define KSMDEV_LEAF_SHIFT	9
 #define KSMDEV_LEAF_CHUNKS	BIT(KSMDEV_LEAF_SHIFT)
 
-/* ksmdev_slot: one word of scan state per registered page. */
-#define KSMDEV_SLOT_CSUM_MASK	0xffffffffULL	/* checksum at the last visit */
-#define KSMDEV_SLOT_SEEN	BIT_ULL(32)	/* checksum is valid */
+/*
+ * The slot: one word of scan state per registered page. The low bits hold
+ * the page's checksum at the last visit (SEEN) or the PFN of the stable page
+ * it maps (STABLE). Every change goes through ksmdev_slot_set(), which keeps
+ * the counters that the flags stand for.
+ */
+#define KSMDEV_SLOT_CSUM_MASK	0xffffffffULL	   /* with SEEN */
+#define KSMDEV_SLOT_PFN_MASK	GENMASK_ULL(47, 0) /* with STABLE */
+#define KSMDEV_SLOT_SEEN	BIT_ULL(60) /* a candidate, checksum valid */
+#define KSMDEV_SLOT_UNSTABLE	BIT_ULL(61) /* in pages_unshared */
+#define KSMDEV_SLOT_STABLE	BIT_ULL(62) /* maps a stable page */
+#define KSMDEV_SLOT_ZERO	BIT_ULL(63) /* maps the zero page we put there */
+#define KSMDEV_SLOT_MERGED	(KSMDEV_SLOT_STABLE | KSMDEV_SLOT_ZERO)
+
+/**
+ * struct ksmdev_trees - the stable and unstable trees of one merge scope
+ * @stable:   struct ksmdev_stable, by content hash
+ * @unstable: struct ksmdev_unstable, by content hash; emptied at the start
+ *            of every full scan
+ *
+ * Regions without KSM_REGION_SCOPE_MM use the global trees; those with it
+ * use the trees of their context, so their pages never meet another mm's.
+ * Protected by ksmdev_lock.
+ */
+struct ksmdev_trees {
+	struct rb_root stable;
+	struct rb_root unstable;
+};
+
+/**
+ * struct ksmdev_stable - a merged page
+ * @node:    in ksmdev_trees.stable, by @hash then address
+ * @pfn_node: in the tree of all stable pages, by PFN of @kpage
+ * @trees:   the trees @node is in
+ * @hash:    xxh64 of the content (which never changes)
+ * @kpage:   the page: order 0, allocated by ksmdev, never anonymous, never
+ *           on the LRU; this node holds one reference, each PTE another
+ * @sharers: slots that map @kpage (KSMDEV_SLOT_STABLE); at zero the node is
+ *           freed and its reference dropped, the PTEs keep the page alive
+ *
+ * Protected by ksmdev_lock.
+ */
+struct ksmdev_stable {
+	struct rb_node node;
+	struct rb_node pfn_node;
+	struct ksmdev_trees *trees;
+	u64 hash;
+	struct page *kpage;
+	unsigned long sharers;
+};
+
+/**
+ * struct ksmdev_unstable - a candidate page, unchanged since its last visit
+ * @node:   in ksmdev_trees.unstable, by @hash
+ * @link:   in @ctx's list of unstable nodes, so that unregistering or
+ *          closing erases the nodes that point into it
+ * @trees:  the trees @node is in
+ * @hash:   xxh64 of the content when it was inserted: a hint only, the
+ *          content is compared again under the page table lock
+ * @ctx:    the page's context
+ * @addr:   the page's address in @ctx's mm
+ *
+ * Protected by ksmdev_lock.
+ */
+struct ksmdev_unstable {
+	struct rb_node node;
+	struct list_head link;
+	struct ksmdev_trees *trees;
+	u64 hash;
+	struct ksmdev_ctx *ctx;
+	unsigned long addr;
+};
 
 /**
  * struct ksmdev_chunk - scan state of KSMDEV_CHUNK_PAGES consecutive pages
@@ -84,7 +153,9 @@ struct ksmdev_region {
  * @mm:        the opener's mm, held by mmgrab() until release: only the
  *             mm_struct stays, never its memory; the scanner takes
  *             mmget_not_zero() for the length of one batch
+ * @unstable:  its pages' struct ksmdev_unstable.link
  * @pid:       the opener's thread group id, for debugfs
+ * @trees:     the trees of this context's KSM_REGION_SCOPE_MM regions
  * @regions:   region tree (struct ksmdev_region.node)
  * @nr_regions: regions in @regions
  * @nr_pages:  pages they cover
@@ -97,7 +168,9 @@ struct ksmdev_region {
 struct ksmdev_ctx {
 	struct list_head list;
 	struct mm_struct *mm;
+	struct list_head unstable;
 	pid_t pid;
+	struct ksmdev_trees trees;
 	struct rb_root regions;
 	unsigned long nr_regions;
 	unsigned long nr_pages;
@@ -134,6 +207,53 @@ struct ksmdev_region *ksmdev_region_next(struct ksmdev_ctx *ctx,
 					 unsigned long addr);
 void ksmdev_ctx_drop_regions(struct ksmdev_ctx *ctx);
 u64 *ksmdev_region_slot(struct ksmdev_region *region, unsigned long addr);
+u64 *ksmdev_region_slot_lookup(struct ksmdev_region *region,
+			       unsigned long addr);
+unsigned long ksmdev_region_slot_next(struct ksmdev_region *region,
+				      unsigned long addr, unsigned long end,
+				      u64 **slotp);
+void ksmdev_region_forget(struct ksmdev_ctx *ctx,
+			  struct ksmdev_region *region,
+			  unsigned long start, unsigned long end);
+struct ksmdev_region *ksmdev_region_find(struct ksmdev_ctx *ctx,
+					 unsigned long addr);
+
+/* tree.c: stable and unstable trees, and the slot accounting */
+extern struct ksmdev_trees ksmdev_global_trees;
+
+struct ksmdev_trees *ksmdev_trees_of(struct ksmdev_ctx *ctx,
+				     struct ksmdev_region *region);
+void ksmdev_slot_set(struct ksmdev_ctx *ctx, u64 *slot, u64 value);
+struct ksmdev_stable *ksmdev_stable_search(struct ksmdev_trees *trees,
+					   u64 hash, struct page *page);
+struct ksmdev_stable *ksmdev_stable_by_pfn(unsigned long pfn);
+struct ksmdev_stable *ksmdev_stable_create(struct ksmdev_trees *trees,
+					   u64 hash, struct page *page);
+void ksmdev_stable_release(struct ksmdev_stable *stable);
+struct ksmdev_unstable *ksmdev_unstable_first(struct ksmdev_trees *trees,
+					      u64 hash);
+struct ksmdev_unstable *ksmdev_unstable_next(struct ksmdev_unstable *un);
+int ksmdev_unstable_insert(struct ksmdev_trees *trees, u64 hash,
+			   struct ksmdev_ctx *ctx, unsigned long addr);
+void ksmdev_unstable_erase(struct ksmdev_unstable *un);
+void ksmdev_unstable_forget(struct ksmdev_ctx *ctx, unsigned long start,
+			    unsigned long end);
+void ksmdev_unstable_reset(struct ksmdev_trees *trees);
+
+/* merge.c: replacing PTEs, and unmerging */
+bool ksmdev_vma_scannable(struct vm_area_struct *vma);
+bool ksmdev_vma_mergeable(struct vm_area_struct *vma);
+pmd_t *ksmdev_walk_to_pmd(struct mm_struct *mm, unsigned long addr,
+			  unsigned long end, unsigned long *next);
+bool ksmdev_pages_identical(struct page *a, struct page *b);
+int ksmdev_split_page(struct page *page);
+int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
+			struct page *page, struct page *kpage);
+struct page *ksmdev_get_anon_page(struct vm_area_struct *vma,
+				  unsigned long addr);
+bool ksmdev_page_is_zero(struct page *page);
+int ksmdev_unmerge_region(struct ksmdev_ctx *ctx,
+			  struct ksmdev_region *region);
 
 /* scan.c: the scanner thread */
 int ksmdev_scan_init(void);

@@ -43,6 +43,9 @@ struct ksmdev_ctx *ksmdev_ctx_create(void)
 	mmgrab(ctx->mm);
 	ctx->pid = task_tgid_nr(current);
 	ctx->regions = RB_ROOT;
+	ctx->trees.stable = RB_ROOT;
+	ctx->trees.unstable = RB_ROOT;
+	INIT_LIST_HEAD(&ctx->unstable);
 	list_add_tail(&ctx->list, &ksmdev_ctx_list);
 	WRITE_ONCE(ksmdev_stats.mms, ksmdev_stats.mms + 1);
 	mutex_unlock(&ksmdev_lock);
@@ -58,6 +61,9 @@ void ksmdev_ctx_destroy(struct ksmdev_ctx *ctx)
 	ksmdev_lock_acquire();
 	ksmdev_scan_forget_ctx(ctx);
 	ksmdev_ctx_drop_regions(ctx);
+	/* Its pages were its unstable nodes' and its stable pages' only users. */
+	WARN_ON_ONCE(!list_empty(&ctx->unstable) ||
+		     !RB_EMPTY_ROOT(&ctx->trees.stable));
 	list_del(&ctx->list);
 	WRITE_ONCE(ksmdev_stats.mms, ksmdev_stats.mms - 1);
 	mmdrop(ctx->mm);
@@ -93,6 +99,7 @@ static struct ksmdev_region *ksmdev_region_alloc(unsigned long start,
 	return region;
 }
 
+/* Free @region and its scan state, which @ctx no longer counts. */
 static void ksmdev_region_free(struct ksmdev_region *region)
 {
 	unsigned long i, j;
@@ -108,6 +115,82 @@ static void ksmdev_region_free(struct ksmdev_region *region)
 	}
 	ksmdev_meta_free(region->dir, region->nr_dir * sizeof(*region->dir));
 	ksmdev_meta_free(region, sizeof(*region));
+}
+
+/**
+ * ksmdev_region_slot_next - the first page in [addr, end) that has a slot
+ * @region: the region
+ * @addr:   where to start
+ * @end:    where to stop, at most region->end
+ * @slotp:  set to the page's slot
+ *
+ * Only pages whose chunk exists have slots; whole missing chunks and leaves
+ * are skipped at once, so a walk costs in proportion to pages once present.
+ *
+ * Return: the page's address, or @end.
+ */
+unsigned long ksmdev_region_slot_next(struct ksmdev_region *region,
+				      unsigned long addr, unsigned long end,
+				      u64 **slotp)
+{
+	const unsigned int chunk_bits = KSMDEV_CHUNK_SHIFT + PAGE_SHIFT;
+	const unsigned int leaf_bits = KSMDEV_LEAF_SHIFT + chunk_bits;
+
+	while (addr < end) {
+		unsigned long off = addr - region->start;
+		struct ksmdev_chunk **leaf = region->dir[off >> leaf_bits];
+		struct ksmdev_chunk *chunk;
+
+		if (!leaf) {
+			addr = region->start + ((off >> leaf_bits) + 1) * BIT(leaf_bits);
+			continue;
+		}
+		chunk = leaf[(off >> chunk_bits) & (KSMDEV_LEAF_CHUNKS - 1)];
+		if (!chunk) {
+			addr = region->start + ((off >> chunk_bits) + 1) * BIT(chunk_bits);
+			continue;
+		}
+		*slotp = &chunk->slot[(off >> PAGE_SHIFT) & (KSMDEV_CHUNK_PAGES - 1)];
+		return addr;
+	}
+	return end;
+}
+
+/* The slot of the page at @addr of @region, if its chunk exists. */
+u64 *ksmdev_region_slot_lookup(struct ksmdev_region *region,
+			       unsigned long addr)
+{
+	u64 *slot;
+
+	if (ksmdev_region_slot_next(region, addr, addr + PAGE_SIZE, &slot) != addr)
+		return NULL;
+	return slot;
+}
+
+/**
+ * ksmdev_region_forget - drop the scan state of [start, end) of @region
+ * @ctx:    the region's context
+ * @region: the region
+ * @start:  first address
+ * @end:    address past the last page
+ *
+ * For pages that are gone, or that can no longer be merged: their counts
+ * go, the stable pages they mapped lose them as sharers, and their unstable
+ * nodes are erased.
+ */
+void ksmdev_region_forget(struct ksmdev_ctx *ctx,
+			  struct ksmdev_region *region,
+			  unsigned long start, unsigned long end)
+{
+	unsigned long addr;
+	u64 *slot;
+
+	lockdep_assert_held(&ksmdev_lock);
+	for (addr = ksmdev_region_slot_next(region, start, end, &slot);
+	     addr < end;
+	     addr = ksmdev_region_slot_next(region, addr + PAGE_SIZE, end, &slot))
+		if (*slot)
+			ksmdev_slot_set(ctx, slot, 0);
 }
 
 /**
@@ -139,6 +222,15 @@ u64 *ksmdev_region_slot(struct ksmdev_region *region, unsigned long addr)
 			return NULL;
 	}
 	return &(*chunkp)->slot[page & (KSMDEV_CHUNK_PAGES - 1)];
+}
+
+/* The region of @ctx that holds @addr, or NULL. */
+struct ksmdev_region *ksmdev_region_find(struct ksmdev_ctx *ctx,
+					 unsigned long addr)
+{
+	struct ksmdev_region *region = ksmdev_region_next(ctx, addr);
+
+	return region && region->start <= addr ? region : NULL;
 }
 
 /**
@@ -257,9 +349,11 @@ out:
 }
 
 /* Count @region out of @ctx and free it; the caller unlinks it. */
-static void ksmdev_region_forget(struct ksmdev_ctx *ctx,
-				 struct ksmdev_region *region)
+static void ksmdev_region_drop(struct ksmdev_ctx *ctx,
+			       struct ksmdev_region *region)
 {
+	ksmdev_region_forget(ctx, region, region->start, region->end);
+	ksmdev_unstable_forget(ctx, region->start, region->end);
 	ctx->nr_regions--;
 	ctx->nr_pages -= ksmdev_region_pages(region);
 	ksmdev_stats_add(-1, -(long)ksmdev_region_pages(region));
@@ -267,11 +361,16 @@ static void ksmdev_region_forget(struct ksmdev_ctx *ctx,
 }
 
 /**
- * ksmdev_region_remove - unregister the regions inside a range
- * @ctx: the caller's context
+ * ksmdev_region_remove - unmerge and unregister the regions inside a range
+ * @ctx: the caller's context (ctx->mm == current->mm)
  * @r:   a range that must cover one or more whole regions
  *
- * Return: 0, -EINVAL (the range cuts a region), -ENOENT (no region in it).
+ * Every region is unmerged before any is removed: if unmerging fails, all
+ * stay registered, what was unmerged stays correct, and the call can be
+ * repeated.
+ *
+ * Return: 0, -EINVAL (the range cuts a region), -ENOENT (no region in it),
+ * -ENOMEM or -EINTR (unmerging failed).
  */
 int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 {
@@ -296,6 +395,20 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 			goto out;
 		}
 	}
+	if (mmap_read_lock_killable(ctx->mm)) {
+		err = -EINTR;
+		goto out;
+	}
+	for (node = &first->node; node && !err; node = rb_next(node)) {
+		region = rb_entry(node, struct ksmdev_region, node);
+		if (region->start >= end)
+			break;
+		err = ksmdev_unmerge_region(ctx, region);
+	}
+	mmap_read_unlock(ctx->mm);
+	if (err)
+		goto out;
+
 	node = &first->node;
 	while (node) {
 		region = rb_entry(node, struct ksmdev_region, node);
@@ -303,7 +416,7 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 			break;
 		node = rb_next(node);
 		rb_erase(&region->node, &ctx->regions);
-		ksmdev_region_forget(ctx, region);
+		ksmdev_region_drop(ctx, region);
 	}
 out:
 	mutex_unlock(&ksmdev_lock);
@@ -317,6 +430,6 @@ void ksmdev_ctx_drop_regions(struct ksmdev_ctx *ctx)
 
 	lockdep_assert_held(&ksmdev_lock);
 	rbtree_postorder_for_each_entry_safe(region, tmp, &ctx->regions, node)
-		ksmdev_region_forget(ctx, region);
+		ksmdev_region_drop(ctx, region);
 	ctx->regions = RB_ROOT;
 }

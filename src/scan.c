@@ -28,6 +28,7 @@
 #include <linux/highmem.h>
 #include <linux/sched/mm.h>
 #include <linux/xxhash.h>
+#include <linux/slab.h>
 
 #include "ksmdev.h"
 
@@ -88,58 +89,32 @@ void ksmdev_scan_forget_ctx(struct ksmdev_ctx *ctx)
 	ksmdev_cursor.addr = 0;
 }
 
-static bool ksmdev_vma_scannable(struct vm_area_struct *vma)
-{
-	if (!vma_is_anonymous(vma))
-		return false;
-	return !(vma->vm_flags & (VM_SHARED | VM_MAYSHARE | VM_PFNMAP |
-				  VM_MIXEDMAP | VM_HUGETLB | VM_IO));
-}
-
-/*
- * The pmd that maps @addr, or NULL with *@next set past the empty (or huge
- * or bad) upper level entry that stands in the way.
- */
-static pmd_t *ksmdev_walk_to_pmd(struct mm_struct *mm, unsigned long addr,
-				 unsigned long end, unsigned long *next)
-{
-	pgd_t *pgd;
-	p4d_t *p4d;
-	pud_t *pud;
-
-	pgd = pgd_offset(mm, addr);
-	if (pgd_none(*pgd) || pgd_bad(*pgd)) {
-		*next = pgd_addr_end(addr, end);
-		return NULL;
-	}
-	p4d = p4d_offset(pgd, addr);
-	if (p4d_none(*p4d) || p4d_bad(*p4d)) {
-		*next = p4d_addr_end(addr, end);
-		return NULL;
-	}
-	pud = pud_offset(p4d, addr);
-	if (pud_none(*pud) || !pud_present(*pud) || pud_trans_huge(*pud) ||
-	    pud_bad(*pud)) {
-		*next = pud_addr_end(addr, end);
-		return NULL;
-	}
-	*next = pmd_addr_end(addr, end);
-	return pmd_offset(pud, addr);
-}
+/* What the scanner works on at one moment (under ksmdev_lock). */
+struct ksmdev_scan {
+	struct ksmdev_ctx *ctx;
+	struct ksmdev_region *region;
+	struct vm_area_struct *vma;	/* mmap lock held for read */
+	bool mergeable;			/* ksmdev_vma_mergeable(vma) */
+};
 
 static void ksmdev_batch_add(struct ksmdev_batch *b, unsigned long addr,
 			     struct page *page)
 {
-	get_page(page);
+	if (page)
+		get_page(page);
 	b->addr[b->nr] = addr;
 	b->page[b->nr++] = page;
 }
 
-/* Gather subpages of the PMD-mapped huge page at @pmd, if anonymous. */
+/*
+ * Gather one subpage of the PMD-mapped huge page at @pmd, if anonymous: one
+ * at a time, so that a merge can split the huge page, which needs the
+ * caller to hold its only extra reference.
+ */
 static unsigned long ksmdev_gather_huge(struct vm_area_struct *vma,
 					pmd_t *pmd, unsigned long addr,
 					unsigned long end,
-					struct ksmdev_batch *b, unsigned int max)
+					struct ksmdev_batch *b)
 {
 	spinlock_t *ptl = pmd_lock(vma->vm_mm, pmd);
 	struct page *head = pmd_page(*pmd);
@@ -148,19 +123,23 @@ static unsigned long ksmdev_gather_huge(struct vm_area_struct *vma,
 		spin_unlock(ptl);
 		return end;
 	}
-	for (; addr < end && b->nr < max; addr += PAGE_SIZE)
-		ksmdev_batch_add(b, addr,
-				 nth_page(head, (addr & ~PMD_MASK) >> PAGE_SHIFT));
+	ksmdev_batch_add(b, addr,
+			 nth_page(head, (addr & ~PMD_MASK) >> PAGE_SHIFT));
 	spin_unlock(ptl);
-	return addr;
+	return addr + PAGE_SIZE;
 }
 
-/* Gather the present anonymous pages of the page table at @pmd. */
+/*
+ * Gather the pages mapped by the page table at @pmd: anonymous pages (merge
+ * candidates), other normal pages (stable pages) and zero pages (NULL). At
+ * most one page of a large folio, for the reason above.
+ */
 static unsigned long ksmdev_gather_ptes(struct vm_area_struct *vma,
 					pmd_t *pmd, unsigned long addr,
 					unsigned long end,
-					struct ksmdev_batch *b, unsigned int max)
+					struct ksmdev_batch *b)
 {
+	struct folio *large = NULL;
 	spinlock_t *ptl;	/* the page table's lock */
 	pte_t *start_pte, *pte;
 
@@ -169,86 +148,273 @@ static unsigned long ksmdev_gather_ptes(struct vm_area_struct *vma,
 		ksmdev_pte_map_failed(ptl);
 		return end;	/* the page table went away under us */
 	}
-	for (pte = start_pte; addr < end && b->nr < max; pte++, addr += PAGE_SIZE) {
+	for (pte = start_pte; addr < end && b->nr < KSMDEV_BATCH;
+	     pte++, addr += PAGE_SIZE) {
 		pte_t entry = ptep_get(pte);
 		struct page *page;
 
-		if (!pte_present(entry) || pte_special(entry) ||
-		    is_zero_pfn(pte_pfn(entry)) || !pfn_valid(pte_pfn(entry)))
+		if (!pte_present(entry))
+			continue;
+		if (is_zero_pfn(pte_pfn(entry))) {
+			ksmdev_batch_add(b, addr, NULL);
+			continue;
+		}
+		if (pte_special(entry) || !pfn_valid(pte_pfn(entry)))
 			continue;
 		page = pfn_to_page(pte_pfn(entry));
+		if (PageCompound(page)) {
+			if (large)
+				break;
+			large = page_folio(page);
+		}
 		/* Mapped and under the PTE lock: it cannot be freed. */
-		if (PageAnon(page))
-			ksmdev_batch_add(b, addr, page);
+		ksmdev_batch_add(b, addr, page);
 	}
 	pte_unmap_unlock(start_pte, ptl);
 	return addr;
 }
 
 /*
- * Gather the present anonymous pages of [addr, end), within one pmd, taking
- * a reference on each, at most @max in @b. Returns where it stopped.
+ * Gather the present pages of [addr, end), within one pmd, taking a
+ * reference on each, into @b. Returns where it stopped.
  */
 static unsigned long ksmdev_gather(struct vm_area_struct *vma, pmd_t *pmd,
 				   unsigned long addr, unsigned long end,
-				   struct ksmdev_batch *b, unsigned int max)
+				   struct ksmdev_batch *b)
 {
 	pmd_t pmdval = READ_ONCE(*pmd);
 
 	if (pmd_none(pmdval) || !pmd_present(pmdval))
 		return end;
 	if (pmd_trans_huge(pmdval))
-		return ksmdev_gather_huge(vma, pmd, addr, end, b, max);
+		return ksmdev_gather_huge(vma, pmd, addr, end, b);
 	if (pmd_bad(pmdval))
 		return end;
-	return ksmdev_gather_ptes(vma, pmd, addr, end, b, max);
+	return ksmdev_gather_ptes(vma, pmd, addr, end, b);
 }
 
-/* Look at one page of @region: checksum it and remember the result. */
-static void ksmdev_scan_page(struct ksmdev_region *region, unsigned long addr,
-			     struct page *page)
+static u64 ksmdev_page_hash(struct page *page)
 {
 	void *kaddr = kmap_local_page(page);
-	u64 csum = xxh64(kaddr, PAGE_SIZE, 0) & KSMDEV_SLOT_CSUM_MASK;
-	u64 *slot;
+	u64 hash = xxh64(kaddr, PAGE_SIZE, 0);
 
 	kunmap_local(kaddr);
-	slot = ksmdev_region_slot(region, addr);
-	if (slot)
-		*slot = csum | KSMDEV_SLOT_SEEN;
-	WRITE_ONCE(ksmdev_stats.pages_scanned, ksmdev_stats.pages_scanned + 1);
+	return hash;
+}
+
+/* The hash of a zero-filled page. */
+static u64 ksmdev_zero_hash;
+
+static u64 ksmdev_slot_stable_value(struct page *kpage)
+{
+	return KSMDEV_SLOT_STABLE | page_to_pfn(kpage);
 }
 
 /*
- * Scan [*addr, end) of @region, which lies inside @vma, up to @budget
- * present pages. Returns the pages scanned; *addr is where to go on.
+ * Try to merge @page with the page of the unstable node @un. Returns true
+ * if @page now maps a stable page. @un is erased if it was used or stale.
  */
-static unsigned long ksmdev_scan_vma(struct ksmdev_region *region,
-				     struct vm_area_struct *vma,
+static bool ksmdev_merge_unstable(struct ksmdev_scan *s, unsigned long addr,
+				  struct page *page, u64 *slot,
+				  struct ksmdev_unstable *un, u64 hash)
+{
+	struct ksmdev_ctx *qctx = un->ctx;
+	struct mm_struct *qmm = qctx->mm;
+	bool other_mm = qmm != s->vma->vm_mm, merged = false;
+	unsigned long qaddr = un->addr;
+	struct ksmdev_region *qregion;
+	struct ksmdev_stable *stable;
+	struct vm_area_struct *qvma;
+	struct page *qpage;
+	u64 *qslot;
+
+	qregion = ksmdev_region_find(qctx, qaddr);
+	if (!qregion || ksmdev_trees_of(qctx, qregion) != un->trees) {
+		ksmdev_unstable_erase(un);
+		return false;
+	}
+	/* Split ours first: its page must hold our only extra reference. */
+	if (ksmdev_split_page(page))
+		return false;
+	/*
+	 * Another mm: never wait for its mmap lock while we hold ours (the
+	 * scanner would be the only task ever to nest two); try again next
+	 * scan instead.
+	 */
+	if (other_mm) {
+		if (!mmget_not_zero(qmm))
+			return false;
+		if (!mmap_read_trylock(qmm)) {
+			mmput_async(qmm);
+			return false;
+		}
+	}
+	qvma = vma_lookup(qmm, qaddr);
+	if (!qvma || !ksmdev_vma_mergeable(qvma))
+		goto out;
+	qpage = ksmdev_get_anon_page(qvma, qaddr);
+	if (!qpage)
+		goto out;
+	qslot = ksmdev_region_slot(qregion, qaddr);
+	if (!qslot || qpage == page || !ksmdev_pages_identical(page, qpage) ||
+	    ksmdev_split_page(qpage))
+		goto put;
+
+	stable = ksmdev_stable_create(un->trees, hash, page);
+	if (!stable)
+		goto put;
+	if (!ksmdev_replace_page(s->vma, addr, page, stable->kpage)) {
+		ksmdev_slot_set(s->ctx, slot,
+				ksmdev_slot_stable_value(stable->kpage));
+		merged = true;
+	}
+	if (!ksmdev_replace_page(qvma, qaddr, qpage, stable->kpage))
+		ksmdev_slot_set(qctx, qslot,
+				ksmdev_slot_stable_value(stable->kpage));
+	ksmdev_stable_release(stable);
+	ksmdev_unstable_erase(un);
+put:
+	put_page(qpage);
+out:
+	if (other_mm) {
+		mmap_read_unlock(qmm);
+		mmput_async(qmm);
+	}
+	return merged;
+}
+
+/*
+ * A page that is not anonymous, in a mergeable VMA: a stable page (ours, or
+ * left by an earlier load of the module). Count it where it is now.
+ */
+static void ksmdev_scan_kpage(struct ksmdev_scan *s, struct page *page,
+			      u64 *slot)
+{
+	struct ksmdev_stable *stable = ksmdev_stable_by_pfn(page_to_pfn(page));
+	u64 value = 0;
+
+	/* A stable page of another scope is mapped here: leave it alone. */
+	if (stable && stable->trees == ksmdev_trees_of(s->ctx, s->region))
+		value = ksmdev_slot_stable_value(page);
+	if (*slot != value)
+		ksmdev_slot_set(s->ctx, slot, value);
+}
+
+/*
+ * One anonymous page, as mm/ksm.c's cmp_and_merge_page(): a page that
+ * changed since its last visit is volatile; one that did not is merged
+ * with a stable page of the same content, or with an unstable one, or goes
+ * into the unstable tree.
+ */
+static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
+				 struct page *page, u64 *slot)
+{
+	struct ksmdev_trees *trees = ksmdev_trees_of(s->ctx, s->region);
+	struct ksmdev_unstable *un, *next;
+	struct ksmdev_stable *stable;
+	u64 old = *slot, hash, value;
+
+	hash = ksmdev_page_hash(page);
+	value = KSMDEV_SLOT_SEEN | (hash & KSMDEV_SLOT_CSUM_MASK);
+	/* New, changed, or written after a merge (COW broke it): volatile. */
+	if (!(old & KSMDEV_SLOT_SEEN) ||
+	    (old & KSMDEV_SLOT_CSUM_MASK) != (hash & KSMDEV_SLOT_CSUM_MASK)) {
+		ksmdev_slot_set(s->ctx, slot, value);
+		return;
+	}
+
+	if (READ_ONCE(ksmdev_config.use_zero_pages) &&
+	    hash == ksmdev_zero_hash && !ksmdev_split_page(page) &&
+	    !ksmdev_replace_page(s->vma, addr, page, NULL)) {
+		ksmdev_slot_set(s->ctx, slot, KSMDEV_SLOT_ZERO);
+		return;
+	}
+
+	stable = ksmdev_stable_search(trees, hash, page);
+	if (stable) {
+		if (!ksmdev_split_page(page) &&
+		    !ksmdev_replace_page(s->vma, addr, page, stable->kpage))
+			value = ksmdev_slot_stable_value(stable->kpage);
+		ksmdev_slot_set(s->ctx, slot, value);
+		return;
+	}
+
+	for (un = ksmdev_unstable_first(trees, hash); un; un = next) {
+		next = ksmdev_unstable_next(un);
+		if (ksmdev_merge_unstable(s, addr, page, slot, un, hash))
+			return;
+	}
+	if (!ksmdev_unstable_insert(trees, hash, s->ctx, addr))
+		value |= KSMDEV_SLOT_UNSTABLE;
+	ksmdev_slot_set(s->ctx, slot, value);
+}
+
+/*
+ * Look at the pages gathered from [start, end) of the current region, then
+ * forget the state of every address there that had no page.
+ */
+static void ksmdev_scan_pages(struct ksmdev_scan *s, unsigned long start,
+			      unsigned long end, struct ksmdev_batch *b)
+{
+	unsigned long addr = start;
+	unsigned int i;
+	u64 *slot;
+
+	for (i = 0; i < b->nr; i++) {
+		unsigned long at = b->addr[i];
+		struct page *page = b->page[i];
+
+		ksmdev_region_forget(s->ctx, s->region, addr, at);
+		addr = at + PAGE_SIZE;
+		if (!s->mergeable) {
+			/* Looked at, nothing to remember: see vma_mergeable. */
+			ksmdev_region_forget(s->ctx, s->region, at, addr);
+		} else if (!page) {
+			/* A zero page: still ours if the slot says so. */
+			slot = ksmdev_region_slot_lookup(s->region, at);
+			if (slot && *slot != (*slot & KSMDEV_SLOT_ZERO))
+				ksmdev_slot_set(s->ctx, slot,
+						*slot & KSMDEV_SLOT_ZERO);
+		} else {
+			slot = ksmdev_region_slot(s->region, at);
+			if (slot && PageAnon(page))
+				ksmdev_cmp_and_merge(s, at, page, slot);
+			else if (slot)
+				ksmdev_scan_kpage(s, page, slot);
+		}
+		if (page) {
+			WRITE_ONCE(ksmdev_stats.pages_scanned,
+				   ksmdev_stats.pages_scanned + 1);
+			put_page(page);
+		}
+	}
+	ksmdev_region_forget(s->ctx, s->region, addr, end);
+}
+
+/*
+ * Scan [*addr, end) of s->region, which lies inside s->vma, up to @budget
+ * pages. Returns the pages scanned; *addr is where to go on.
+ */
+static unsigned long ksmdev_scan_vma(struct ksmdev_scan *s,
 				     unsigned long *addr, unsigned long end,
 				     unsigned long budget)
 {
+	struct mm_struct *mm = s->vma->vm_mm;
 	struct ksmdev_batch b;
-	unsigned long scanned = 0, next;
-	unsigned int i;
+	unsigned long scanned = 0, next, start;
 	pmd_t *pmd;
 
 	while (*addr < end && scanned < budget) {
-		pmd = ksmdev_walk_to_pmd(vma->vm_mm, *addr, end, &next);
-		if (!pmd) {
-			*addr = next;
-			continue;
-		}
+		start = *addr;
+		pmd = ksmdev_walk_to_pmd(mm, start, end, &next);
 		b.nr = 0;
-		*addr = ksmdev_gather(vma, pmd, *addr, next, &b,
-				      min_t(unsigned long, KSMDEV_BATCH,
-					    budget - scanned));
-		for (i = 0; i < b.nr; i++) {
-			ksmdev_scan_page(region, b.addr[i], b.page[i]);
-			put_page(b.page[i]);
-		}
+		if (pmd)
+			*addr = ksmdev_gather(s->vma, pmd, start, next, &b);
+		else
+			*addr = next;
+		ksmdev_scan_pages(s, start, *addr, &b);
 		scanned += b.nr;
-		if (ksmdev_must_yield(vma->vm_mm))
+		if (ksmdev_must_yield(mm))
 			break;
 	}
 	return scanned;
@@ -262,10 +428,9 @@ static unsigned long ksmdev_scan_vma(struct ksmdev_region *region,
 static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 				     unsigned long budget)
 {
+	struct ksmdev_scan s = { .ctx = ctx };
 	struct mm_struct *mm = ctx->mm;
-	unsigned long addr = ksmdev_cursor.addr, scanned = 0;
-	struct ksmdev_region *region;
-	struct vm_area_struct *vma;
+	unsigned long addr = ksmdev_cursor.addr, scanned = 0, end;
 
 	if (ctx->exited || !mmget_not_zero(mm)) {
 		/*
@@ -281,25 +446,33 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 	}
 	mmap_read_lock(mm);
 	while (scanned < budget) {
-		region = ksmdev_region_next(ctx, addr);
-		if (!region) {
+		s.region = ksmdev_region_next(ctx, addr);
+		if (!s.region) {
 			addr = ULONG_MAX;
 			break;
 		}
-		addr = max(addr, region->start);
-		vma = find_vma(mm, addr);
-		if (!vma || vma->vm_start >= region->end) {
-			addr = region->end;
+		addr = max(addr, s.region->start);
+		s.vma = find_vma(mm, addr);
+		if (!s.vma || s.vma->vm_start >= s.region->end) {
+			/* Unmapped to the region's end: nothing to merge. */
+			ksmdev_region_forget(ctx, s.region, addr, s.region->end);
+			addr = s.region->end;
 			continue;
 		}
-		addr = max(addr, vma->vm_start);
-		if (!ksmdev_vma_scannable(vma)) {
-			addr = min(vma->vm_end, region->end);
+		if (s.vma->vm_start > addr) {
+			/* A hole in the region: nothing is there any more. */
+			ksmdev_region_forget(ctx, s.region, addr,
+					     s.vma->vm_start);
+			addr = s.vma->vm_start;
+		}
+		end = min(s.vma->vm_end, s.region->end);
+		if (!ksmdev_vma_scannable(s.vma)) {
+			ksmdev_region_forget(ctx, s.region, addr, end);
+			addr = end;
 			continue;
 		}
-		scanned += ksmdev_scan_vma(region, vma, &addr,
-					   min(vma->vm_end, region->end),
-					   budget - scanned);
+		s.mergeable = ksmdev_vma_mergeable(s.vma);
+		scanned += ksmdev_scan_vma(&s, &addr, end, budget - scanned);
 		if (ksmdev_must_yield(mm))
 			break;
 	}
@@ -308,6 +481,21 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 	mmput_async(mm);
 	ksmdev_cursor.addr = addr;
 	return scanned;
+}
+
+/* A full scan begins: a new unstable tree, and no page held in LRU batches. */
+static void ksmdev_scan_pass_begin(void)
+{
+	struct ksmdev_ctx *ctx;
+
+	ksmdev_unstable_reset(&ksmdev_global_trees);
+	list_for_each_entry(ctx, &ksmdev_ctx_list, list)
+		ksmdev_unstable_reset(&ctx->trees);
+	/*
+	 * Freshly faulted pages sit in per-CPU add-to-LRU batches, each with
+	 * a reference that would make every merge fail the pin check.
+	 */
+	ksmdev_lru_add_drain_all();
 }
 
 /* One batch: pages_to_scan pages, or up to the end of a pass. */
@@ -321,6 +509,7 @@ static void ksmdev_scan_batch(void)
 		if (!ksmdev_cursor.ctx) {
 			if (list_empty(&ksmdev_ctx_list))
 				break;
+			ksmdev_scan_pass_begin();
 			ksmdev_cursor.ctx = list_first_entry(&ksmdev_ctx_list,
 							     struct ksmdev_ctx,
 							     list);
@@ -385,18 +574,54 @@ static int ksmdev_scan_thread(void *unused)
 }
 
 /*
- * Unmerge every merged page of every context. Called with ksmdev_lock
- * held and the scanner stopped (run is KSM_RUN_STOP).
+ * Unmerge every merged page of every context (run=2). Called with
+ * ksmdev_lock held and run at KSM_RUN_STOP, so that nothing merges anew;
+ * contexts opened meanwhile wait for ksmdev_lock, and go to the list's
+ * tail (seed 004). Stops at the first error (-ENOMEM, -EINTR), which the
+ * caller returns.
  */
 int ksmdev_unmerge_all(void)
 {
+	struct ksmdev_region *region;
+	struct ksmdev_ctx *ctx;
+	struct rb_node *node;
+	int err = 0;
+
 	lockdep_assert_held(&ksmdev_lock);
-	/* Nothing is merged yet: the merge engine is not built. */
+	list_for_each_entry(ctx, &ksmdev_ctx_list, list) {
+		if (ctx->exited)
+			continue;
+		if (!mmget_not_zero(ctx->mm)) {
+			ctx->exited = true;
+			ksmdev_ctx_drop_regions(ctx);
+			continue;
+		}
+		if (mmap_read_lock_killable(ctx->mm)) {
+			mmput_async(ctx->mm);
+			return -EINTR;
+		}
+		for (node = rb_first(&ctx->regions); node && !err;
+		     node = rb_next(node)) {
+			region = rb_entry(node, struct ksmdev_region, node);
+			err = ksmdev_unmerge_region(ctx, region);
+		}
+		mmap_read_unlock(ctx->mm);
+		mmput_async(ctx->mm);
+		if (err)
+			return err;
+	}
 	return 0;
 }
 
 int ksmdev_scan_init(void)
 {
+	void *zero = kzalloc(PAGE_SIZE, GFP_KERNEL);
+
+	if (!zero)
+		return -ENOMEM;
+	ksmdev_zero_hash = xxh64(zero, PAGE_SIZE, 0);
+	kfree(zero);
+
 	ksmdev_thread = kthread_run(ksmdev_scan_thread, NULL, "ksmdev");
 	if (IS_ERR(ksmdev_thread)) {
 		pr_err("cannot start the scanner thread\n");

@@ -1,0 +1,384 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * DOC: merging and unmerging
+ *
+ * A module cannot make pages PageKsm: the kernel's rmap would call into
+ * mm/ksm.c for them. So a merged page is a plain kernel page (the 2009
+ * KSM's "unswappable kernel page"), mapped read-only into private anonymous
+ * VMAs with file rmap accounting, as vm_insert_page() maps a driver's page.
+ * The kernel then needs no help from us: a write fault on a private mapping
+ * of a non-anonymous page copies it (copy-on-write), fork duplicates the
+ * mapping, munmap and exit unmap it and drop its reference.
+ *
+ * ksmdev_replace_page() swaps one anonymous PTE for the stable page (or the
+ * zero page). Under the page table lock it clears and flushes the PTE, so
+ * nobody can write through it or map it anew; then the page's references
+ * must be its mappings and ours alone (a pin by O_DIRECT, vmsplice or
+ * io_uring would show as one more: then the PTE is put back), and the
+ * content must still be identical. Only then is the new PTE installed.
+ *
+ * Unmerging lets the kernel copy: each address that maps a stable page or a
+ * zero page we put there is faulted for write (FOLL_FORCE, so read-only
+ * mappings unmerge too). Out of memory and signals come back as errors, at
+ * once, never as a retry loop (seed 001).
+ */
+#include <linux/highmem.h>
+#include <linux/pagemap.h>
+#include <linux/userfaultfd_k.h>
+#include <linux/sched/signal.h>
+
+#include "ksmdev.h"
+
+/* Private anonymous memory: the scanner may read its pages. */
+bool ksmdev_vma_scannable(struct vm_area_struct *vma)
+{
+	return vma_is_anonymous(vma) &&
+	       !(vma->vm_flags & (VM_SHARED | VM_MAYSHARE | VM_PFNMAP |
+				  VM_MIXEDMAP | VM_HUGETLB | VM_IO));
+}
+
+/* Merging is done only in VMAs where the kernel will do the rest right. */
+bool ksmdev_vma_mergeable(struct vm_area_struct *vma)
+{
+	/*
+	 * VM_LOCKED: mlock accounting of a kernel page is not ours to keep
+	 * right, so mlocked pages are scanned (counted in pages_scanned) but
+	 * never merged. userfaultfd: its PTE bits would be lost.
+	 */
+	return ksmdev_vma_scannable(vma) && !userfaultfd_armed(vma) &&
+	       !(vma->vm_flags & VM_LOCKED);
+}
+
+/*
+ * The pmd that maps @addr, or NULL with *@next set past the empty (or huge
+ * or bad) upper level entry that stands in the way. Needs the mmap lock.
+ */
+pmd_t *ksmdev_walk_to_pmd(struct mm_struct *mm, unsigned long addr,
+			  unsigned long end, unsigned long *next)
+{
+	pgd_t *pgd;
+	p4d_t *p4d;
+	pud_t *pud;
+
+	pgd = pgd_offset(mm, addr);
+	if (pgd_none(*pgd) || pgd_bad(*pgd)) {
+		*next = pgd_addr_end(addr, end);
+		return NULL;
+	}
+	p4d = p4d_offset(pgd, addr);
+	if (p4d_none(*p4d) || p4d_bad(*p4d)) {
+		*next = p4d_addr_end(addr, end);
+		return NULL;
+	}
+	pud = pud_offset(p4d, addr);
+	if (pud_none(*pud) || !pud_present(*pud) || pud_trans_huge(*pud) ||
+	    pud_bad(*pud)) {
+		*next = pud_addr_end(addr, end);
+		return NULL;
+	}
+	*next = pmd_addr_end(addr, end);
+	return pmd_offset(pud, addr);
+}
+
+bool ksmdev_pages_identical(struct page *a, struct page *b)
+{
+	void *ka = kmap_local_page(a);
+	void *kb = kmap_local_page(b);
+	bool same = !memcmp(ka, kb, PAGE_SIZE);
+
+	kunmap_local(kb);
+	kunmap_local(ka);
+	return same;
+}
+
+bool ksmdev_page_is_zero(struct page *page)
+{
+	void *kaddr = kmap_local_page(page);
+	bool zero = !memchr_inv(kaddr, 0, PAGE_SIZE);
+
+	kunmap_local(kaddr);
+	return zero;
+}
+
+/* A pmd that points to a page table (not empty, huge or bad). */
+static pmd_t *ksmdev_table_pmd(struct mm_struct *mm, unsigned long addr)
+{
+	unsigned long next;
+	pmd_t *pmd = ksmdev_walk_to_pmd(mm, addr, addr + PAGE_SIZE, &next);
+	pmd_t pmdval;
+
+	if (!pmd)
+		return NULL;
+	pmdval = READ_ONCE(*pmd);
+	if (pmd_none(pmdval) || !pmd_present(pmdval) ||
+	    pmd_trans_huge(pmdval) || pmd_bad(pmdval))
+		return NULL;
+	return pmd;
+}
+
+/**
+ * ksmdev_get_anon_page - the anonymous page mapped at @addr, referenced
+ * @vma:  a mergeable VMA (mmap lock held)
+ * @addr: an address in it
+ *
+ * Return: the page with a reference taken, or NULL.
+ */
+struct page *ksmdev_get_anon_page(struct vm_area_struct *vma,
+				  unsigned long addr)
+{
+	struct mm_struct *mm = vma->vm_mm;
+	struct page *page = NULL;
+	unsigned long next;
+	spinlock_t *ptl;	/* the page table's (or the pmd's) lock */
+	pte_t *ptep, pte;
+	pmd_t *pmd;
+
+	pmd = ksmdev_walk_to_pmd(mm, addr, addr + PAGE_SIZE, &next);
+	if (!pmd)
+		return NULL;
+	if (pmd_trans_huge(READ_ONCE(*pmd))) {
+		ptl = pmd_lock(mm, pmd);
+		if (pmd_trans_huge(*pmd) && PageAnon(pmd_page(*pmd))) {
+			page = nth_page(pmd_page(*pmd),
+					(addr & ~PMD_MASK) >> PAGE_SHIFT);
+			get_page(page);
+		}
+		spin_unlock(ptl);
+		return page;
+	}
+	pmd = ksmdev_table_pmd(mm, addr);
+	if (!pmd)
+		return NULL;
+	ptep = ksmdev_pte_map_lock(mm, pmd, addr, &ptl);
+	if (!ptep) {
+		ksmdev_pte_map_failed(ptl);
+		return NULL;
+	}
+	pte = ptep_get(ptep);
+	if (pte_present(pte) && !pte_special(pte) && pfn_valid(pte_pfn(pte))) {
+		page = pfn_to_page(pte_pfn(pte));
+		if (PageAnon(page))
+			get_page(page);
+		else
+			page = NULL;
+	}
+	pte_unmap_unlock(ptep, ptl);
+	return page;
+}
+
+/**
+ * ksmdev_split_page - make @page an order-0 page, if it is part of a THP
+ * @page: an anonymous page; the caller holds one reference, and no other
+ *        reference to the same huge page
+ *
+ * Return: 0, or -EBUSY if it could not be split now (try next scan).
+ */
+int ksmdev_split_page(struct page *page)
+{
+	int err;
+
+	if (!PageCompound(page))
+		return 0;
+	if (!trylock_page(page))
+		return -EBUSY;
+	/* @page stays locked through the split; the other parts do not. */
+	err = ksmdev_split_huge_page(page);
+	unlock_page(page);
+	return err ? -EBUSY : 0;
+}
+
+/* No pin: the references are the mappings and the caller's one. */
+static bool ksmdev_page_unpinned(struct page *page)
+{
+	return page_count(page) == ksmdev_page_mapcount(page) + 1;
+}
+
+/**
+ * ksmdev_replace_page - map @kpage at @addr instead of @page
+ * @vma:   a mergeable VMA; its mmap lock held for read
+ * @addr:  where @page is mapped
+ * @page:  an order-0 anonymous page; the caller holds a reference
+ * @kpage: a stable page with @page's content, or NULL for the zero page
+ *
+ * Return: 0, or -EAGAIN if the PTE changed, the page is pinned or in the
+ * swap cache, or its content is no longer that of @kpage.
+ */
+int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
+			struct page *page, struct page *kpage)
+{
+	struct mm_struct *mm = vma->vm_mm;
+	struct mmu_notifier_range range;
+	spinlock_t *ptl;	/* the page table's lock */
+	pte_t *ptep, orig, newpte;
+	int err = -EAGAIN;
+	pmd_t *pmd;
+
+	mmap_assert_locked(mm);
+	if (PageCompound(page) || folio_test_swapcache(page_folio(page)))
+		return -EAGAIN;
+	pmd = ksmdev_table_pmd(mm, addr);
+	if (!pmd)
+		return -EAGAIN;
+
+	/* A secondary MMU (KVM's EPT) must drop the old page first. */
+	ksmdev_mmu_range_init(&range, vma, addr, addr + PAGE_SIZE);
+	ksmdev_mmu_invalidate_start(&range);
+	ptep = ksmdev_pte_map_lock(mm, pmd, addr, &ptl);
+	if (!ptep) {
+		ksmdev_pte_map_failed(ptl);
+		goto out;
+	}
+	orig = ptep_get(ptep);
+	if (!pte_present(orig) || pte_pfn(orig) != page_to_pfn(page))
+		goto unlock;
+
+	/* From here nobody can write the page through this PTE. */
+	orig = ksmdev_ptep_clear_flush(vma, addr, ptep);
+	if (!ksmdev_page_unpinned(page) ||
+	    (kpage ? !ksmdev_pages_identical(page, kpage) :
+		     !ksmdev_page_is_zero(page))) {
+		set_pte_at(mm, addr, ptep, orig);
+		goto unlock;
+	}
+
+	if (kpage) {
+		get_page(kpage);
+		ksmdev_page_add_file_rmap(kpage, vma);
+		ksmdev_add_mm_counter(mm, MM_FILEPAGES, 1);
+		newpte = mk_pte(kpage, vma->vm_page_prot);
+	} else {
+		/* What a read fault on an absent page would install. */
+		newpte = pte_mkspecial(pfn_pte(my_zero_pfn(addr),
+					       vma->vm_page_prot));
+	}
+	/* Soft-dirty tracking (CRIU) must not lose a write it has not seen. */
+	if (pte_soft_dirty(orig))
+		newpte = pte_mksoft_dirty(newpte);
+	set_pte_at(mm, addr, ptep, newpte);
+
+	ksmdev_page_remove_rmap(page, vma);
+	ksmdev_add_mm_counter(mm, MM_ANONPAGES, -1);
+	/* The PTE's reference; the caller still holds its own. */
+	put_page(page);
+	err = 0;
+unlock:
+	pte_unmap_unlock(ptep, ptl);
+out:
+	ksmdev_mmu_invalidate_end(&range);
+	return err;
+}
+
+/*
+ * The first address in [addr, end) of @vma that maps a stable page, or the
+ * zero page where the slot says we put it; @end if none.
+ */
+static unsigned long ksmdev_next_merged(struct vm_area_struct *vma,
+					struct ksmdev_region *region,
+					unsigned long addr, unsigned long end)
+{
+	struct mm_struct *mm = vma->vm_mm;
+	unsigned long next;
+	spinlock_t *ptl;	/* the page table's lock */
+	pte_t *start_pte, *ptep;
+	pmd_t *pmd;
+
+	for (; addr < end; addr = next) {
+		pmd = ksmdev_walk_to_pmd(mm, addr, end, &next);
+		if (!pmd || !ksmdev_table_pmd(mm, addr))
+			continue;
+		start_pte = ksmdev_pte_map_lock(mm, pmd, addr, &ptl);
+		if (!start_pte) {
+			ksmdev_pte_map_failed(ptl);
+			continue;
+		}
+		for (ptep = start_pte; addr < next; ptep++, addr += PAGE_SIZE) {
+			pte_t pte = ptep_get(ptep);
+			u64 *slot;
+
+			if (!pte_present(pte))
+				continue;
+			if (is_zero_pfn(pte_pfn(pte))) {
+				slot = ksmdev_region_slot_lookup(region, addr);
+				if (slot && (*slot & KSMDEV_SLOT_ZERO))
+					break;
+				continue;
+			}
+			if (!pte_special(pte) && pfn_valid(pte_pfn(pte)) &&
+			    !PageAnon(pfn_to_page(pte_pfn(pte))))
+				break;
+		}
+		pte_unmap_unlock(start_pte, ptl);
+		if (addr < next)
+			return addr;
+	}
+	return end;
+}
+
+/* Forget that pages of @region were merged: they were all unmerged. */
+static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
+				   struct ksmdev_region *region)
+{
+	unsigned long addr, end = region->end;
+	u64 *slot;
+
+	for (addr = ksmdev_region_slot_next(region, region->start, end, &slot);
+	     addr < end;
+	     addr = ksmdev_region_slot_next(region, addr + PAGE_SIZE, end, &slot))
+		if (*slot & KSMDEV_SLOT_MERGED)
+			ksmdev_slot_set(ctx, slot, 0);
+}
+
+/**
+ * ksmdev_unmerge_region - give every merged page of @region a private copy
+ * @ctx:    the region's context
+ * @region: the region
+ *
+ * Called with ksmdev_lock held, a reference on ctx->mm and its mmap lock
+ * held for read (GUP keeps it held). Returns promptly on failure; what was
+ * unmerged stays unmerged, and the call can be repeated.
+ *
+ * Return: 0, -ENOMEM (a memory cgroup limit, or no memory), -EINTR (a
+ * signal), or another error of the fault.
+ */
+int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
+{
+	struct mm_struct *mm = ctx->mm;
+	unsigned long addr = region->start, end;
+	struct vm_area_struct *vma;
+	long ret;
+
+	lockdep_assert_held(&ksmdev_lock);
+	mmap_assert_locked(mm);
+	while (addr < region->end) {
+		vma = find_vma(mm, addr);
+		if (!vma || vma->vm_start >= region->end)
+			break;
+		addr = max(addr, vma->vm_start);
+		end = min(vma->vm_end, region->end);
+		if (!vma_is_anonymous(vma)) {
+			addr = end;
+			continue;
+		}
+		for (;;) {
+			if (signal_pending(current))
+				return -EINTR;
+			addr = ksmdev_next_merged(vma, region, addr, end);
+			if (addr >= end)
+				break;
+			ret = ksmdev_fault_write(mm, addr);
+			/*
+			 * PROT_NONE: nothing can read or write the page; a
+			 * later mprotect() makes it copy-on-write again.
+			 */
+			if (ret == -EFAULT &&
+			    !(vma->vm_flags & (VM_READ | VM_WRITE | VM_EXEC)))
+				ret = 0;
+			if (ret < 0)
+				return ret;
+			addr += PAGE_SIZE;
+			cond_resched();
+		}
+	}
+	ksmdev_region_unmerged(ctx, region);
+	return 0;
+}

@@ -1,0 +1,369 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * DOC: the stable and unstable trees
+ *
+ * As in mm/ksm.c, merged pages live in a stable tree and this full scan's
+ * candidates in an unstable tree, both searched by content. Unlike mm/ksm.c,
+ * both are ordered by the xxh64 hash of the content, which the scanner has
+ * computed anyway to tell volatile pages: a search costs no page lookups
+ * and no memcmp() per level, only one memcmp() to confirm a hit. A stable
+ * page's content never changes, so its key is exact. An unstable node's key
+ * is the content when it was inserted: the page may have changed since, so
+ * a hit is only a hint, and the merge compares again under the page table
+ * lock (ksmdev_replace_page()). Because keys never change once inserted,
+ * the unstable tree cannot be corrupted by writes, as mm/ksm.c's can.
+ *
+ * The unstable tree is emptied at the start of every full scan. A stable
+ * node lives while a slot counts it as mapped (its sharers); at zero it is
+ * freed and drops its page reference, and PTEs that still map the page
+ * (after close, or in a forked child) keep it alive until they go.
+ *
+ * Counters follow the in-kernel meanings: pages_shared is the number of
+ * stable pages with a sharer, pages_sharing the further sharers, and
+ * pages_unshared the slots that went into an unstable tree (counted until
+ * the page's next visit, as mm/ksm.c does); pages_volatile is the candidates
+ * seen but in no tree.
+ *
+ * Everything here runs under ksmdev_lock.
+ */
+#include <linux/highmem.h>
+#include <linux/slab.h>
+
+#include "ksmdev.h"
+
+struct ksmdev_trees ksmdev_global_trees = {
+	.stable = RB_ROOT,
+	.unstable = RB_ROOT,
+};
+
+/* Every stable node, by PFN: which node a PTE's page belongs to. */
+static struct rb_root ksmdev_stable_pfns = RB_ROOT;
+static unsigned long ksmdev_nr_stable;
+/* Slots with KSMDEV_SLOT_SEEN: candidates being tracked. */
+static unsigned long ksmdev_nr_tracked;
+
+struct ksmdev_trees *ksmdev_trees_of(struct ksmdev_ctx *ctx,
+				     struct ksmdev_region *region)
+{
+	if (region->flags & KSM_REGION_SCOPE_MM)
+		return &ctx->trees;
+	return &ksmdev_global_trees;
+}
+
+static void ksmdev_stat_add(u64 *counter, long delta)
+{
+	WRITE_ONCE(*counter, *counter + delta);
+}
+
+static void ksmdev_stable_free(struct ksmdev_stable *stable)
+{
+	rb_erase(&stable->node, &stable->trees->stable);
+	rb_erase(&stable->pfn_node, &ksmdev_stable_pfns);
+	ksmdev_nr_stable--;
+	/* PTEs that still map the page keep it alive (see DOC). */
+	put_page(stable->kpage);
+	ksmdev_meta_free(stable, sizeof(*stable));
+}
+
+static void ksmdev_stable_get(struct ksmdev_stable *stable)
+{
+	if (stable->sharers++)
+		ksmdev_stat_add(&ksmdev_stats.pages_sharing, 1);
+	else
+		ksmdev_stat_add(&ksmdev_stats.pages_shared, 1);
+}
+
+static void ksmdev_stable_put(struct ksmdev_stable *stable)
+{
+	if (--stable->sharers) {
+		ksmdev_stat_add(&ksmdev_stats.pages_sharing, -1);
+		return;
+	}
+	ksmdev_stat_add(&ksmdev_stats.pages_shared, -1);
+	ksmdev_stable_free(stable);
+}
+
+/* Free @stable if nobody came to map it after all. */
+void ksmdev_stable_release(struct ksmdev_stable *stable)
+{
+	if (!stable->sharers)
+		ksmdev_stable_free(stable);
+}
+
+struct ksmdev_stable *ksmdev_stable_by_pfn(unsigned long pfn)
+{
+	struct rb_node *node = ksmdev_stable_pfns.rb_node;
+
+	while (node) {
+		struct ksmdev_stable *stable;
+		unsigned long kpfn;
+
+		stable = rb_entry(node, struct ksmdev_stable, pfn_node);
+		kpfn = page_to_pfn(stable->kpage);
+		if (pfn == kpfn)
+			return stable;
+		node = pfn < kpfn ? node->rb_left : node->rb_right;
+	}
+	return NULL;
+}
+
+static u64 ksmdev_slot_pfn(u64 slot)
+{
+	return slot & KSMDEV_SLOT_PFN_MASK;
+}
+
+static struct ksmdev_stable *ksmdev_slot_stable(u64 slot)
+{
+	struct ksmdev_stable *stable;
+
+	if (!(slot & KSMDEV_SLOT_STABLE))
+		return NULL;
+	stable = ksmdev_stable_by_pfn(ksmdev_slot_pfn(slot));
+	/* A slot counts as a sharer: its node cannot be gone. */
+	WARN_ON_ONCE(!stable);
+	return stable;
+}
+
+static long ksmdev_flag_delta(u64 old, u64 new, u64 flag)
+{
+	return (long)!!(new & flag) - (long)!!(old & flag);
+}
+
+/**
+ * ksmdev_slot_set - change a page's scan state, and the counters with it
+ * @ctx:   the context of the page's region
+ * @slot:  the page's slot
+ * @value: the new state
+ *
+ * The only place where slots change, so that the counters (global and of
+ * @ctx) and the stable nodes' sharers always agree with the slots.
+ */
+void ksmdev_slot_set(struct ksmdev_ctx *ctx, u64 *slot, u64 value)
+{
+	u64 old = *slot;
+	long zero = ksmdev_flag_delta(old, value, KSMDEV_SLOT_ZERO);
+
+	lockdep_assert_held(&ksmdev_lock);
+	if ((old & KSMDEV_SLOT_STABLE) != (value & KSMDEV_SLOT_STABLE) ||
+	    ((old & KSMDEV_SLOT_STABLE) &&
+	     ksmdev_slot_pfn(old) != ksmdev_slot_pfn(value))) {
+		struct ksmdev_stable *from = ksmdev_slot_stable(old);
+		struct ksmdev_stable *to = ksmdev_slot_stable(value);
+
+		if (to)
+			ksmdev_stable_get(to);
+		if (from)
+			ksmdev_stable_put(from);
+	}
+	*slot = value;
+
+	ksmdev_nr_tracked += ksmdev_flag_delta(old, value, KSMDEV_SLOT_SEEN);
+	ksmdev_stat_add(&ksmdev_stats.pages_unshared,
+			ksmdev_flag_delta(old, value, KSMDEV_SLOT_UNSTABLE));
+	ksmdev_stat_add(&ksmdev_stats.ksm_zero_pages, zero);
+	WRITE_ONCE(ksmdev_stats.pages_volatile,
+		   ksmdev_nr_tracked - ksmdev_stats.pages_unshared);
+	ctx->nr_zero += zero;
+	ctx->nr_merging += ksmdev_flag_delta(old, value, KSMDEV_SLOT_MERGED);
+}
+
+/* The first node of @root whose hash is not below @hash. */
+static struct rb_node *ksmdev_tree_lower_bound(struct rb_root *root, u64 hash,
+					       size_t offset)
+{
+	struct rb_node *node = root->rb_node, *found = NULL;
+
+	while (node) {
+		u64 key = *(u64 *)((char *)node + offset);
+
+		if (key >= hash) {
+			found = node;
+			node = node->rb_left;
+		} else {
+			node = node->rb_right;
+		}
+	}
+	return found;
+}
+
+static void ksmdev_tree_insert(struct rb_root *root, struct rb_node *new,
+			       u64 hash, size_t offset)
+{
+	struct rb_node **link = &root->rb_node, *parent = NULL;
+
+	while (*link) {
+		parent = *link;
+		if (hash < *(u64 *)((char *)parent + offset))
+			link = &parent->rb_left;
+		else
+			link = &parent->rb_right;
+	}
+	rb_link_node(new, parent, link);
+	rb_insert_color(new, root);
+}
+
+#define KSMDEV_STABLE_HASH	(offsetof(struct ksmdev_stable, hash) - \
+				 offsetof(struct ksmdev_stable, node))
+#define KSMDEV_UNSTABLE_HASH	(offsetof(struct ksmdev_unstable, hash) - \
+				 offsetof(struct ksmdev_unstable, node))
+
+/**
+ * ksmdev_stable_search - a stable page of @trees with @page's content
+ * @trees: the scope's trees
+ * @hash:  xxh64 of @page's content
+ * @page:  the candidate page (a reference held)
+ *
+ * Return: the node, or NULL.
+ */
+struct ksmdev_stable *ksmdev_stable_search(struct ksmdev_trees *trees,
+					   u64 hash, struct page *page)
+{
+	struct rb_node *node;
+
+	node = ksmdev_tree_lower_bound(&trees->stable, hash,
+				       KSMDEV_STABLE_HASH);
+	for (; node; node = rb_next(node)) {
+		struct ksmdev_stable *stable;
+
+		stable = rb_entry(node, struct ksmdev_stable, node);
+		if (stable->hash != hash)
+			break;
+		if (ksmdev_pages_identical(stable->kpage, page))
+			return stable;
+	}
+	return NULL;
+}
+
+static void ksmdev_stable_insert_pfn(struct ksmdev_stable *stable)
+{
+	struct rb_node **link = &ksmdev_stable_pfns.rb_node, *parent = NULL;
+	unsigned long pfn = page_to_pfn(stable->kpage);
+
+	while (*link) {
+		struct ksmdev_stable *other;
+
+		parent = *link;
+		other = rb_entry(parent, struct ksmdev_stable, pfn_node);
+		if (pfn < page_to_pfn(other->kpage))
+			link = &parent->rb_left;
+		else
+			link = &parent->rb_right;
+	}
+	rb_link_node(&stable->pfn_node, parent, link);
+	rb_insert_color(&stable->pfn_node, &ksmdev_stable_pfns);
+}
+
+/**
+ * ksmdev_stable_create - a new stable page with @page's content
+ * @trees: the scope's trees
+ * @hash:  xxh64 of @page's content
+ * @page:  the page to copy
+ *
+ * The node has no sharer yet: give it some with ksmdev_slot_set(), then
+ * ksmdev_stable_release() it, which frees it if none came.
+ *
+ * Return: the node, or NULL at max_kernel_pages or without memory.
+ */
+struct ksmdev_stable *ksmdev_stable_create(struct ksmdev_trees *trees,
+					   u64 hash, struct page *page)
+{
+	u64 limit = READ_ONCE(ksmdev_config.max_kernel_pages);
+	struct ksmdev_stable *stable;
+
+	if (limit && ksmdev_nr_stable >= limit) {
+		ksmdev_stat_add(&ksmdev_stats.stable_nodes_limit_hits, 1);
+		return NULL;
+	}
+	stable = ksmdev_meta_alloc(sizeof(*stable), GFP_KERNEL);
+	if (!stable)
+		return NULL;
+	/* Not movable, not on the LRU: the kernel never migrates it. */
+	stable->kpage = alloc_page(GFP_HIGHUSER | __GFP_NOWARN);
+	if (!stable->kpage) {
+		ksmdev_meta_free(stable, sizeof(*stable));
+		return NULL;
+	}
+	copy_highpage(stable->kpage, page);
+	stable->hash = hash;
+	stable->trees = trees;
+	ksmdev_tree_insert(&trees->stable, &stable->node, hash,
+			   KSMDEV_STABLE_HASH);
+	ksmdev_stable_insert_pfn(stable);
+	ksmdev_nr_stable++;
+	return stable;
+}
+
+struct ksmdev_unstable *ksmdev_unstable_first(struct ksmdev_trees *trees,
+					      u64 hash)
+{
+	struct rb_node *node;
+	struct ksmdev_unstable *un;
+
+	node = ksmdev_tree_lower_bound(&trees->unstable, hash,
+				       KSMDEV_UNSTABLE_HASH);
+	if (!node)
+		return NULL;
+	un = rb_entry(node, struct ksmdev_unstable, node);
+	return un->hash == hash ? un : NULL;
+}
+
+struct ksmdev_unstable *ksmdev_unstable_next(struct ksmdev_unstable *un)
+{
+	struct rb_node *node = rb_next(&un->node);
+	struct ksmdev_unstable *next;
+
+	if (!node)
+		return NULL;
+	next = rb_entry(node, struct ksmdev_unstable, node);
+	return next->hash == un->hash ? next : NULL;
+}
+
+int ksmdev_unstable_insert(struct ksmdev_trees *trees, u64 hash,
+			   struct ksmdev_ctx *ctx, unsigned long addr)
+{
+	struct ksmdev_unstable *un;
+
+	un = ksmdev_meta_alloc(sizeof(*un), GFP_KERNEL);
+	if (!un)
+		return -ENOMEM;
+	un->trees = trees;
+	un->hash = hash;
+	un->ctx = ctx;
+	un->addr = addr;
+	list_add(&un->link, &ctx->unstable);
+	ksmdev_tree_insert(&trees->unstable, &un->node, hash,
+			   KSMDEV_UNSTABLE_HASH);
+	return 0;
+}
+
+void ksmdev_unstable_erase(struct ksmdev_unstable *un)
+{
+	rb_erase(&un->node, &un->trees->unstable);
+	list_del(&un->link);
+	ksmdev_meta_free(un, sizeof(*un));
+}
+
+/* Erase @ctx's unstable nodes for addresses in [start, end). */
+void ksmdev_unstable_forget(struct ksmdev_ctx *ctx, unsigned long start,
+			    unsigned long end)
+{
+	struct ksmdev_unstable *un, *tmp;
+
+	lockdep_assert_held(&ksmdev_lock);
+	list_for_each_entry_safe(un, tmp, &ctx->unstable, link)
+		if (un->addr >= start && un->addr < end)
+			ksmdev_unstable_erase(un);
+}
+
+/* Empty @trees' unstable tree (a full scan begins). */
+void ksmdev_unstable_reset(struct ksmdev_trees *trees)
+{
+	struct ksmdev_unstable *un, *tmp;
+
+	lockdep_assert_held(&ksmdev_lock);
+	rbtree_postorder_for_each_entry_safe(un, tmp, &trees->unstable, node) {
+		list_del(&un->link);
+		ksmdev_meta_free(un, sizeof(*un));
+	}
+	trees->unstable = RB_ROOT;
+}
