@@ -53,7 +53,7 @@ static void child_main(int ready, int go)
 int main(void)
 {
 	int ready[2], go[2], fd, i, status, ret = 0;
-	struct ksm_config saved;
+	struct ksm_config saved, cfg;
 	struct ksm_stats s;
 	pid_t pid[NR_CHILDREN];
 	char c;
@@ -90,8 +90,16 @@ int main(void)
 	}
 	printf("%d processes registered %lu MiB each (7/8 duplicate pages)\n",
 	       NR_CHILDREN, AREA_SIZE >> 20);
-	if (ksm_set_fast_config(fd))
-		fprintf(stderr, "demo: cannot set a fast config\n");
+	/* A moderate pace, so that the saving is seen to rise. */
+	cfg = saved;
+	cfg.run = KSM_RUN_MERGE;
+	cfg.pages_to_scan = 256;
+	cfg.sleep_millisecs = 20;
+	printf("scanning %llu pages every %llu ms\n",
+	       (unsigned long long)cfg.pages_to_scan,
+	       (unsigned long long)cfg.sleep_millisecs);
+	if (ksm_set_config(fd, &cfg))
+		fprintf(stderr, "demo: cannot set the scan pace\n");
 	for (i = 1; i <= SECONDS; i++) {
 		ksm_sleep_ms(1000);
 		if (ksm_get_stats(fd, &s)) {

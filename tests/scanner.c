@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <pthread.h>
 
 #include "ksmdev_test.h"
 
@@ -266,6 +267,72 @@ TEST_F_TIMEOUT(scanner, kthread_quiet_when_stopped, 120)
 	ASSERT_EQ(0, ksm_set_run(self->fd, KSM_RUN_STOP));
 	expect_kthread_idle(_metadata);
 	munmap(p, npages * self->ps);
+}
+
+/* Takes the mmap lock for write, over and over, while the scanner runs. */
+static void *mmap_writer(void *arg)
+{
+	volatile int *stop = arg;
+	size_t ps = ksm_page_size();
+	long rounds = 0;
+
+	while (!*stop) {
+		char *q = mmap(NULL, ps, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (q == MAP_FAILED)
+			return (void *)-1L;
+		q[0] = 1;
+		munmap(q, ps);
+		rounds++;
+	}
+	return (void *)rounds;
+}
+
+/*
+ * A 64 GiB region with one page written every 256 MiB: full scans complete
+ * (the walk skips empty page tables), nothing is faulted in, and the mmap
+ * lock keeps changing hands with a thread that maps and unmaps meanwhile
+ * (a stall would trip the guest's hung-task and lockup detectors).
+ */
+TEST_F_TIMEOUT(scanner, sparse_64g_region, 180)
+{
+	const size_t len = 64ULL << 30, step = 256ULL << 20;
+	size_t off, touched = 0;
+	volatile int stop = 0;
+	struct ksm_stats s0, s1;
+	pthread_t writer;
+	void *rounds;
+	char *p;
+
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ASSERT_NE(MAP_FAILED, p) TH_LOG("mmap 64 GiB: %s", strerror(errno));
+	ASSERT_EQ(0, madvise(p, len, MADV_NOHUGEPAGE));
+	for (off = 0; off < len; off += step, touched++)
+		p[off] = 1 + touched % 251;
+	ASSERT_EQ(0, ksm_register(self->fd, p, len, 0));
+	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+	ASSERT_EQ(0, pthread_create(&writer, NULL, mmap_writer, (void *)&stop));
+
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s0));
+	EXPECT_EQ(0, ksm_wait_full_scans(self->fd, 3, SCAN_TIMEOUT_S))
+		TH_LOG("full_scans did not advance by 3 in %d s", SCAN_TIMEOUT_S);
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s1));
+	stop = 1;
+	ASSERT_EQ(0, pthread_join(writer, &rounds));
+	EXPECT_LT(0, (long)rounds);
+	TH_LOG("%zu pages present in 64 GiB; %llu pages scanned in %llu full scans; %ld map/unmap rounds meanwhile",
+	       touched, (unsigned long long)(s1.pages_scanned - s0.pages_scanned),
+	       (unsigned long long)(s1.full_scans - s0.full_scans), (long)rounds);
+	/* Only present pages are scanned (at most 4 passes in the window). */
+	EXPECT_LE(s1.pages_scanned - s0.pages_scanned,
+		  (s1.full_scans - s0.full_scans + 1) * touched);
+	/* A page between two written ones was never faulted in. */
+	EXPECT_EQ(0, ksm_page_present(p + step / 2));
+	EXPECT_EQ(1, ksm_page_present(p + step));
+	EXPECT_EQ(0, ksm_unregister(self->fd, p, len));
+	munmap(p, len);
 }
 
 TEST_HARNESS_MAIN
