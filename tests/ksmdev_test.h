@@ -21,9 +21,12 @@
 #include <time.h>
 #include <unistd.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/sysinfo.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 
@@ -168,6 +171,57 @@ static inline int ksm_set_run(int fd, uint64_t run)
 	return ksm_set_config(fd, &c);
 }
 
+/*
+ * The configuration the module loads with (ABI.md): run=1, 100 pages per
+ * batch, 20 ms between batches, max_kernel_pages a quarter of RAM, no zero
+ * pages. sysinfo() counts RAM as the kernel's totalram_pages() does.
+ */
+static inline int ksm_default_config(struct ksm_config *c)
+{
+	struct sysinfo si;
+
+	if (sysinfo(&si))
+		return -errno;
+	memset(c, 0, sizeof(*c));
+	c->run = KSM_RUN_MERGE;
+	c->pages_to_scan = 100;
+	c->sleep_millisecs = 20;
+	c->max_kernel_pages = (uint64_t)si.totalram * si.mem_unit /
+			      ksm_page_size() / 4;
+	c->use_zero_pages = 0;
+	return 0;
+}
+
+static inline int ksm_set_default_config(int fd)
+{
+	struct ksm_config c;
+	int ret = ksm_default_config(&c);
+
+	return ret ? ret : ksm_set_config(fd, &c);
+}
+
+static inline int ksm_set_use_zero_pages(int fd, uint64_t on)
+{
+	struct ksm_config c;
+	int ret = ksm_get_config(fd, &c);
+
+	if (ret)
+		return ret;
+	c.use_zero_pages = on;
+	return ksm_set_config(fd, &c);
+}
+
+static inline int ksm_set_max_kernel_pages(int fd, uint64_t max)
+{
+	struct ksm_config c;
+	int ret = ksm_get_config(fd, &c);
+
+	if (ret)
+		return ret;
+	c.max_kernel_pages = max;
+	return ksm_set_config(fd, &c);
+}
+
 /* Wait until full_scans has advanced by @n, at most @timeout_s seconds. */
 static inline int ksm_wait_full_scans(int fd, uint64_t n, unsigned int timeout_s)
 {
@@ -246,6 +300,92 @@ static inline int ksm_wait_bookkeeping(int fd, const struct ksm_stats *base,
 		if (ksm_now_ms() > end)
 			return -ETIMEDOUT;
 		ksm_sleep_ms(10);
+	}
+}
+
+/*
+ * Wait until @pred holds for the global counters, at most @timeout_s
+ * seconds; on return @last holds what was seen last.
+ */
+typedef bool (*ksm_stats_pred)(const struct ksm_stats *s, const void *arg);
+
+static inline int ksm_wait_stats(int fd, ksm_stats_pred pred, const void *arg,
+				 struct ksm_stats *last, unsigned int timeout_s)
+{
+	uint64_t end = ksm_now_ms() + timeout_s * 1000ULL;
+	int ret;
+
+	for (;;) {
+		ret = ksm_get_stats(fd, last);
+		if (ret)
+			return ret;
+		if (pred(last, arg))
+			return 0;
+		if (ksm_now_ms() > end)
+			return -ETIMEDOUT;
+		ksm_sleep_ms(20);
+	}
+}
+
+/* What merging should have come to: the global merge counters. */
+struct ksm_merge_want {
+	uint64_t shared;	/* pages_shared */
+	uint64_t sharing;	/* pages_sharing */
+	uint64_t zero;		/* ksm_zero_pages */
+};
+
+static inline bool ksm_merge_is(const struct ksm_stats *s, const void *arg)
+{
+	const struct ksm_merge_want *w = arg;
+
+	return s->pages_shared == w->shared && s->pages_sharing == w->sharing &&
+	       s->ksm_zero_pages == w->zero;
+}
+
+/*
+ * Wait (at most @timeout_s) until pages_shared, pages_sharing and
+ * ksm_zero_pages are exactly @shared, @sharing and @zero.
+ */
+static inline int ksm_wait_merged(int fd, uint64_t shared, uint64_t sharing,
+				  uint64_t zero, struct ksm_stats *last,
+				  unsigned int timeout_s)
+{
+	struct ksm_merge_want w = { shared, sharing, zero };
+
+	return ksm_wait_stats(fd, ksm_merge_is, &w, last, timeout_s);
+}
+
+/* No merged page, no candidate in any tree: nothing registered anywhere. */
+static inline bool ksm_merge_idle(const struct ksm_stats *s,
+				  const void *arg __attribute__((unused)))
+{
+	return !s->pages_shared && !s->pages_sharing && !s->pages_unshared &&
+	       !s->pages_volatile && !s->ksm_zero_pages;
+}
+
+static inline int ksm_wait_merge_idle(int fd, struct ksm_stats *last,
+				      unsigned int timeout_s)
+{
+	return ksm_wait_stats(fd, ksm_merge_idle, NULL, last, timeout_s);
+}
+
+/* Wait (at most @timeout_s) until this context's merging_pages is @n. */
+static inline int ksm_wait_mm_merging(int fd, uint64_t n,
+				      struct ksm_mm_stats *last,
+				      unsigned int timeout_s)
+{
+	uint64_t end = ksm_now_ms() + timeout_s * 1000ULL;
+	int ret;
+
+	for (;;) {
+		ret = ksm_get_mm_stats(fd, last);
+		if (ret)
+			return ret;
+		if (last->merging_pages == n)
+			return 0;
+		if (ksm_now_ms() > end)
+			return -ETIMEDOUT;
+		ksm_sleep_ms(20);
 	}
 }
 
@@ -390,6 +530,175 @@ static inline int ksm_page_present(const void *addr)
 	return vec & 1;
 }
 
+/*
+ * Page contents named by one value, so that equal values mean identical
+ * pages: a value below 256 fills the page with that byte (the classic
+ * tests' 'a', 'c'; 0 gives a zero-filled page), a larger one a pattern
+ * that differs in every word and from every byte fill.
+ */
+static inline uint64_t ksm_val_word(uint64_t val, size_t k)
+{
+	if (val < 256)
+		return val * 0x0101010101010101ULL;
+	return (val << 16) ^ (k * 0x9e3779b97f4a7c15ULL);
+}
+
+static inline void ksm_fill_val(void *p, size_t i, uint64_t val)
+{
+	size_t ps = ksm_page_size();
+	uint64_t *w = (uint64_t *)((char *)p + i * ps);
+	size_t k;
+
+	for (k = 0; k < ps / sizeof(*w); k++)
+		w[k] = ksm_val_word(val, k);
+}
+
+static inline bool ksm_check_val(const void *p, size_t i, uint64_t val)
+{
+	size_t ps = ksm_page_size();
+	const uint64_t *w = (const uint64_t *)((const char *)p + i * ps);
+	size_t k;
+
+	for (k = 0; k < ps / sizeof(*w); k++)
+		if (w[k] != ksm_val_word(val, k))
+			return false;
+	return true;
+}
+
+/* Pages [first, first + n) of @p, all with content @val. */
+static inline void ksm_fill_vals(void *p, size_t first, size_t n, uint64_t val)
+{
+	size_t i;
+
+	for (i = first; i < first + n; i++)
+		ksm_fill_val(p, i, val);
+}
+
+/* How many of pages [first, first + n) of @p are not @val. */
+static inline size_t ksm_count_bad_vals(const void *p, size_t first, size_t n,
+					uint64_t val)
+{
+	size_t i, bad = 0;
+
+	for (i = first; i < first + n; i++)
+		bad += !ksm_check_val(p, i, val);
+	return bad;
+}
+
+/*
+ * The PFNs of @npages pages from @addr, from /proc/self/pagemap (needs
+ * CAP_SYS_ADMIN, else the kernel reports 0): 0 for an absent page. Reading
+ * pagemap never faults a page in. Returns 0 or -errno.
+ */
+#define KSM_PM_PRESENT		(1ULL << 63)
+#define KSM_PM_PFN_MASK		((1ULL << 55) - 1)
+
+static inline int ksm_pfns(const void *addr, size_t npages, uint64_t *pfns)
+{
+	size_t ps = ksm_page_size(), i;
+	off_t off = (uintptr_t)addr / ps * sizeof(uint64_t);
+	ssize_t n, len = npages * sizeof(uint64_t);
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+
+	if (fd < 0)
+		return -errno;
+	n = pread(fd, pfns, len, off);
+	if (n < 0)
+		n = -errno;
+	close(fd);
+	if (n != len)
+		return n < 0 ? (int)n : -EIO;
+	for (i = 0; i < npages; i++)
+		pfns[i] = pfns[i] & KSM_PM_PRESENT ? pfns[i] & KSM_PM_PFN_MASK : 0;
+	return 0;
+}
+
+/* The PFN of the page at @addr; 0 if absent or unreadable. */
+static inline uint64_t ksm_pfn(const void *addr)
+{
+	uint64_t pfn;
+
+	return ksm_pfns(addr, 1, &pfn) ? 0 : pfn;
+}
+
+static inline int ksm_cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* How many distinct values @v[0..n) holds; 0 if out of memory. */
+static inline size_t ksm_count_distinct(const uint64_t *v, size_t n)
+{
+	uint64_t *s = malloc(n * sizeof(*s) + 1);
+	size_t i, d = n ? 1 : 0;
+
+	if (!s)
+		return 0;
+	memcpy(s, v, n * sizeof(*s));
+	qsort(s, n, sizeof(*s), ksm_cmp_u64);
+	for (i = 1; i < n; i++)
+		d += s[i] != s[i - 1];
+	free(s);
+	return d;
+}
+
+/* How many of @v[0..n) are equal to @x. */
+static inline size_t ksm_count_eq(const uint64_t *v, size_t n, uint64_t x)
+{
+	size_t i, c = 0;
+
+	for (i = 0; i < n; i++)
+		c += v[i] == x;
+	return c;
+}
+
+/* All @n PFNs present and one and the same: merged into one page. */
+static inline bool ksm_pfns_merged(const uint64_t *pfns, size_t n)
+{
+	return n && pfns[0] && ksm_count_eq(pfns, n, pfns[0]) == n;
+}
+
+/* All @n PFNs present and distinct: no two pages share. */
+static inline bool ksm_pfns_distinct(const uint64_t *pfns, size_t n)
+{
+	return !ksm_count_eq(pfns, n, 0) && ksm_count_distinct(pfns, n) == n;
+}
+
+/*
+ * The value of @field ("AnonHugePages") in /proc/self/smaps for the VMA
+ * that holds @addr, in kB; -ENOENT if there is no such VMA or field.
+ */
+static inline long ksm_smaps_kb(const void *addr, const char *field)
+{
+	unsigned long start, end, a = (uintptr_t)addr;
+	size_t flen = strlen(field);
+	bool in = false;
+	long kb = -ENOENT;
+	char line[512];
+	FILE *f;
+
+	f = fopen("/proc/self/smaps", "r");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%lx-%lx ", &start, &end) == 2 &&
+		    strchr(line, '-') < strchr(line, ' ')) {
+			if (in)
+				break;
+			in = start <= a && a < end;
+			continue;
+		}
+		if (in && !strncmp(line, field, flen) && line[flen] == ':') {
+			kb = strtol(line + flen + 1, NULL, 10);
+			break;
+		}
+	}
+	fclose(f);
+	return kb;
+}
+
 /* ---- processes ---- */
 
 /*
@@ -421,6 +730,288 @@ static inline int ksm_waitpid_timeout(pid_t pid, int *status,
 static inline int ksm_exit_code(int status)
 {
 	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* Read or write exactly @len bytes of a pipe, waiting at most @timeout_s. */
+static inline int ksm_pipe_io(int fd, void *buf, size_t len, bool wr,
+			      unsigned int timeout_s)
+{
+	uint64_t end = ksm_now_ms() + timeout_s * 1000ULL;
+	char *b = buf;
+	struct pollfd pfd = { .fd = fd, .events = wr ? POLLOUT : POLLIN };
+	uint64_t now;
+	ssize_t n;
+
+	while (len) {
+		now = ksm_now_ms();
+		if (now >= end)
+			return -ETIMEDOUT;
+		n = poll(&pfd, 1, (int)(end - now));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (!n)
+			return -ETIMEDOUT;
+		n = wr ? write(fd, b, len) : read(fd, b, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (!n)
+			return -EPIPE;	/* the other end is gone */
+		b += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/*
+ * A child process with memory of its own, registered through its own
+ * context and driven over pipes: the parent sends struct ksm_child_cmd and
+ * gets an int64_t reply (and, for some commands, data). Every page's content
+ * is named by a value (ksm_fill_val()); the child remembers them all.
+ */
+enum ksm_child_op {
+	KSM_CHILD_SET = 1,	/* page @page gets content @val; reply 0 */
+	KSM_CHILD_FILL,		/* every page gets @val; reply 0 */
+	KSM_CHILD_CHECK,	/* reply: pages whose content is not theirs */
+	KSM_CHILD_PFNS,		/* reply 0 or -errno, then npages PFNs */
+	KSM_CHILD_MM_STATS,	/* reply 0 or -errno, then struct ksm_mm_stats */
+	KSM_CHILD_CLOSE,	/* close its /dev/ksm; reply 0 or -errno */
+};
+
+struct ksm_child_cmd {
+	uint64_t op;
+	uint64_t page;
+	uint64_t val;
+};
+
+struct ksm_child {
+	pid_t pid;
+	int cmd;	/* to the child; closing it makes the child exit */
+	int reply;	/* from the child */
+	size_t npages;
+};
+
+#define KSM_CHILD_TIMEOUT_S	60
+
+/* Steps of the child's setup that can fail (its first reply, as -step). */
+enum {
+	KSM_CHILD_ERR_DEATHSIG = 1,
+	KSM_CHILD_ERR_MMAP,
+	KSM_CHILD_ERR_OPEN,
+	KSM_CHILD_ERR_REGISTER,
+};
+
+static inline void ksm_child_main(pid_t parent, int cmd, int reply,
+				  size_t npages, uint64_t val, uint64_t flags)
+{
+	size_t ps = ksm_page_size(), i;
+	struct ksm_child_cmd c;
+	struct ksm_mm_stats ms;
+	int64_t ret = 0;
+	uint64_t *vals, *pfns;
+	char *p = NULL;
+	int fd = -1;
+
+	/*
+	 * Keep only stdio and our pipes: the pipes of earlier children (whose
+	 * end-of-file would never come) and the parent's /dev/ksm go.
+	 */
+	for (fd = 3; fd < 1024; fd++)
+		if (fd != cmd && fd != reply)
+			close(fd);
+	fd = -1;
+	/* Never outlive a test that bailed out. */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
+		ret = -KSM_CHILD_ERR_DEATHSIG;
+	vals = calloc(npages, sizeof(*vals));
+	pfns = calloc(npages, sizeof(*pfns));
+	if (!ret) {
+		p = ksm_mmap_anon(npages * ps);
+		if (!p || !vals || !pfns)
+			ret = -KSM_CHILD_ERR_MMAP;
+	}
+	if (!ret) {
+		for (i = 0; i < npages; i++)
+			vals[i] = val;
+		ksm_fill_vals(p, 0, npages, val);
+		fd = ksm_open();
+		if (fd < 0)
+			ret = -KSM_CHILD_ERR_OPEN;
+	}
+	if (!ret && ksm_register(fd, p, npages * ps, flags))
+		ret = -KSM_CHILD_ERR_REGISTER;
+	if (ksm_pipe_io(reply, &ret, sizeof(ret), true, KSM_CHILD_TIMEOUT_S) ||
+	    ret)
+		_exit(1);
+
+	while (!ksm_pipe_io(cmd, &c, sizeof(c), false, 24 * 3600)) {
+		const void *data = NULL;
+		size_t len = 0;
+
+		ret = 0;
+		switch (c.op) {
+		case KSM_CHILD_SET:
+			if (c.page >= npages) {
+				ret = -EINVAL;
+				break;
+			}
+			vals[c.page] = c.val;
+			ksm_fill_val(p, c.page, c.val);
+			break;
+		case KSM_CHILD_FILL:
+			for (i = 0; i < npages; i++)
+				vals[i] = c.val;
+			ksm_fill_vals(p, 0, npages, c.val);
+			break;
+		case KSM_CHILD_CHECK:
+			for (i = 0; i < npages; i++)
+				ret += !ksm_check_val(p, i, vals[i]);
+			break;
+		case KSM_CHILD_PFNS:
+			ret = ksm_pfns(p, npages, pfns);
+			data = pfns;
+			len = npages * sizeof(*pfns);
+			break;
+		case KSM_CHILD_MM_STATS:
+			ret = ksm_get_mm_stats(fd, &ms);
+			data = &ms;
+			len = sizeof(ms);
+			break;
+		case KSM_CHILD_CLOSE:
+			ret = close(fd) ? -errno : 0;
+			fd = -1;
+			break;
+		default:
+			ret = -EINVAL;
+		}
+		if (ksm_pipe_io(reply, &ret, sizeof(ret), true,
+				KSM_CHILD_TIMEOUT_S))
+			_exit(2);
+		if (len && ksm_pipe_io(reply, (void *)data, len, true,
+				       KSM_CHILD_TIMEOUT_S))
+			_exit(3);
+	}
+	/* The parent closed the command pipe: done. */
+	_exit(0);
+}
+
+/*
+ * Fork a child that maps @npages of its own, fills them all with @val,
+ * opens /dev/ksm and registers them with @flags. Returns 0 once it has, or
+ * -errno / -KSM_CHILD_ERR_* (the child is then reaped).
+ */
+static inline int ksm_child_start(struct ksm_child *ch, size_t npages,
+				  uint64_t val, uint64_t flags)
+{
+	int cmd[2], reply[2], ret, status;
+	pid_t parent = getpid();
+	int64_t r;
+
+	if (pipe(cmd))
+		return -errno;
+	if (pipe(reply)) {
+		ret = -errno;
+		close(cmd[0]);
+		close(cmd[1]);
+		return ret;
+	}
+	fflush(NULL);
+	ch->pid = fork();
+	if (ch->pid < 0) {
+		ret = -errno;
+		close(cmd[0]);
+		close(cmd[1]);
+		close(reply[0]);
+		close(reply[1]);
+		return ret;
+	}
+	if (ch->pid == 0) {
+		close(cmd[1]);
+		close(reply[0]);
+		ksm_child_main(parent, cmd[0], reply[1], npages, val, flags);
+		_exit(0);
+	}
+	close(cmd[0]);
+	close(reply[1]);
+	ch->cmd = cmd[1];
+	ch->reply = reply[0];
+	ch->npages = npages;
+	ret = ksm_pipe_io(ch->reply, &r, sizeof(r), false, KSM_CHILD_TIMEOUT_S);
+	if (!ret)
+		ret = (int)r;
+	if (ret) {
+		close(ch->cmd);
+		close(ch->reply);
+		ksm_waitpid_timeout(ch->pid, &status, 10);
+		ch->pid = -1;
+	}
+	return ret;
+}
+
+/*
+ * Send one command; returns the child's reply (>= 0, or -errno), and reads
+ * @len bytes of data into @data if the reply is not an error.
+ */
+static inline int64_t ksm_child_call(struct ksm_child *ch, uint64_t op,
+				     uint64_t page, uint64_t val, void *data,
+				     size_t len)
+{
+	struct ksm_child_cmd c = { .op = op, .page = page, .val = val };
+	int64_t r;
+	int ret;
+
+	ret = ksm_pipe_io(ch->cmd, &c, sizeof(c), true, KSM_CHILD_TIMEOUT_S);
+	if (!ret)
+		ret = ksm_pipe_io(ch->reply, &r, sizeof(r), false,
+				  KSM_CHILD_TIMEOUT_S);
+	if (ret)
+		return ret;
+	if (r >= 0 && len)
+		ret = ksm_pipe_io(ch->reply, data, len, false,
+				  KSM_CHILD_TIMEOUT_S);
+	return ret ? ret : r;
+}
+
+static inline int64_t ksm_child_set(struct ksm_child *ch, size_t page,
+				    uint64_t val)
+{
+	return ksm_child_call(ch, KSM_CHILD_SET, page, val, NULL, 0);
+}
+
+/* Pages of the child whose content is not what it was last given. */
+static inline int64_t ksm_child_check(struct ksm_child *ch)
+{
+	return ksm_child_call(ch, KSM_CHILD_CHECK, 0, 0, NULL, 0);
+}
+
+/* The child's ch->npages PFNs, into @pfns. */
+static inline int64_t ksm_child_pfns(struct ksm_child *ch, uint64_t *pfns)
+{
+	return ksm_child_call(ch, KSM_CHILD_PFNS, 0, 0, pfns,
+			      ch->npages * sizeof(*pfns));
+}
+
+static inline int64_t ksm_child_mm_stats(struct ksm_child *ch,
+					 struct ksm_mm_stats *ms)
+{
+	return ksm_child_call(ch, KSM_CHILD_MM_STATS, 0, 0, ms, sizeof(*ms));
+}
+
+/* Let the child exit; returns its exit code, or -errno / -ETIMEDOUT. */
+static inline int ksm_child_stop(struct ksm_child *ch)
+{
+	int status, ret;
+
+	if (ch->pid <= 0)
+		return -ESRCH;
+	close(ch->cmd);
+	close(ch->reply);
+	ret = ksm_waitpid_timeout(ch->pid, &status, KSM_CHILD_TIMEOUT_S);
+	ch->pid = -1;
+	return ret ? ret : ksm_exit_code(status);
 }
 
 #endif /* KSMDEV_TEST_H */

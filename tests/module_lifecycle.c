@@ -97,20 +97,40 @@ static int klog_count(const char *s)
 	return count;
 }
 
-/* The context a test opens, if any; closed at teardown. */
+/*
+ * The context a test opens, if any; closed at teardown. A test that unloads
+ * the module in order to load it again sets @reload: if it stops half way,
+ * teardown loads the module, so that it is left loaded. @child: a child
+ * process to kill at teardown.
+ */
 FIXTURE(module) {
 	int fd;
+	bool reload;
+	pid_t child;
 };
 
 FIXTURE_SETUP(module)
 {
 	self->fd = -1;
+	self->reload = false;
+	self->child = -1;
 }
+
+static int load_module(const char *params);
+static bool wait_path(const char *path, bool want, unsigned int timeout_s);
 
 FIXTURE_TEARDOWN(module)
 {
 	if (self->fd >= 0)
 		close(self->fd);
+	if (self->child > 0) {
+		kill(self->child, SIGKILL);
+		waitpid(self->child, NULL, 0);
+	}
+	if (self->reload && access("/sys/module/" MODULE_NAME, F_OK)) {
+		EXPECT_EQ(0, load_module(""));
+		EXPECT_TRUE(wait_path(KSM_DEV_PATH, true, 10));
+	}
 }
 
 TEST_F(module, busy_module_stays)
@@ -182,6 +202,104 @@ TEST_F(module, reload)
 	EXPECT_EQ(1, s.mms);
 	EXPECT_EQ(0, s.regions);
 	EXPECT_EQ(0, s.registered_pages);
+}
+
+/* delete_module, retried while the last fput of a context may be due. */
+static int unload_module(void)
+{
+	uint64_t end = ksm_now_ms() + 5000;
+	int ret;
+
+	while ((ret = delete_module(MODULE_NAME, O_NONBLOCK)) == -EWOULDBLOCK ||
+	       ret == -EBUSY) {
+		if (ksm_now_ms() > end)
+			break;
+		ksm_sleep_ms(10);
+	}
+	return ret;
+}
+
+/*
+ * Merged pages outlive their context and the module: a child's merged pages
+ * stay mapped, intact and copy-on-write after it closed /dev/ksm and the
+ * module was unloaded (the kernel alone maps, copies and frees them). Then
+ * the module loads again.
+ */
+TEST_F_TIMEOUT(module, merged_pages_survive_unload, 300)
+{
+	const uint64_t val = 0x5eed00, val2 = 0x5eed01;
+	const size_t npages = 64;
+	uint64_t pfns[64], kpfn;
+	struct ksm_child ch;
+	struct ksm_stats s;
+	size_t i;
+	int ret;
+
+	ASSERT_TRUE(path_exists("/sys/module/" MODULE_NAME))
+		TH_LOG("the module is not loaded");
+	/* The child first: it must not inherit a /dev/ksm of ours. */
+	ret = ksm_child_start(&ch, npages, val, 0);
+	ASSERT_EQ(0, ret) TH_LOG("child: %d", ret);
+	self->child = ch.pid;
+	self->fd = ksm_open();
+	ASSERT_LE(0, self->fd) TH_LOG("open " KSM_DEV_PATH ": %s", strerror(errno));
+	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+	ret = ksm_wait_merged(self->fd, 1, npages - 1, 0, &s, 120);
+	ASSERT_EQ(0, ret) TH_LOG("not merged: pages_shared %llu pages_sharing %llu",
+				 (unsigned long long)s.pages_shared,
+				 (unsigned long long)s.pages_sharing);
+	ASSERT_EQ(0, ksm_child_pfns(&ch, pfns));
+	ASSERT_TRUE(ksm_pfns_merged(pfns, npages));
+	kpfn = pfns[0];
+
+	/* Closed: the regions go without unmerging, and leave the counters. */
+	ASSERT_EQ(0, ksm_child_call(&ch, KSM_CHILD_CLOSE, 0, 0, NULL, 0));
+	EXPECT_EQ(0, ksm_wait_merge_idle(self->fd, &s, 10));
+	ASSERT_EQ(0, ksm_child_pfns(&ch, pfns));
+	EXPECT_EQ(npages, ksm_count_eq(pfns, npages, kpfn));
+	close(self->fd);
+	self->fd = -1;
+
+	self->reload = true;
+	ret = unload_module();
+	ASSERT_EQ(0, ret) TH_LOG("delete_module: %s", strerror(-ret));
+	EXPECT_TRUE(wait_path("/sys/module/" MODULE_NAME, false, 5));
+
+	/* Without the module: still one page, intact, copied on write. */
+	EXPECT_EQ(0, ksm_child_check(&ch));
+	ASSERT_EQ(0, ksm_child_pfns(&ch, pfns));
+	EXPECT_EQ(npages, ksm_count_eq(pfns, npages, kpfn));
+	for (i = 0; i < npages; i += 2) {
+		ASSERT_EQ(0, ksm_child_set(&ch, i, val2));
+	}
+	EXPECT_EQ(0, ksm_child_check(&ch));
+	ASSERT_EQ(0, ksm_child_pfns(&ch, pfns));
+	EXPECT_EQ(npages / 2, ksm_count_eq(pfns, npages, kpfn));
+	for (i = 0; i < npages; i++) {
+		if (i % 2) {
+			EXPECT_EQ(kpfn, pfns[i]) TH_LOG("page %zu", i);
+		} else {
+			EXPECT_NE(kpfn, pfns[i]) TH_LOG("page %zu", i);
+			EXPECT_NE(0, pfns[i]) TH_LOG("page %zu", i);
+		}
+	}
+	EXPECT_EQ(npages / 2, ksm_count_distinct(pfns, npages) - 1);
+	EXPECT_EQ(0, ksm_child_stop(&ch));
+	self->child = -1;
+
+	/* Loaded again, as the reload test does. */
+	ASSERT_EQ(0, load_module(""));
+	ASSERT_TRUE(wait_path(KSM_DEV_PATH, true, 10))
+		TH_LOG(KSM_DEV_PATH " did not appear");
+	self->reload = false;
+	self->fd = ksm_open();
+	ASSERT_LE(0, self->fd) TH_LOG("open " KSM_DEV_PATH ": %s", strerror(errno));
+	EXPECT_EQ(KSMDEV_API_VERSION, ioctl(self->fd, KSM_GET_API_VERSION));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+	EXPECT_EQ(1, s.mms);
+	EXPECT_EQ(0, s.regions);
+	EXPECT_EQ(0, s.pages_shared);
+	EXPECT_EQ(0, s.pages_sharing);
 }
 
 TEST_HARNESS_MAIN

@@ -1,0 +1,471 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ksmdev under abuse: pinned pages are never merged, a long unmerge gives
+ * way to signals and can be retried, and random ioctls from racing threads
+ * and processes only ever return error codes.
+ *
+ * Runs as root in a QEMU guest with ksmdev loaded; never on a host.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <linux/io_uring.h>
+
+#include "ksmdev_test.h"
+
+#define MERGE_TIMEOUT_S	120
+
+FIXTURE(robust) {
+	int fd;
+	size_t ps;
+	struct ksm_config saved;
+};
+
+FIXTURE_SETUP(robust)
+{
+	self->ps = ksm_page_size();
+	self->fd = ksm_open();
+	ASSERT_LE(0, self->fd) TH_LOG("open " KSM_DEV_PATH ": %s", strerror(errno));
+	ASSERT_EQ(0, ksm_get_config(self->fd, &self->saved));
+}
+
+FIXTURE_TEARDOWN(robust)
+{
+	EXPECT_EQ(0, ksm_set_config(self->fd, &self->saved));
+	close(self->fd);
+}
+
+/* The PFN that maps @addr (/proc/self/pagemap, root), 0 if none. */
+static uint64_t robust_pfn(const void *addr)
+{
+	uint64_t entry = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+
+	if (fd < 0)
+		return 0;
+	if (pread(fd, &entry, sizeof(entry),
+		  (uintptr_t)addr / ksm_page_size() * sizeof(entry)) != sizeof(entry))
+		entry = 0;
+	close(fd);
+	return (entry >> 63) & 1 ? entry & ((1ULL << 55) - 1) : 0;
+}
+
+/* How many of pages [first, first + n) of @p map the PFN of page @first. */
+static size_t same_pfn(const char *p, size_t first, size_t n)
+{
+	uint64_t pfn = robust_pfn(p + first * ksm_page_size());
+	size_t i, same = 0;
+
+	for (i = first; i < first + n; i++)
+		same += pfn && robust_pfn(p + i * ksm_page_size()) == pfn;
+	return same;
+}
+
+/* Wait until pages [first, first + n) of @p all map one PFN. */
+static int wait_merged(int fd, const char *p, size_t first, size_t n)
+{
+	uint64_t end = ksm_now_ms() + MERGE_TIMEOUT_S * 1000ULL;
+
+	while (same_pfn(p, first, n) != n) {
+		if (ksm_now_ms() > end)
+			return -ETIMEDOUT;
+		ksm_sleep_ms(20);
+	}
+	/* Two more passes over the pinned pages, to give them every chance. */
+	return ksm_wait_full_scans(fd, 2, MERGE_TIMEOUT_S);
+}
+
+/* Map @npages pages, all with the same content. */
+static char *map_identical(size_t npages)
+{
+	char *p = ksm_mmap_anon(npages * ksm_page_size());
+	size_t i;
+
+	if (!p)
+		return NULL;
+	for (i = 0; i < npages; i++)
+		memset(p + i * ksm_page_size(), 'x', ksm_page_size());
+	return p;
+}
+
+static bool all_identical(const char *p, size_t npages)
+{
+	size_t i, j;
+
+	for (i = 0; i < npages; i++)
+		for (j = 0; j < ksm_page_size(); j++)
+			if (p[i * ksm_page_size() + j] != 'x')
+				return false;
+	return true;
+}
+
+/*
+ * Pages 0..7 are pinned by @pin (a long-lived reference), 8..15 are not:
+ * only the latter merge; once @unpin drops the pin, all merge.
+ */
+static void check_pinned_never_merge(struct __test_metadata *_metadata,
+				     int fd, char *p, uint64_t *before,
+				     int (*unpin)(void *), void *arg)
+{
+	size_t i;
+
+	ASSERT_EQ(0, ksm_register(fd, p, 16 * ksm_page_size(), 0));
+	ASSERT_EQ(0, ksm_set_fast_config(fd));
+	ASSERT_EQ(0, wait_merged(fd, p, 8, 8))
+		TH_LOG("the unpinned pages did not merge");
+	for (i = 0; i < 8; i++)
+		EXPECT_EQ(before[i], robust_pfn(p + i * ksm_page_size()))
+			TH_LOG("pinned page %zu was merged", i);
+
+	ASSERT_EQ(0, unpin(arg));
+	ASSERT_EQ(0, wait_merged(fd, p, 0, 16))
+		TH_LOG("the pages did not merge once unpinned");
+	EXPECT_TRUE(all_identical(p, 16));
+	EXPECT_EQ(0, ksm_unregister(fd, p, 16 * ksm_page_size()));
+}
+
+static int drain_pipe(void *arg)
+{
+	int *pipefd = arg;
+	char buf[4096];
+	ssize_t n;
+
+	close(pipefd[1]);
+	while ((n = read(pipefd[0], buf, sizeof(buf))) > 0)
+		;
+	close(pipefd[0]);
+	return n < 0 ? -errno : 0;
+}
+
+/* vmsplice() holds page references in the pipe until it is read. */
+TEST_F_TIMEOUT(robust, pinned_by_vmsplice, 300)
+{
+	uint64_t before[8];
+	struct iovec iov;
+	int pipefd[2];
+	size_t i;
+	char *p;
+
+	p = map_identical(16);
+	ASSERT_NE(NULL, p);
+	ASSERT_EQ(0, pipe(pipefd));
+	iov.iov_base = p;
+	iov.iov_len = 8 * self->ps;
+	ASSERT_EQ((ssize_t)iov.iov_len, vmsplice(pipefd[1], &iov, 1, 0))
+		TH_LOG("vmsplice: %s", strerror(errno));
+	for (i = 0; i < 8; i++)
+		before[i] = robust_pfn(p + i * self->ps);
+	check_pinned_never_merge(_metadata, self->fd, p, before, drain_pipe,
+				 pipefd);
+	munmap(p, 16 * self->ps);
+}
+
+struct uring {
+	int fd;
+};
+
+static int uring_unregister(void *arg)
+{
+	struct uring *ring = arg;
+	int ret = syscall(__NR_io_uring_register, ring->fd,
+			  IORING_UNREGISTER_BUFFERS, NULL, 0);
+
+	close(ring->fd);
+	return ret ? -errno : 0;
+}
+
+/* io_uring fixed buffers are long-term pins (FOLL_LONGTERM). */
+TEST_F_TIMEOUT(robust, pinned_by_io_uring, 300)
+{
+	struct io_uring_params params = { 0 };
+	struct uring ring;
+	uint64_t before[8];
+	struct iovec iov;
+	size_t i;
+	char *p;
+
+	ring.fd = syscall(__NR_io_uring_setup, 4, &params);
+	if (ring.fd < 0)
+		SKIP(return, "io_uring_setup: %s", strerror(errno));
+	p = map_identical(16);
+	ASSERT_NE(NULL, p);
+	iov.iov_base = p;
+	iov.iov_len = 8 * self->ps;
+	ASSERT_EQ(0, syscall(__NR_io_uring_register, ring.fd,
+			     IORING_REGISTER_BUFFERS, &iov, 1))
+		TH_LOG("IORING_REGISTER_BUFFERS: %s", strerror(errno));
+	for (i = 0; i < 8; i++)
+		before[i] = robust_pfn(p + i * self->ps);
+	check_pinned_never_merge(_metadata, self->fd, p, before,
+				 uring_unregister, &ring);
+	munmap(p, 16 * self->ps);
+}
+
+static void on_signal(int sig)
+{
+	(void)sig;
+}
+
+struct signaller {
+	pthread_t target;
+	volatile int stop;
+	long sent;
+};
+
+/* Signal @target every 100 us until told to stop. */
+static void *signal_flood(void *arg)
+{
+	struct signaller *s = arg;
+
+	while (!s->stop) {
+		pthread_kill(s->target, SIGUSR1);
+		s->sent++;
+		usleep(100);
+	}
+	return NULL;
+}
+
+/*
+ * seed 001: a long unmerge notices signals: EINTR, the region still
+ * registered, every byte intact; then a retry succeeds.
+ */
+TEST_F_TIMEOUT(robust, unmerge_interrupted_by_signals, 600)
+{
+	const size_t npages = 16384;	/* 64 MiB */
+	struct sigaction sa = { .sa_handler = on_signal };	/* no SA_RESTART */
+	struct signaller s = { .target = pthread_self() };
+	struct ksm_mm_stats ms;
+	struct ksm_stats st;
+	pthread_t thread;
+	int ret, eintr = 0;
+	char *p;
+
+	p = map_identical(npages);
+	ASSERT_NE(NULL, p);
+	ASSERT_EQ(0, ksm_register(self->fd, p, npages * self->ps, 0));
+	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+	ASSERT_EQ(0, wait_merged(self->fd, p, 0, npages));
+	ASSERT_EQ(0, sigaction(SIGUSR1, &sa, NULL));
+
+	ASSERT_EQ(0, pthread_create(&thread, NULL, signal_flood, &s));
+	for (;;) {
+		ret = ksm_unregister(self->fd, p, npages * self->ps);
+		if (ret != -EINTR)
+			break;
+		eintr++;
+		ASSERT_EQ(0, ksm_get_mm_stats(self->fd, &ms));
+		ASSERT_EQ(1, ms.regions) TH_LOG("EINTR left the region unregistered");
+		ASSERT_TRUE(all_identical(p, npages));
+		if (eintr >= 3)
+			break;
+	}
+	s.stop = 1;
+	pthread_join(thread, NULL);
+	TH_LOG("%d unregisters interrupted, %ld signals sent", eintr, s.sent);
+	EXPECT_LT(0, eintr) TH_LOG("the unmerge never saw a signal (ret %d)", ret);
+	if (ret == -EINTR)
+		ret = ksm_unregister(self->fd, p, npages * self->ps);
+	ASSERT_EQ(0, ret);
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &st));
+	EXPECT_EQ(0, st.pages_sharing);
+	EXPECT_EQ(1, same_pfn(p, 0, 2)) TH_LOG("still merged after unregister");
+	EXPECT_TRUE(all_identical(p, npages));
+	munmap(p, npages * self->ps);
+}
+
+/* SIGKILL during a long unmerge: the process dies promptly. */
+TEST_F_TIMEOUT(robust, unmerge_killed, 600)
+{
+	const size_t npages = 16384;
+	struct ksm_stats base, last;
+	int go[2], ready[2], status;
+	pid_t pid;
+	char c;
+
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &base));
+	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+	ASSERT_EQ(0, pipe(go));
+	ASSERT_EQ(0, pipe(ready));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		int fd = ksm_open();
+		char *p = map_identical(npages);
+
+		if (fd < 0 || !p || ksm_register(fd, p, npages * ksm_page_size(), 0) ||
+		    wait_merged(fd, p, 0, npages))
+			_exit(1);
+		if (write(ready[1], "r", 1) != 1 || read(go[0], &c, 1) != 1)
+			_exit(2);
+		ksm_unregister(fd, p, npages * ksm_page_size());
+		_exit(3);
+	}
+	ASSERT_EQ(1, read(ready[0], &c, 1)) TH_LOG("the child did not merge");
+	ASSERT_EQ(1, write(go[1], "g", 1));
+	usleep(1000);
+	kill(pid, SIGKILL);
+	ASSERT_EQ(0, ksm_waitpid_timeout(pid, &status, 30))
+		TH_LOG("the killed child did not die within 30 s");
+	EXPECT_TRUE(WIFSIGNALED(status) || WEXITSTATUS(status) == 3);
+	EXPECT_EQ(0, ksm_wait_bookkeeping(self->fd, &base, &last, 10));
+}
+
+/* ---- ioctl fuzzing ---- */
+
+#define FUZZ_THREADS	4
+#define FUZZ_CALLS	250000	/* per thread: 10^6 in all */
+
+struct fuzzer {
+	int fd;
+	uint64_t seed;
+	long calls;
+	long bad;	/* results outside the expected error codes */
+	long last_errno;
+	unsigned long last_cmd;
+};
+
+static uint64_t xorshift(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+static bool errno_expected(int e)
+{
+	switch (e) {
+	case EINVAL: case ENOTTY: case EFAULT: case E2BIG: case EPERM:
+	case ENOMEM: case EEXIST: case ENOSPC: case ENOENT: case EINTR:
+		return true;
+	}
+	return false;
+}
+
+static const unsigned long fuzz_cmds[] = {
+	KSM_GET_API_VERSION, KSM_REGISTER_REGION, KSM_UNREGISTER_REGION,
+	KSM_GET_STATS, KSM_GET_MM_STATS, KSM_GET_CONFIG, KSM_SET_CONFIG,
+};
+
+/* One random ioctl: a known command with a random size, or noise. */
+static void fuzz_one(struct fuzzer *f, char *buf, size_t buflen)
+{
+	uint64_t r = xorshift(&f->seed);
+	unsigned long cmd;
+	void *arg;
+	size_t i;
+	long ret;
+
+	switch (r % 4) {
+	case 0:	/* anything at all */
+		cmd = (unsigned long)(xorshift(&f->seed) & 0xffffffff);
+		break;
+	case 1:	/* our magic, random number, direction and size */
+		cmd = _IOC(xorshift(&f->seed) % 4, KSMDEV_IOCTL_MAGIC,
+			   xorshift(&f->seed) % 16, xorshift(&f->seed) % 512);
+		break;
+	default: /* a known command with a random size */
+		cmd = fuzz_cmds[xorshift(&f->seed) % ARRAY_SIZE(fuzz_cmds)];
+		cmd = (cmd & ~(_IOC_SIZEMASK << _IOC_SIZESHIFT)) |
+		      ((xorshift(&f->seed) % 64) << _IOC_SIZESHIFT);
+		break;
+	}
+	/* The VFS answers these itself, for every file: not ours to test. */
+	switch (_IOC_TYPE(cmd)) {
+	case 'T': case 'X': case 'f': case 0x94:
+		cmd = (cmd & ~(_IOC_TYPEMASK << _IOC_TYPESHIFT)) |
+		      (KSMDEV_IOCTL_MAGIC << _IOC_TYPESHIFT);
+	}
+	/* Our buffer is 1 KiB: a reply must fit. */
+	if (_IOC_TYPE(cmd) == KSMDEV_IOCTL_MAGIC && _IOC_SIZE(cmd) > 512)
+		cmd &= ~(_IOC_SIZEMASK << _IOC_SIZESHIFT);
+
+	switch (xorshift(&f->seed) % 5) {
+	case 0:
+		arg = NULL;
+		break;
+	case 1:
+		arg = (void *)0xffff888000000000UL;	/* kernel */
+		break;
+	case 2:
+		arg = (void *)(uintptr_t)0x10000;	/* unmapped */
+		break;
+	default:
+		for (i = 0; i < buflen / 8; i++)
+			((uint64_t *)buf)[i] = xorshift(&f->seed) % 3 ?
+				xorshift(&f->seed) : 0;
+		arg = buf + (xorshift(&f->seed) % 8) * 8;
+		break;
+	}
+	ret = ioctl(f->fd, cmd, arg);
+	f->calls++;
+	if (ret < 0 && !errno_expected(errno)) {
+		f->bad++;
+		f->last_errno = errno;
+		f->last_cmd = cmd;
+	}
+}
+
+static void *fuzz_thread(void *arg)
+{
+	struct fuzzer *f = arg;
+	char buf[1024];
+	int i;
+
+	for (i = 0; i < FUZZ_CALLS; i++)
+		fuzz_one(f, buf, sizeof(buf) - 64);
+	return NULL;
+}
+
+/*
+ * 10^6 random ioctls from racing threads of this process, and some from a
+ * forked child holding the same fd: only expected error codes, and the
+ * bookkeeping back to where it was (the guest log is checked by /init).
+ */
+TEST_F_TIMEOUT(robust, fuzz_ioctls, 600)
+{
+	struct fuzzer f[FUZZ_THREADS];
+	pthread_t threads[FUZZ_THREADS];
+	struct ksm_stats base, last;
+	long calls = 0, bad = 0;
+	int i, status;
+	pid_t pid;
+
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &base));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		struct fuzzer cf = { .fd = self->fd, .seed = 0x9e3779b97f4a7c15ULL };
+
+		fuzz_thread(&cf);
+		_exit(cf.bad ? 1 : 0);
+	}
+	for (i = 0; i < FUZZ_THREADS; i++) {
+		f[i] = (struct fuzzer){ .fd = self->fd, .seed = 12345 + i * 7919 };
+		ASSERT_EQ(0, pthread_create(&threads[i], NULL, fuzz_thread, &f[i]));
+	}
+	for (i = 0; i < FUZZ_THREADS; i++) {
+		pthread_join(threads[i], NULL);
+		calls += f[i].calls;
+		bad += f[i].bad;
+		if (f[i].bad)
+			TH_LOG("thread %d: errno %ld from cmd %#lx", i,
+			       f[i].last_errno, f[i].last_cmd);
+	}
+	ASSERT_EQ(0, ksm_waitpid_timeout(pid, &status, 300));
+	EXPECT_EQ(0, ksm_exit_code(status)) TH_LOG("the forked fuzzer saw unexpected errors");
+	TH_LOG("%ld ioctls in this process, %d in the child", calls, FUZZ_CALLS);
+	EXPECT_EQ(0, bad);
+	EXPECT_EQ(FUZZ_THREADS * FUZZ_CALLS, calls);
+
+	/* Whatever random registrations succeeded: take them all back. */
+	close(self->fd);
+	self->fd = ksm_open();
+	ASSERT_LE(0, self->fd);
+	EXPECT_EQ(0, ksm_wait_bookkeeping(self->fd, &base, &last, 10));
+}
+
+TEST_HARNESS_MAIN
