@@ -222,8 +222,12 @@ static inline int ksm_set_max_kernel_pages(int fd, uint64_t max)
 	return ksm_set_config(fd, &c);
 }
 
-/* Wait until full_scans has advanced by @n, at most @timeout_s seconds. */
-static inline int ksm_wait_full_scans(int fd, uint64_t n, unsigned int timeout_s)
+/*
+ * Wait until the counter at @offset of struct ksm_stats has advanced by @n,
+ * at most @timeout_s seconds.
+ */
+static inline int ksm_wait_stat_advance(int fd, size_t offset, uint64_t n,
+					unsigned int timeout_s)
 {
 	uint64_t end = ksm_now_ms() + timeout_s * 1000ULL;
 	struct ksm_stats s;
@@ -233,12 +237,12 @@ static inline int ksm_wait_full_scans(int fd, uint64_t n, unsigned int timeout_s
 	ret = ksm_get_stats(fd, &s);
 	if (ret)
 		return ret;
-	start = s.full_scans;
+	start = *(uint64_t *)((char *)&s + offset);
 	for (;;) {
 		ret = ksm_get_stats(fd, &s);
 		if (ret)
 			return ret;
-		if (s.full_scans - start >= n)
+		if (*(uint64_t *)((char *)&s + offset) - start >= n)
 			return 0;
 		if (ksm_now_ms() > end)
 			return -ETIMEDOUT;
@@ -246,29 +250,17 @@ static inline int ksm_wait_full_scans(int fd, uint64_t n, unsigned int timeout_s
 	}
 }
 
-/* Wait until pages_scanned has advanced by @n, at most @timeout_s seconds. */
+static inline int ksm_wait_full_scans(int fd, uint64_t n, unsigned int timeout_s)
+{
+	return ksm_wait_stat_advance(fd, offsetof(struct ksm_stats, full_scans),
+				     n, timeout_s);
+}
+
 static inline int ksm_wait_pages_scanned(int fd, uint64_t n,
 					 unsigned int timeout_s)
 {
-	uint64_t end = ksm_now_ms() + timeout_s * 1000ULL;
-	struct ksm_stats s;
-	uint64_t start;
-	int ret;
-
-	ret = ksm_get_stats(fd, &s);
-	if (ret)
-		return ret;
-	start = s.pages_scanned;
-	for (;;) {
-		ret = ksm_get_stats(fd, &s);
-		if (ret)
-			return ret;
-		if (s.pages_scanned - start >= n)
-			return 0;
-		if (ksm_now_ms() > end)
-			return -ETIMEDOUT;
-		ksm_sleep_ms(10);
-	}
+	return ksm_wait_stat_advance(fd, offsetof(struct ksm_stats, pages_scanned),
+				     n, timeout_s);
 }
 
 /*

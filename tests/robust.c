@@ -38,29 +38,14 @@ FIXTURE_TEARDOWN(robust)
 	close(self->fd);
 }
 
-/* The PFN that maps @addr (/proc/self/pagemap, root), 0 if none. */
-static uint64_t robust_pfn(const void *addr)
-{
-	uint64_t entry = 0;
-	int fd = open("/proc/self/pagemap", O_RDONLY);
-
-	if (fd < 0)
-		return 0;
-	if (pread(fd, &entry, sizeof(entry),
-		  (uintptr_t)addr / ksm_page_size() * sizeof(entry)) != sizeof(entry))
-		entry = 0;
-	close(fd);
-	return (entry >> 63) & 1 ? entry & ((1ULL << 55) - 1) : 0;
-}
-
 /* How many of pages [first, first + n) of @p map the PFN of page @first. */
 static size_t same_pfn(const char *p, size_t first, size_t n)
 {
-	uint64_t pfn = robust_pfn(p + first * ksm_page_size());
+	uint64_t pfn = ksm_pfn(p + first * ksm_page_size());
 	size_t i, same = 0;
 
 	for (i = first; i < first + n; i++)
-		same += pfn && robust_pfn(p + i * ksm_page_size()) == pfn;
+		same += pfn && ksm_pfn(p + i * ksm_page_size()) == pfn;
 	return same;
 }
 
@@ -117,7 +102,7 @@ static void check_pinned_never_merge(struct __test_metadata *_metadata,
 	ASSERT_EQ(0, wait_merged(fd, p, 8, 8))
 		TH_LOG("the unpinned pages did not merge");
 	for (i = 0; i < 8; i++)
-		EXPECT_EQ(before[i], robust_pfn(p + i * ksm_page_size()))
+		EXPECT_EQ(before[i], ksm_pfn(p + i * ksm_page_size()))
 			TH_LOG("pinned page %zu was merged", i);
 
 	ASSERT_EQ(0, unpin(arg));
@@ -157,7 +142,7 @@ TEST_F_TIMEOUT(robust, pinned_by_vmsplice, 300)
 	ASSERT_EQ((ssize_t)iov.iov_len, vmsplice(pipefd[1], &iov, 1, 0))
 		TH_LOG("vmsplice: %s", strerror(errno));
 	for (i = 0; i < 8; i++)
-		before[i] = robust_pfn(p + i * self->ps);
+		before[i] = ksm_pfn(p + i * self->ps);
 	check_pinned_never_merge(_metadata, self->fd, p, before, drain_pipe,
 				 pipefd);
 	munmap(p, 16 * self->ps);
@@ -198,7 +183,7 @@ TEST_F_TIMEOUT(robust, pinned_by_io_uring, 300)
 			     IORING_REGISTER_BUFFERS, &iov, 1))
 		TH_LOG("IORING_REGISTER_BUFFERS: %s", strerror(errno));
 	for (i = 0; i < 8; i++)
-		before[i] = robust_pfn(p + i * self->ps);
+		before[i] = ksm_pfn(p + i * self->ps);
 	check_pinned_never_merge(_metadata, self->fd, p, before,
 				 uring_unregister, &ring);
 	munmap(p, 16 * self->ps);
