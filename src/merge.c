@@ -337,8 +337,9 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
  * held for read (GUP keeps it held). Returns promptly on failure; what was
  * unmerged stays unmerged, and the call can be repeated.
  *
- * Return: 0, -ENOMEM (a memory cgroup limit, or no memory), -EINTR (a
- * signal), or another error of the fault.
+ * Return: 0, -ENOMEM (a memory cgroup limit, or no memory), -ERESTARTSYS
+ * (a signal: EINTR for the caller, or a restart), or another error of the
+ * fault.
  */
 int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 {
@@ -360,8 +361,13 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 			continue;
 		}
 		for (;;) {
+			/*
+			 * A signal, or task work (io_uring): restart the call
+			 * after it, or return EINTR to a handler that asked
+			 * for no restart. What was unmerged stays unmerged.
+			 */
 			if (signal_pending(current))
-				return -EINTR;
+				return -ERESTARTSYS;
 			addr = ksmdev_next_merged(vma, region, addr, end);
 			if (addr >= end)
 				break;

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <linux/io_uring.h>
@@ -36,6 +37,14 @@ FIXTURE_TEARDOWN(robust)
 {
 	EXPECT_EQ(0, ksm_set_config(self->fd, &self->saved));
 	close(self->fd);
+}
+
+static uint64_t next_rand(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
 }
 
 /* How many of pages [first, first + n) of @p map the PFN of page @first. */
@@ -298,6 +307,159 @@ TEST_F_TIMEOUT(robust, unmerge_killed, 600)
 	EXPECT_EQ(0, ksm_wait_bookkeeping(self->fd, &base, &last, 10));
 }
 
+/* ---- unmerge-all thoroughness (seed 004) ---- */
+
+/*
+ * Until @stop closes: open, register identical pages, fork a child that
+ * writes a few of them, close at a random moment, exit the child.
+ */
+static void churn(int stop)
+{
+	const size_t npages = 32;
+	uint64_t r = getpid();
+	int status;
+	char c;
+
+	for (;;) {
+		int fd = ksm_open();
+		char *p = map_identical(npages);
+		pid_t pid;
+
+		if (fd < 0 || !p || ksm_register(fd, p, npages * ksm_page_size(), 0))
+			_exit(1);
+		pid = fork();
+		if (pid == 0) {
+			p[(next_rand(&r) % npages) * ksm_page_size()] = 'y';
+			_exit(0);
+		}
+		usleep(next_rand(&r) % 20000);
+		close(fd);
+		if (pid > 0)
+			waitpid(pid, &status, 0);
+		munmap(p, npages * ksm_page_size());
+		/* The test closes @stop: a read then returns 0. */
+		if (fcntl(stop, F_SETFL, O_NONBLOCK) || read(stop, &c, 1) == 0)
+			_exit(0);
+	}
+}
+
+/*
+ * run=2 while other processes register, fork, write and exit: afterwards
+ * nothing is merged and no stable node is left; run=1 merges again; and
+ * when the churn ends, the bookkeeping is back where it was.
+ */
+TEST_F_TIMEOUT(robust, unmerge_all_during_churn, 600)
+{
+	const size_t npages = 256;
+	struct ksm_stats base, st;
+	int stop[2], status, round, i;
+	pid_t pids[2];
+	char *p;
+
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &base));
+	ASSERT_EQ(0, pipe(stop));
+	for (i = 0; i < 2; i++) {
+		pids[i] = fork();
+		ASSERT_LE(0, pids[i]);
+		if (pids[i] == 0) {
+			close(stop[1]);
+			churn(stop[0]);
+		}
+	}
+	close(stop[0]);
+	p = map_identical(npages);
+	ASSERT_NE(NULL, p);
+	ASSERT_EQ(0, ksm_register(self->fd, p, npages * self->ps, 0));
+
+	for (round = 0; round < 5; round++) {
+		ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+		ASSERT_EQ(0, wait_merged(self->fd, p, 0, npages))
+			TH_LOG("round %d: no merge after run=1", round);
+		ASSERT_EQ(0, ksm_set_run(self->fd, KSM_RUN_UNMERGE));
+		ASSERT_EQ(0, ksm_get_stats(self->fd, &st));
+		EXPECT_EQ(0, st.pages_shared) TH_LOG("round %d", round);
+		EXPECT_EQ(0, st.pages_sharing) TH_LOG("round %d", round);
+		EXPECT_EQ(0, st.ksm_zero_pages) TH_LOG("round %d", round);
+		EXPECT_EQ(1, same_pfn(p, 0, 2)) TH_LOG("still merged after run=2");
+		EXPECT_TRUE(all_identical(p, npages));
+	}
+	close(stop[1]);
+	for (i = 0; i < 2; i++) {
+		ASSERT_EQ(0, ksm_waitpid_timeout(pids[i], &status, 60));
+		EXPECT_EQ(0, ksm_exit_code(status));
+	}
+	ASSERT_EQ(0, ksm_unregister(self->fd, p, npages * self->ps));
+	/* No stable node, no unstable node, no chunk left behind. */
+	EXPECT_EQ(0, ksm_wait_bookkeeping(self->fd, &base, &st, 10))
+		TH_LOG("metadata_bytes %llu, was %llu",
+		       (unsigned long long)st.metadata_bytes,
+		       (unsigned long long)base.metadata_bytes);
+	munmap(p, npages * self->ps);
+}
+
+/* ---- who may do what ---- */
+
+/* In a child running as nobody: open /dev/ksm and use it; an exit code. */
+static int as_nobody(void)
+{
+	struct ksm_config cfg = { 0 };
+	struct ksm_stats st;
+	char *p;
+	int fd;
+
+	if (setgid(65534) || setuid(65534))
+		return 10;
+	fd = ksm_open();
+	if (fd < 0)
+		return errno == EACCES ? 1 : 11;
+	p = map_identical(4);
+	if (!p || ksm_register(fd, p, 4 * ksm_page_size(), 0))
+		return 12;
+	if (ksm_get_stats(fd, &st) || ksm_get_config(fd, &cfg))
+		return 13;
+	if (ksm_set_config(fd, &cfg) != -EPERM)
+		return 14;
+	if (ksm_unregister(fd, p, 4 * ksm_page_size()))
+		return 15;
+	return 0;
+}
+
+static int run_as_nobody(void)
+{
+	int status;
+	pid_t pid = fork();
+
+	if (pid < 0)
+		return -1;
+	if (pid == 0)
+		_exit(as_nobody());
+	if (ksm_waitpid_timeout(pid, &status, 30))
+		return -1;
+	return ksm_exit_code(status);
+}
+
+/*
+ * /dev/ksm is 0600 root: nobody else may open it. Handed over (as the
+ * README's udev rule does), a user registers its own memory and reads the
+ * counters, but may not change the configuration.
+ */
+TEST_F(robust, unprivileged_user)
+{
+	struct stat st;
+	int denied, allowed;
+
+	ASSERT_EQ(0, stat(KSM_DEV_PATH, &st));
+	EXPECT_EQ(0600, st.st_mode & 0777);
+	EXPECT_EQ(0, st.st_uid);
+	denied = run_as_nobody();
+	ASSERT_EQ(0, chmod(KSM_DEV_PATH, 0666));
+	allowed = run_as_nobody();
+	ASSERT_EQ(0, chmod(KSM_DEV_PATH, st.st_mode & 07777));
+	EXPECT_EQ(1, denied) TH_LOG("nobody opened a 0600 /dev/ksm (%d)", denied);
+	EXPECT_EQ(0, allowed) TH_LOG("step %d failed for a user of a 0666 /dev/ksm",
+				     allowed);
+}
+
 /* ---- ioctl fuzzing ---- */
 
 #define FUZZ_THREADS	4
@@ -311,14 +473,6 @@ struct fuzzer {
 	long last_errno;
 	unsigned long last_cmd;
 };
-
-static uint64_t xorshift(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
 
 static bool errno_expected(int e)
 {
@@ -338,7 +492,7 @@ static const unsigned long fuzz_cmds[] = {
 /* One random ioctl: a known command with a random size, or noise. */
 static void fuzz_one(struct fuzzer *f, char *buf, size_t buflen)
 {
-	uint64_t r = xorshift(&f->seed);
+	uint64_t r = next_rand(&f->seed);
 	unsigned long cmd;
 	void *arg;
 	size_t i;
@@ -346,16 +500,16 @@ static void fuzz_one(struct fuzzer *f, char *buf, size_t buflen)
 
 	switch (r % 4) {
 	case 0:	/* anything at all */
-		cmd = (unsigned long)(xorshift(&f->seed) & 0xffffffff);
+		cmd = (unsigned long)(next_rand(&f->seed) & 0xffffffff);
 		break;
 	case 1:	/* our magic, random number, direction and size */
-		cmd = _IOC(xorshift(&f->seed) % 4, KSMDEV_IOCTL_MAGIC,
-			   xorshift(&f->seed) % 16, xorshift(&f->seed) % 512);
+		cmd = _IOC(next_rand(&f->seed) % 4, KSMDEV_IOCTL_MAGIC,
+			   next_rand(&f->seed) % 16, next_rand(&f->seed) % 512);
 		break;
 	default: /* a known command with a random size */
-		cmd = fuzz_cmds[xorshift(&f->seed) % ARRAY_SIZE(fuzz_cmds)];
+		cmd = fuzz_cmds[next_rand(&f->seed) % ARRAY_SIZE(fuzz_cmds)];
 		cmd = (cmd & ~(_IOC_SIZEMASK << _IOC_SIZESHIFT)) |
-		      ((xorshift(&f->seed) % 64) << _IOC_SIZESHIFT);
+		      ((next_rand(&f->seed) % 64) << _IOC_SIZESHIFT);
 		break;
 	}
 	/* The VFS answers these itself, for every file: not ours to test. */
@@ -368,7 +522,7 @@ static void fuzz_one(struct fuzzer *f, char *buf, size_t buflen)
 	if (_IOC_TYPE(cmd) == KSMDEV_IOCTL_MAGIC && _IOC_SIZE(cmd) > 512)
 		cmd &= ~(_IOC_SIZEMASK << _IOC_SIZESHIFT);
 
-	switch (xorshift(&f->seed) % 5) {
+	switch (next_rand(&f->seed) % 5) {
 	case 0:
 		arg = NULL;
 		break;
@@ -380,9 +534,9 @@ static void fuzz_one(struct fuzzer *f, char *buf, size_t buflen)
 		break;
 	default:
 		for (i = 0; i < buflen / 8; i++)
-			((uint64_t *)buf)[i] = xorshift(&f->seed) % 3 ?
-				xorshift(&f->seed) : 0;
-		arg = buf + (xorshift(&f->seed) % 8) * 8;
+			((uint64_t *)buf)[i] = next_rand(&f->seed) % 3 ?
+				next_rand(&f->seed) : 0;
+		arg = buf + (next_rand(&f->seed) % 8) * 8;
 		break;
 	}
 	ret = ioctl(f->fd, cmd, arg);
