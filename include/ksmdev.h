@@ -191,6 +191,28 @@ int ksmdev_config_set(const struct ksm_config *cfg);
 /* stats.c: counters (written under ksmdev_lock) and debugfs */
 extern struct ksm_stats ksmdev_stats;
 
+/**
+ * struct ksmdev_events - what happened since load, for tests and tuning
+ * @merges:     PTEs replaced by a stable page or the zero page
+ * @cow_breaks: merged pages the scanner found replaced by a private page
+ *              (written, so copied on write; or unmapped and faulted again)
+ * @unmerges:   merged pages given a private copy by unmerging
+ *
+ * Not ABI: debugfs only. Written under ksmdev_lock.
+ */
+struct ksmdev_events {
+	u64 merges;
+	u64 cow_breaks;
+	u64 unmerges;
+};
+
+extern struct ksmdev_events ksmdev_events;
+
+static inline void ksmdev_event(u64 *event)
+{
+	WRITE_ONCE(*event, *event + 1);
+}
+
 void *ksmdev_meta_alloc(size_t size, gfp_t gfp);
 void ksmdev_meta_free(const void *ptr, size_t size);
 void ksmdev_debugfs_init(void);

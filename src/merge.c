@@ -260,6 +260,7 @@ int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 	ksmdev_add_mm_counter(mm, MM_ANONPAGES, -1);
 	/* The PTE's reference; the caller still holds its own. */
 	put_page(page);
+	ksmdev_event(&ksmdev_events.merges);
 	err = 0;
 unlock:
 	pte_unmap_unlock(ptep, ptl);
@@ -381,6 +382,7 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 				ret = 0;
 			if (ret < 0)
 				return ret;
+			ksmdev_event(&ksmdev_events.unmerges);
 			addr += PAGE_SIZE;
 			cond_resched();
 		}

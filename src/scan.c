@@ -314,6 +314,8 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 	struct ksmdev_stable *stable;
 	u64 old = *slot, hash, value;
 
+	if (old & KSMDEV_SLOT_MERGED)
+		ksmdev_event(&ksmdev_events.cow_breaks);
 	hash = ksmdev_page_hash(page);
 	value = KSMDEV_SLOT_SEEN | (hash & KSMDEV_SLOT_CSUM_MASK);
 	/* New, changed, or written after a merge (COW broke it): volatile. */

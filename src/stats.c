@@ -17,6 +17,7 @@
 #include "ksmdev.h"
 
 struct ksm_stats ksmdev_stats;
+struct ksmdev_events ksmdev_events;
 
 static struct dentry *ksmdev_debugfs_dir;
 
@@ -111,6 +112,13 @@ void ksmdev_debugfs_init(void)
 	}
 	debugfs_create_file("mms", 0444, ksmdev_debugfs_dir, NULL,
 			    &ksmdev_mms_fops);
+	/* Diagnostics, not ABI: how much merging and breaking went on. */
+	debugfs_create_file_unsafe("merge_events", 0444, ksmdev_debugfs_dir,
+				   &ksmdev_events.merges, &ksmdev_stat_fops);
+	debugfs_create_file_unsafe("cow_breaks", 0444, ksmdev_debugfs_dir,
+				   &ksmdev_events.cow_breaks, &ksmdev_stat_fops);
+	debugfs_create_file_unsafe("unmerge_events", 0444, ksmdev_debugfs_dir,
+				   &ksmdev_events.unmerges, &ksmdev_stat_fops);
 }
 
 void ksmdev_debugfs_exit(void)
