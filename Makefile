@@ -5,6 +5,8 @@
 #   make [KDIR=/lib/modules/<ver>/build]   build ksmdev.ko
 #   make check [KERNELS="6.1 6.12"] [TESTS="abi scanner"]
 #                                          the whole test matrix in QEMU guests
+#   make check-debug [DEBUG_TESTS="abi"]   the suite on a KASAN/lockdep/kmemleak
+#                                          kernel built from linux-source-6.12
 #   make demo [DEMO_KERNEL=6.1]            a guest with live counters
 #   make style / make sparse               checkpatch --strict / sparse + W=1
 
@@ -35,10 +37,13 @@ setup:
 check:
 	bash tests/qemu/check.sh
 
+check-debug:
+	bash tests/qemu/check-debug.sh
+
 demo:
 	KERNELS=$(DEMO_KERNEL) bash tests/qemu/demo.sh
 
 style:
 	bash tests/style.sh
 
-.PHONY: all module clean sparse setup check demo style
+.PHONY: all module clean sparse setup check check-debug demo style

@@ -771,7 +771,12 @@ enum ksm_child_op {
 	KSM_CHILD_PFNS,		/* reply 0 or -errno, then npages PFNs */
 	KSM_CHILD_MM_STATS,	/* reply 0 or -errno, then struct ksm_mm_stats */
 	KSM_CHILD_CLOSE,	/* close its /dev/ksm; reply 0 or -errno */
+	KSM_CHILD_REGISTER,	/* register its pages again; reply 0 or -errno */
+	KSM_CHILD_UNREGISTER,	/* unregister them; reply 0 or -errno */
 };
+
+/* Runs in the child before it maps anything; non-zero fails the setup. */
+typedef int (*ksm_child_hook_t)(void *arg);
 
 struct ksm_child_cmd {
 	uint64_t op;
@@ -794,10 +799,12 @@ enum {
 	KSM_CHILD_ERR_MMAP,
 	KSM_CHILD_ERR_OPEN,
 	KSM_CHILD_ERR_REGISTER,
+	KSM_CHILD_ERR_HOOK,
 };
 
 static inline void ksm_child_main(pid_t parent, int cmd, int reply,
-				  size_t npages, uint64_t val, uint64_t flags)
+				  size_t npages, uint64_t val, uint64_t flags,
+				  ksm_child_hook_t hook, void *hook_arg)
 {
 	size_t ps = ksm_page_size(), i;
 	struct ksm_child_cmd c;
@@ -818,6 +825,8 @@ static inline void ksm_child_main(pid_t parent, int cmd, int reply,
 	/* Never outlive a test that bailed out. */
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
 		ret = -KSM_CHILD_ERR_DEATHSIG;
+	if (!ret && hook && hook(hook_arg))
+		ret = -KSM_CHILD_ERR_HOOK;
 	vals = calloc(npages, sizeof(*vals));
 	pfns = calloc(npages, sizeof(*pfns));
 	if (!ret) {
@@ -876,6 +885,12 @@ static inline void ksm_child_main(pid_t parent, int cmd, int reply,
 			ret = close(fd) ? -errno : 0;
 			fd = -1;
 			break;
+		case KSM_CHILD_REGISTER:
+			ret = ksm_register(fd, p, npages * ps, flags);
+			break;
+		case KSM_CHILD_UNREGISTER:
+			ret = ksm_unregister(fd, p, npages * ps);
+			break;
 		default:
 			ret = -EINVAL;
 		}
@@ -895,8 +910,9 @@ static inline void ksm_child_main(pid_t parent, int cmd, int reply,
  * opens /dev/ksm and registers them with @flags. Returns 0 once it has, or
  * -errno / -KSM_CHILD_ERR_* (the child is then reaped).
  */
-static inline int ksm_child_start(struct ksm_child *ch, size_t npages,
-				  uint64_t val, uint64_t flags)
+static inline int ksm_child_start_hook(struct ksm_child *ch, size_t npages,
+				       uint64_t val, uint64_t flags,
+				       ksm_child_hook_t hook, void *hook_arg)
 {
 	int cmd[2], reply[2], ret, status;
 	pid_t parent = getpid();
@@ -923,7 +939,8 @@ static inline int ksm_child_start(struct ksm_child *ch, size_t npages,
 	if (ch->pid == 0) {
 		close(cmd[1]);
 		close(reply[0]);
-		ksm_child_main(parent, cmd[0], reply[1], npages, val, flags);
+		ksm_child_main(parent, cmd[0], reply[1], npages, val, flags,
+			       hook, hook_arg);
 		_exit(0);
 	}
 	close(cmd[0]);
@@ -941,6 +958,12 @@ static inline int ksm_child_start(struct ksm_child *ch, size_t npages,
 		ch->pid = -1;
 	}
 	return ret;
+}
+
+static inline int ksm_child_start(struct ksm_child *ch, size_t npages,
+				  uint64_t val, uint64_t flags)
+{
+	return ksm_child_start_hook(ch, npages, val, flags, NULL, NULL);
 }
 
 /*

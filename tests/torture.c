@@ -3,9 +3,9 @@
  * ksmdev torture: processes x threads write patterns (often the same ones,
  * so pages keep merging) into registered memory while the scanner runs
  * flat out, and mix in everything a program may do to its memory: fork,
- * munmap/mremap/mprotect, MADV_DONTNEED, MADV_FREE, THP, unregister and
- * re-register; the test process meanwhile flips run between 0, 1 and 2 and
- * changes the pace. Every thread keeps a shadow copy of its pages and
+ * munmap/mremap/mprotect, MADV_DONTNEED, MADV_FREE, THP and its collapse
+ * (MADV_COLLAPSE), unregister and re-register; the test process meanwhile
+ * flips run between 0, 1 and 2 and changes the pace. Every thread keeps a shadow copy of its pages and
  * checks them as it goes and at the end: no byte may ever differ.
  *
  * Bounded for CI (KSMDEV_TORTURE_SECONDS, default 40); `make soak` runs it
@@ -16,6 +16,10 @@
 #include <sys/wait.h>
 
 #include "ksmdev_test.h"
+
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE	25	/* 6.1; older libc headers lack it */
+#endif
 
 #define PROCS		3
 #define THREADS		3
@@ -33,7 +37,7 @@ struct worker {
 /* What a process tells the test process at its end. */
 struct report {
 	long writes, checks, mismatches, forks, moves, drops, protects;
-	long reregisters;
+	long reregisters, collapses;
 };
 
 static uint64_t next_rand(uint64_t *s)
@@ -209,6 +213,9 @@ static int process_main(int index, uint64_t deadline, int report_fd)
 		if (!ksm_unregister(fd, region, len) &&
 		    !ksm_register(fd, region, len, 0))
 			rep.reregisters++;
+		/* khugepaged's work, on demand: merged pages make it fail. */
+		if (index == 0 && !madvise(region, len, MADV_COLLAPSE))
+			rep.collapses++;
 	}
 	for (t = 0; t < THREADS; t++) {
 		pthread_join(threads[t], NULL);
@@ -316,14 +323,16 @@ TEST_F_TIMEOUT(torture, shadow_copies_hold, 100000)
 		sum.drops += rep.drops;
 		sum.protects += rep.protects;
 		sum.reregisters += rep.reregisters;
+		sum.collapses += rep.collapses;
 	}
 	for (p = 0; p < PROCS; p++) {
 		ASSERT_EQ(0, ksm_waitpid_timeout(pids[p], &status, 120));
 		failed += ksm_exit_code(status) != 0;
 	}
-	TH_LOG("%u s: %ld writes, %ld checks, %ld mismatches; %ld forks, %ld moves, %ld MADV_DONTNEED, %ld mprotect, %ld re-registers, %ld config flips",
+	TH_LOG("%u s: %ld writes, %ld checks, %ld mismatches; %ld forks, %ld moves, %ld MADV_DONTNEED, %ld mprotect, %ld re-registers, %ld THP collapses, %ld config flips",
 	       seconds, sum.writes, sum.checks, sum.mismatches, sum.forks,
-	       sum.moves, sum.drops, sum.protects, sum.reregisters, flips);
+	       sum.moves, sum.drops, sum.protects, sum.reregisters,
+	       sum.collapses, flips);
 	ASSERT_EQ(0, read_events(ev1));
 	TH_LOG("%llu merges, %llu COW breaks seen, %llu unmerges",
 	       (unsigned long long)(ev1[0] - ev0[0]),

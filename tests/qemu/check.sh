@@ -177,7 +177,7 @@ parse_results() {
 show_progress() {
 	tail -n +1 -F --pid="$2" "$1" 2>/dev/null | awk '
 	/^### test / { print "    guest: running " $3; fflush() }
-	/^### exit / { print "    guest: " $3 " exited with status " $4; fflush() }
+	/^### exit / { print "    guest: " $3 " exited with status " $4 ($5 == "" ? "" : " after " $5 "s"); fflush() }
 	/^### check .* fail/ { print "    guest: check " $3 " failed"; fflush() }'
 }
 
@@ -224,6 +224,7 @@ on_exit() {
 
 main() {
 	local kver rc=0
+	one_run_at_a_time
 	rm -rf "$BUILD/logs" "$BUILD/tests"
 	result_init
 	trap on_exit EXIT
@@ -250,4 +251,7 @@ main() {
 	return $rc
 }
 
-main "$@"
+# check-debug.sh sources this file for its functions.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+	main "$@"
+fi

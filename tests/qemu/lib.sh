@@ -16,10 +16,26 @@ MODULE_FILES="Kbuild Makefile dkms.conf src include uapi"
 # shellcheck disable=SC2034 # used by setup.sh
 HOST_PACKAGES="qemu-system-x86 busybox-static kmod dkms sparse cpio gcc make
 	xz-utils libc6-dev perl linux-source-6.1 linux-source-6.12"
+# What building a kernel from linux-source-6.12 needs on top (check-debug.sh).
+# shellcheck disable=SC2034 # used by setup.sh
+KERNEL_BUILD_PACKAGES="flex bison bc libelf-dev libssl-dev"
+# shellcheck disable=SC2034 # used by setup.sh and check-debug.sh
+DEBUG_KERNEL_TARBALL=/usr/src/linux-source-6.12.tar.xz
 
 log() { printf '==> %s\n' "$*"; }
 warn() { printf '==> WARNING: %s\n' "$*" >&2; }
 die() { printf '==> ERROR: %s\n' "$*" >&2; exit 1; }
+
+# one_run_at_a_time: wait while another check.sh or check-debug.sh runs on
+# this machine: two TCG guests on two cores make each other's time-bounded
+# tests fail. The lock is held (fd 7) until the run and its children end.
+one_run_at_a_time() {
+	exec 7> /var/lock/ksmdev-check.lock
+	if ! flock -n 7; then
+		log "waiting for another make check / check-debug on this machine"
+		flock 7
+	fi
+}
 
 # Run a command, showing it first.
 run() { printf '+ %s\n' "$*"; "$@"; }
@@ -359,6 +375,7 @@ build_initramfs() {
 		echo "MODE=$mode"
 		echo "TESTS=\"$*\""
 		echo "TEST_TIMEOUT=${TEST_TIMEOUT:-600}"
+		echo "HUNG_TASK_TIMEOUT=${HUNG_TASK_TIMEOUT:-20}"
 	} > "$root/etc/harness.conf"
 	for f in "$@"; do
 		[ -f "$BUILD/tests/$f" ] && cp "$BUILD/tests/$f" "$root/tests/"

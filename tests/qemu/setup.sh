@@ -7,6 +7,9 @@
 #  - the unsigned Debian kernel images, extracted into .cache/kernels/<kver>/;
 #  - kselftest*.h and checkpatch.pl from linux-source-6.12, into .cache/.
 # KERNELS selects the series ("6.1 6.12" by default).
+# `setup.sh --debug-kernel` (check-debug.sh) prepares for building a kernel
+# from linux-source-6.12 instead: the same host packages plus the kernel's
+# build dependencies, no Debian kernel images or headers.
 set -euo pipefail
 # shellcheck source=tests/qemu/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -77,6 +80,14 @@ main() {
 	apt_update_if_stale
 	# shellcheck disable=SC2086
 	apt_install $HOST_PACKAGES
+	if [ "${1:-}" = --debug-kernel ]; then
+		# shellcheck disable=SC2086
+		apt_install $KERNEL_BUILD_PACKAGES
+		[ -f "$DEBUG_KERNEL_TARBALL" ] ||
+			die "no $DEBUG_KERNEL_TARBALL (is linux-source-6.12 installed?)"
+		fetch_source_parts
+		return 0
+	fi
 	resolve_kernels "$KERNELS"
 	for kver in "${KVERS[@]}"; do
 		headers+=("linux-headers-$kver")
