@@ -7,6 +7,8 @@
 #                                          the whole test matrix in QEMU guests
 #   make check-debug [DEBUG_TESTS="abi"]   the suite on a KASAN/lockdep/kmemleak
 #                                          kernel built from linux-source-6.12
+#   make soak [DURATION=3600] [KERNELS=6.12]
+#                                          the torture test for DURATION seconds
 #   make demo [DEMO_KERNEL=6.1]            a guest with live counters
 #   make style / make sparse               checkpatch --strict / sparse + W=1
 
@@ -14,6 +16,7 @@ KVER ?= $(shell uname -r)
 KDIR ?= /lib/modules/$(KVER)/build
 KERNELS ?= 6.1 6.12
 DEMO_KERNEL ?= 6.12
+DURATION ?= 3600
 TESTS ?=
 
 export KERNELS TESTS
@@ -40,10 +43,15 @@ check:
 check-debug:
 	bash tests/qemu/check-debug.sh
 
+soak:
+	KSMDEV_TORTURE_SECONDS=$(DURATION) TEST_TIMEOUT=$$(($(DURATION) + 600)) \
+	QEMU_TIMEOUT=$$(($(DURATION) + 1200)) RUN_BUDGET=$$(($(DURATION) + 3000)) \
+	TESTS=torture bash tests/qemu/check.sh
+
 demo:
 	KERNELS=$(DEMO_KERNEL) bash tests/qemu/demo.sh
 
 style:
 	bash tests/style.sh
 
-.PHONY: all module clean sparse setup check check-debug demo style
+.PHONY: all module clean sparse setup check check-debug soak demo style

@@ -376,6 +376,8 @@ build_initramfs() {
 		echo "TESTS=\"$*\""
 		echo "TEST_TIMEOUT=${TEST_TIMEOUT:-600}"
 		echo "HUNG_TASK_TIMEOUT=${HUNG_TASK_TIMEOUT:-20}"
+		# For the test programs (tests/torture.c); empty: their default.
+		echo "export KSMDEV_TORTURE_SECONDS=${KSMDEV_TORTURE_SECONDS:-}"
 	} > "$root/etc/harness.conf"
 	for f in "$@"; do
 		[ -f "$BUILD/tests/$f" ] && cp "$BUILD/tests/$f" "$root/tests/"
