@@ -290,14 +290,21 @@ out:
 static void ksmdev_scan_kpage(struct ksmdev_scan *s, struct page *page,
 			      u64 *slot)
 {
-	struct ksmdev_stable *stable = ksmdev_stable_by_pfn(page_to_pfn(page));
-	u64 value = 0;
+	u64 mapped = ksmdev_slot_stable_value(page);
+	struct ksmdev_stable *stable;
 
-	/* A stable page of another scope is mapped here: leave it alone. */
+	/* Still mapping the stable page it was counted for: the usual case. */
+	if (*slot == mapped)
+		return;
+	/*
+	 * Moved here (mremap) or not counted yet: count it, unless it is a
+	 * stable page of another scope (then leave it alone) or none of ours.
+	 */
+	stable = ksmdev_stable_by_pfn(page_to_pfn(page));
 	if (stable && stable->trees == ksmdev_trees_of(s->ctx, s->region))
-		value = ksmdev_slot_stable_value(page);
-	if (*slot != value)
-		ksmdev_slot_set(s->ctx, slot, value);
+		ksmdev_slot_set(s->ctx, slot, mapped);
+	else if (*slot)
+		ksmdev_slot_set(s->ctx, slot, 0);
 }
 
 /*

@@ -371,6 +371,13 @@ TEST_F_TIMEOUT(lifecycle, exit_mlockall, 180)
 	run_exit_test(_metadata, self->fd, &self->base, HOLD_MLOCK, 0);
 }
 
+/* seed 000 again, by SIGKILL while the scanner is busy on the child. */
+TEST_F_TIMEOUT(lifecycle, exit_mlockall_sigkill_busy, 180)
+{
+	run_exit_test(_metadata, self->fd, &self->base, HOLD_MLOCK | HOLD_BUSY,
+		      SIGKILL);
+}
+
 /* The same, many times, exiting while the scanner is on the child's pages. */
 TEST_F_TIMEOUT(lifecycle, exit_mlockall_churn, 300)
 {
