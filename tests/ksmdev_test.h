@@ -160,15 +160,21 @@ static inline int ksm_set_fast_config(int fd)
 	return ksm_set_config(fd, &c);
 }
 
-static inline int ksm_set_run(int fd, uint64_t run)
+/* Change one field (at @offset of struct ksm_config) of the configuration. */
+static inline int ksm_set_config_field(int fd, size_t offset, uint64_t value)
 {
 	struct ksm_config c;
 	int ret = ksm_get_config(fd, &c);
 
 	if (ret)
 		return ret;
-	c.run = run;
+	*(uint64_t *)((char *)&c + offset) = value;
 	return ksm_set_config(fd, &c);
+}
+
+static inline int ksm_set_run(int fd, uint64_t run)
+{
+	return ksm_set_config_field(fd, offsetof(struct ksm_config, run), run);
 }
 
 /*
@@ -202,24 +208,14 @@ static inline int ksm_set_default_config(int fd)
 
 static inline int ksm_set_use_zero_pages(int fd, uint64_t on)
 {
-	struct ksm_config c;
-	int ret = ksm_get_config(fd, &c);
-
-	if (ret)
-		return ret;
-	c.use_zero_pages = on;
-	return ksm_set_config(fd, &c);
+	return ksm_set_config_field(fd, offsetof(struct ksm_config,
+						 use_zero_pages), on);
 }
 
 static inline int ksm_set_max_kernel_pages(int fd, uint64_t max)
 {
-	struct ksm_config c;
-	int ret = ksm_get_config(fd, &c);
-
-	if (ret)
-		return ret;
-	c.max_kernel_pages = max;
-	return ksm_set_config(fd, &c);
+	return ksm_set_config_field(fd, offsetof(struct ksm_config,
+						 max_kernel_pages), max);
 }
 
 /*

@@ -152,18 +152,26 @@ TEST_F(module, busy_module_stays)
 		close(fd2);
 }
 
-TEST_F(module, unload)
+/* delete_module, retried while the last fput of a context may be due. */
+static int unload_module(void)
 {
 	uint64_t end = ksm_now_ms() + 5000;
 	int ret;
 
-	/* The last fput of the previous test's process may still be due. */
 	while ((ret = delete_module(MODULE_NAME, O_NONBLOCK)) == -EWOULDBLOCK ||
 	       ret == -EBUSY) {
 		if (ksm_now_ms() > end)
 			break;
 		ksm_sleep_ms(10);
 	}
+	return ret;
+}
+
+TEST_F(module, unload)
+{
+	/* The last fput of the previous test's process may still be due. */
+	int ret = unload_module();
+
 	ASSERT_EQ(0, ret) TH_LOG("delete_module: %s", strerror(-ret));
 	EXPECT_TRUE(wait_path(KSM_DEV_PATH, false, 5))
 		TH_LOG(KSM_DEV_PATH " still exists");
@@ -202,21 +210,6 @@ TEST_F(module, reload)
 	EXPECT_EQ(1, s.mms);
 	EXPECT_EQ(0, s.regions);
 	EXPECT_EQ(0, s.registered_pages);
-}
-
-/* delete_module, retried while the last fput of a context may be due. */
-static int unload_module(void)
-{
-	uint64_t end = ksm_now_ms() + 5000;
-	int ret;
-
-	while ((ret = delete_module(MODULE_NAME, O_NONBLOCK)) == -EWOULDBLOCK ||
-	       ret == -EBUSY) {
-		if (ksm_now_ms() > end)
-			break;
-		ksm_sleep_ms(10);
-	}
-	return ret;
 }
 
 /*
