@@ -48,6 +48,10 @@
 #pragma GCC diagnostic ignored "-Wclobbered"
 #endif
 
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE		25	/* 6.1; older libc headers lack it */
+#endif
+
 #define KSM_DEV_PATH		"/dev/ksm"
 #define KSM_DEBUGFS_DIR		"/sys/kernel/debug/ksm"
 #define KSM_PARAMS_DIR		"/sys/module/ksmdev/parameters"

@@ -447,6 +447,53 @@ TEST_F_TIMEOUT(merge, thp_region, 240)
 	munmap(raw, len + huge);
 }
 
+/*
+ * Merged pages of a THP region, all written again (COW): khugepaged's work
+ * (MADV_COLLAPSE) then makes a huge page of them, with every byte kept; and
+ * once its pages are identical again, the scanner splits it and merges them.
+ */
+TEST_F_TIMEOUT(merge, thp_collapse_after_cow, 240)
+{
+	const size_t huge = 2UL << 20;
+	size_t n = huge / self->ps, i, bad;
+	int ret, tries = 0;
+	char *raw, *p;
+	long kb;
+
+	if (!thp_enabled())
+		SKIP(return, "transparent huge pages are not available");
+	raw = mmap(NULL, 2 * huge, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, raw);
+	p = (char *)(((uintptr_t)raw + huge - 1) & ~(huge - 1));
+	ASSERT_EQ(0, madvise(p, huge, MADV_HUGEPAGE));
+	ksm_fill_vals(p, 0, n, VAL_A);
+	ASSERT_EQ(0, ksm_register(self->fd, p, huge, 0));
+	wait_merged(_metadata, self->fd, 1, n - 1, 0, n);
+
+	for (i = 0; i < n; i++)
+		ksm_fill_val(p, i, VAL_UNIQ + i);
+	wait_merged(_metadata, self->fd, 0, 0, 0, 0);
+	/* A scanner's passing page reference makes a collapse fail: retry. */
+	while ((ret = madvise(p, huge, MADV_COLLAPSE)) && errno == EAGAIN &&
+	       ++tries < 100)
+		ksm_sleep_ms(20);
+	ASSERT_EQ(0, ret) TH_LOG("MADV_COLLAPSE: %s after %d tries",
+				 strerror(errno), tries);
+	kb = ksm_smaps_kb(p, "AnonHugePages");
+	EXPECT_EQ((long)(huge >> 10), kb);
+	for (i = 0, bad = 0; i < n; i++)
+		bad += !ksm_check_val(p, i, VAL_UNIQ + i);
+	EXPECT_EQ(0, bad) TH_LOG("pages changed by the collapse");
+	TH_LOG("collapsed after %d busy tries: AnonHugePages %ld kB", tries, kb);
+
+	ksm_fill_vals(p, 0, n, VAL_B);
+	wait_merged(_metadata, self->fd, 1, n - 1, 0, n);
+	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, n, VAL_B));
+	EXPECT_EQ(0, ksm_smaps_kb(p, "AnonHugePages"));
+	munmap(raw, 2 * huge);
+}
+
 /* Map @n pages and make them real zero-filled pages (write faults). */
 static char *map_zeroed(struct __test_metadata *_metadata, int fd, size_t n,
 			uint64_t zpfn)

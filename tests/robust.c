@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * ksmdev under abuse: pinned pages are never merged, a long unmerge gives
+ * ksmdev under abuse: pinned pages (vmsplice, io_uring fixed buffers,
+ * O_DIRECT reads in flight) are never merged, a long unmerge gives
  * way to signals and can be retried, and random ioctls from racing threads
  * and processes only ever return error codes.
  *
@@ -87,13 +88,42 @@ static char *map_identical(size_t npages)
 
 static bool all_identical(const char *p, size_t npages)
 {
-	size_t i, j;
+	static char x[65536];
+	size_t i, ps = ksm_page_size();
 
+	if (ps > sizeof(x))
+		return false;
+	memset(x, 'x', ps);
 	for (i = 0; i < npages; i++)
-		for (j = 0; j < ksm_page_size(); j++)
-			if (p[i * ksm_page_size() + j] != 'x')
-				return false;
+		if (memcmp(p + i * ps, x, ps))
+			return false;
 	return true;
+}
+
+/*
+ * Wait until all @npages pages of the region, registered alone through @fd,
+ * map merged pages; then for two more passes. By the counters, not by
+ * pagemap: a GiB is 2 MiB of PFNs to read per look.
+ */
+static int wait_all_merged(int fd, size_t npages)
+{
+	struct ksm_mm_stats ms;
+	int ret;
+
+	ret = ksm_wait_mm_merging(fd, npages, &ms, MERGE_TIMEOUT_S * 4);
+	return ret ? ret : ksm_wait_full_scans(fd, 2, MERGE_TIMEOUT_S);
+}
+
+/*
+ * The merged region of the unmerge tests (seed 001): 1 GiB, or
+ * KSMDEV_UNMERGE_MB (the debug-kernel lane asks for less).
+ */
+static size_t unmerge_test_pages(void)
+{
+	const char *s = getenv("KSMDEV_UNMERGE_MB");
+	size_t mb = s && atoi(s) > 0 ? atoi(s) : 1024;
+
+	return (mb << 20) / ksm_page_size();
 }
 
 /*
@@ -105,16 +135,19 @@ static void check_pinned_never_merge(struct __test_metadata *_metadata,
 				     int (*unpin)(void *), void *arg)
 {
 	size_t i;
+	int ret;
 
 	ASSERT_EQ(0, ksm_register(fd, p, 16 * ksm_page_size(), 0));
 	ASSERT_EQ(0, ksm_set_fast_config(fd));
 	ASSERT_EQ(0, wait_merged(fd, p, 8, 8))
 		TH_LOG("the unpinned pages did not merge");
-	for (i = 0; i < 8; i++)
+	for (i = 0; i < 8; i++) {
 		EXPECT_EQ(before[i], ksm_pfn(p + i * ksm_page_size()))
 			TH_LOG("pinned page %zu was merged", i);
+	}
 
-	ASSERT_EQ(0, unpin(arg));
+	ret = unpin(arg);
+	ASSERT_EQ(0, ret) TH_LOG("unpinning: %s", strerror(-ret));
 	ASSERT_EQ(0, wait_merged(fd, p, 0, 16))
 		TH_LOG("the pages did not merge once unpinned");
 	EXPECT_TRUE(all_identical(p, 16));
@@ -198,6 +231,101 @@ TEST_F_TIMEOUT(robust, pinned_by_io_uring, 300)
 	munmap(p, 16 * self->ps);
 }
 
+/*
+ * O_DIRECT: a block device whose requests complete only after
+ * NULLB_DELAY_NS (null_blk's timer mode, memory-backed), so that a read
+ * holds its pages pinned (FOLL_PIN) for that long.
+ */
+#define NULLB_DELAY_NS	3000000000ULL
+#define NULLB_DEV	"/dev/nullb0"
+
+struct direct_read {
+	pthread_t thread;
+	int fd;
+	void *buf;
+	size_t len;
+	ssize_t ret;
+	volatile int done;
+};
+
+static void *direct_read_main(void *arg)
+{
+	struct direct_read *r = arg;
+
+	r->ret = pread(r->fd, r->buf, r->len, 0);
+	if (r->ret < 0)
+		r->ret = -errno;
+	r->done = 1;
+	return NULL;
+}
+
+/* Reads in flight on the null_blk device; -errno if unreadable. */
+static long nullb_reads_in_flight(void)
+{
+	unsigned long reads, writes;
+	FILE *f = fopen("/sys/block/nullb0/inflight", "r");
+	int n;
+
+	if (!f)
+		return -errno;
+	n = fscanf(f, "%lu %lu", &reads, &writes);
+	fclose(f);
+	return n == 2 ? (long)reads : -EIO;
+}
+
+static int direct_read_finish(void *arg)
+{
+	struct direct_read *r = arg;
+
+	/* The pin must have lasted through every check of the pages. */
+	if (r->done)
+		return -ETIME;
+	pthread_join(r->thread, NULL);
+	return r->ret == (ssize_t)r->len ? 0 : r->ret < 0 ? r->ret : -EIO;
+}
+
+/*
+ * An O_DIRECT read into identical pages: while the device holds them
+ * pinned, the scanner must leave them alone (if it merged them, the data
+ * would land in a page the process no longer maps).
+ */
+TEST_F_TIMEOUT(robust, pinned_by_o_direct, 300)
+{
+	char cmd[256];
+	struct direct_read r = { 0 };
+	uint64_t before[8], end;
+	size_t i;
+	char *p;
+
+	snprintf(cmd, sizeof(cmd),
+		 "modprobe null_blk nr_devices=1 gb=1 memory_backed=1 irqmode=2 completion_nsec=%llu",
+		 NULLB_DELAY_NS);
+	ASSERT_EQ(0, system(cmd)) TH_LOG("%s failed", cmd);
+	r.fd = open(NULLB_DEV, O_RDWR | O_DIRECT);
+	ASSERT_LE(0, r.fd) TH_LOG("open " NULLB_DEV ": %s", strerror(errno));
+	p = map_identical(16);
+	ASSERT_NE(NULL, p);
+	r.buf = p;
+	r.len = 8 * self->ps;
+	/* What the read brings back: the same bytes, written the same way. */
+	ASSERT_EQ((ssize_t)r.len, pwrite(r.fd, p, r.len, 0))
+		TH_LOG("O_DIRECT write: %s", strerror(errno));
+
+	ASSERT_EQ(0, pthread_create(&r.thread, NULL, direct_read_main, &r));
+	end = ksm_now_ms() + NULLB_DELAY_NS / 1000000 / 2;
+	while (nullb_reads_in_flight() < 1) {
+		ASSERT_GT(end, ksm_now_ms()) TH_LOG("the read never went out");
+		usleep(100);
+	}
+	for (i = 0; i < 8; i++)
+		before[i] = ksm_pfn(p + i * self->ps);
+	check_pinned_never_merge(_metadata, self->fd, p, before,
+				 direct_read_finish, &r);
+	close(r.fd);
+	munmap(p, 16 * self->ps);
+	EXPECT_EQ(0, system("rmmod null_blk"));
+}
+
 static void on_signal(int sig)
 {
 	(void)sig;
@@ -226,22 +354,26 @@ static void *signal_flood(void *arg)
  * seed 001: a long unmerge notices signals: EINTR, the region still
  * registered, every byte intact; then a retry succeeds.
  */
-TEST_F_TIMEOUT(robust, unmerge_interrupted_by_signals, 600)
+TEST_F_TIMEOUT(robust, unmerge_interrupted_by_signals, 900)
 {
-	const size_t npages = 16384;	/* 64 MiB */
+	const size_t npages = unmerge_test_pages();
 	struct sigaction sa = { .sa_handler = on_signal };	/* no SA_RESTART */
 	struct signaller s = { .target = pthread_self() };
 	struct ksm_mm_stats ms;
 	struct ksm_stats st;
 	pthread_t thread;
 	int ret, eintr = 0;
+	uint64_t t0;
 	char *p;
 
 	p = map_identical(npages);
 	ASSERT_NE(NULL, p);
 	ASSERT_EQ(0, ksm_register(self->fd, p, npages * self->ps, 0));
 	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
-	ASSERT_EQ(0, wait_merged(self->fd, p, 0, npages));
+	t0 = ksm_now_ms();
+	ASSERT_EQ(0, wait_all_merged(self->fd, npages));
+	TH_LOG("%zu MiB merged in %llu ms", npages * self->ps >> 20,
+	       (unsigned long long)(ksm_now_ms() - t0));
 	ASSERT_EQ(0, sigaction(SIGUSR1, &sa, NULL));
 
 	ASSERT_EQ(0, pthread_create(&thread, NULL, signal_flood, &s));
@@ -260,9 +392,12 @@ TEST_F_TIMEOUT(robust, unmerge_interrupted_by_signals, 600)
 	pthread_join(thread, NULL);
 	TH_LOG("%d unregisters interrupted, %ld signals sent", eintr, s.sent);
 	EXPECT_LT(0, eintr) TH_LOG("the unmerge never saw a signal (ret %d)", ret);
+	t0 = ksm_now_ms();
 	if (ret == -EINTR)
 		ret = ksm_unregister(self->fd, p, npages * self->ps);
 	ASSERT_EQ(0, ret);
+	TH_LOG("the retry unmerged the rest in %llu ms",
+	       (unsigned long long)(ksm_now_ms() - t0));
 	ASSERT_EQ(0, ksm_get_stats(self->fd, &st));
 	EXPECT_EQ(0, st.pages_sharing);
 	EXPECT_EQ(1, same_pfn(p, 0, 2)) TH_LOG("still merged after unregister");
@@ -270,12 +405,32 @@ TEST_F_TIMEOUT(robust, unmerge_interrupted_by_signals, 600)
 	munmap(p, npages * self->ps);
 }
 
-/* SIGKILL during a long unmerge: the process dies promptly. */
-TEST_F_TIMEOUT(robust, unmerge_killed, 600)
+/* RssAnon of process @pid, in kB; -errno if unreadable. */
+static long rss_anon_kb(pid_t pid)
 {
-	const size_t npages = 16384;
+	char path[64], line[256];
+	long kb = -ENOENT;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "RssAnon: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+/* SIGKILL during a long unmerge: the process dies promptly. */
+TEST_F_TIMEOUT(robust, unmerge_killed, 900)
+{
+	const size_t npages = unmerge_test_pages();
 	struct ksm_stats base, last;
 	int go[2], ready[2], status;
+	uint64_t t0;
+	long rss_kb;
 	pid_t pid;
 	char c;
 
@@ -290,7 +445,7 @@ TEST_F_TIMEOUT(robust, unmerge_killed, 600)
 		char *p = map_identical(npages);
 
 		if (fd < 0 || !p || ksm_register(fd, p, npages * ksm_page_size(), 0) ||
-		    wait_merged(fd, p, 0, npages))
+		    wait_all_merged(fd, npages))
 			_exit(1);
 		if (write(ready[1], "r", 1) != 1 || read(go[0], &c, 1) != 1)
 			_exit(2);
@@ -299,10 +454,24 @@ TEST_F_TIMEOUT(robust, unmerge_killed, 600)
 	}
 	ASSERT_EQ(1, read(ready[0], &c, 1)) TH_LOG("the child did not merge");
 	ASSERT_EQ(1, write(go[1], "g", 1));
-	usleep(1000);
+	/*
+	 * Kill it well into the unmerge: once a tenth of the region is
+	 * private again (RssAnon; merged pages count as RssFile).
+	 */
+	t0 = ksm_now_ms() + MERGE_TIMEOUT_S * 1000ULL;
+	do {
+		rss_kb = rss_anon_kb(pid);
+		ASSERT_LE(0, rss_kb);
+		ASSERT_GT(t0, ksm_now_ms()) TH_LOG("the unmerge never began");
+	} while ((size_t)rss_kb < npages * (self->ps / 1024) / 10);
+	t0 = ksm_now_ms();
 	kill(pid, SIGKILL);
+	EXPECT_GT(npages * (self->ps / 1024) * 9 / 10, (size_t)rss_kb)
+		TH_LOG("killed only at the end of the unmerge");
 	ASSERT_EQ(0, ksm_waitpid_timeout(pid, &status, 30))
 		TH_LOG("the killed child did not die within 30 s");
+	TH_LOG("the child was reaped %llu ms after SIGKILL",
+	       (unsigned long long)(ksm_now_ms() - t0));
 	EXPECT_TRUE(WIFSIGNALED(status) || WEXITSTATUS(status) == 3);
 	EXPECT_EQ(0, ksm_wait_bookkeeping(self->fd, &base, &last, 10));
 }

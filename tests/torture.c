@@ -3,10 +3,15 @@
  * ksmdev torture: processes x threads write patterns (often the same ones,
  * so pages keep merging) into registered memory while the scanner runs
  * flat out, and mix in everything a program may do to its memory: fork,
- * munmap/mremap/mprotect, MADV_DONTNEED, MADV_FREE, THP and its collapse
- * (MADV_COLLAPSE), unregister and re-register; the test process meanwhile
- * flips run between 0, 1 and 2 and changes the pace. Every thread keeps a shadow copy of its pages and
- * checks them as it goes and at the end: no byte may ever differ.
+ * munmap/mremap/mprotect, MADV_DONTNEED, MADV_FREE, THP and attempts to
+ * collapse it (MADV_COLLAPSE, which fails while the range holds merged
+ * pages or has been cut into VMAs; merge.c's thp_collapse_after_cow shows
+ * a collapse succeeding), unregister and re-register; the test process
+ * meanwhile flips run between 0, 1 and 2 and changes the pace. Every
+ * thread keeps a shadow copy of its pages and checks them as it goes and
+ * at the end: no byte may ever differ. A storm thread in each process
+ * rewrites a region of its own whole, round after round, so that the
+ * scanner merges (and writes break) thousands of pages a second amid it.
  *
  * Bounded for CI (KSMDEV_TORTURE_SECONDS, default 40); `make soak` runs it
  * as long as asked. Runs as root in a QEMU guest; never on a host.
@@ -17,15 +22,12 @@
 
 #include "ksmdev_test.h"
 
-#ifndef MADV_COLLAPSE
-#define MADV_COLLAPSE	25	/* 6.1; older libc headers lack it */
-#endif
-
 #define PROCS		3
 #define THREADS		3
 #define THREAD_PAGES	160
 #define REGION_PAGES	512	/* 2 MiB: a THP in the first process */
 #define PATTERNS	6
+#define STORM_PAGES	2048	/* 8 MiB a process, rewritten whole */
 
 struct worker {
 	char *base;
@@ -34,10 +36,23 @@ struct worker {
 	long writes, checks, mismatches, forks, moves, drops, protects;
 };
 
+/*
+ * A storm thread: a region of its own, registered through a context of its
+ * own, rewritten whole with a few patterns (the same in every process), then
+ * left alone until most of it merged, checked, and rewritten: every round
+ * is STORM_PAGES merges and as many COW breaks, amid the churn of the other
+ * threads in the same mm.
+ */
+struct storm {
+	char *base;
+	uint64_t deadline;
+	long rounds, merged, mismatches;
+};
+
 /* What a process tells the test process at its end. */
 struct report {
 	long writes, checks, mismatches, forks, moves, drops, protects;
-	long reregisters, collapses;
+	long reregisters, collapses, storm_rounds, storm_merged;
 };
 
 static uint64_t next_rand(uint64_t *s)
@@ -175,12 +190,75 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
+static char storm_byte(size_t i, long round)
+{
+	return 'a' + (i + round) % PATTERNS;
+}
+
+static long storm_check(struct storm *st, long round)
+{
+	size_t ps = ksm_page_size(), i, j;
+	long bad = 0;
+
+	for (i = 0; i < STORM_PAGES; i++) {
+		const char *page = st->base + i * ps;
+
+		for (j = 0; j < ps; j += 8) {
+			if (page[j] != storm_byte(i, round) ||
+			    page[j + 7] != storm_byte(i, round)) {
+				if (st->mismatches + bad < 5)
+					fprintf(stderr, "# storm mismatch: page %zu, round %ld\n",
+						i, round);
+				bad++;
+				break;
+			}
+		}
+	}
+	return bad;
+}
+
+static void *storm_main(void *arg)
+{
+	size_t ps = ksm_page_size(), i;
+	struct ksm_mm_stats ms;
+	struct storm *st = arg;
+	uint64_t until;
+	long round;
+	int fd;
+
+	fd = ksm_open();
+	if (fd < 0 || ksm_register(fd, st->base, STORM_PAGES * ps, 0)) {
+		st->mismatches++;
+		fprintf(stderr, "# storm: cannot register: %s\n", strerror(errno));
+		return NULL;
+	}
+	for (round = 0; ksm_now_ms() < st->deadline; round++) {
+		for (i = 0; i < STORM_PAGES; i++)
+			memset(st->base + i * ps, storm_byte(i, round), ps);
+		/* Until most of it merged (run may be 0 for a while): bounded. */
+		until = ksm_now_ms() + 3000;
+		while (ksm_now_ms() < until && ksm_now_ms() < st->deadline) {
+			if (ksm_get_mm_stats(fd, &ms) ||
+			    ms.merging_pages >= STORM_PAGES * 9 / 10)
+				break;
+			ksm_sleep_ms(5);
+		}
+		if (!ksm_get_mm_stats(fd, &ms))
+			st->merged += ms.merging_pages;
+		st->mismatches += storm_check(st, round);
+		st->rounds++;
+	}
+	close(fd);
+	return NULL;
+}
+
 /* One process: its threads work; its main thread re-registers now and then. */
 static int process_main(int index, uint64_t deadline, int report_fd)
 {
 	size_t ps = ksm_page_size(), len = REGION_PAGES * ps;
 	struct worker w[THREADS] = { 0 };
-	pthread_t threads[THREADS];
+	struct storm storm = { 0 };
+	pthread_t threads[THREADS], storm_thread;
 	struct report rep = { 0 };
 	char *raw, *region;
 	int fd, t;
@@ -207,6 +285,12 @@ static int process_main(int index, uint64_t deadline, int report_fd)
 		if (pthread_create(&threads[t], NULL, worker_main, &w[t]))
 			return 5;
 	}
+	storm.base = mmap(NULL, STORM_PAGES * ps, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	storm.deadline = deadline;
+	if (storm.base == MAP_FAILED ||
+	    pthread_create(&storm_thread, NULL, storm_main, &storm))
+		return 5;
 	while (ksm_now_ms() < deadline) {
 		ksm_sleep_ms(300);
 		/* A hole left by a move in progress makes this fail: fine. */
@@ -217,6 +301,10 @@ static int process_main(int index, uint64_t deadline, int report_fd)
 		if (index == 0 && !madvise(region, len, MADV_COLLAPSE))
 			rep.collapses++;
 	}
+	pthread_join(storm_thread, NULL);
+	rep.storm_rounds = storm.rounds;
+	rep.storm_merged = storm.merged;
+	rep.mismatches += storm.mismatches;
 	for (t = 0; t < THREADS; t++) {
 		pthread_join(threads[t], NULL);
 		rep.writes += w[t].writes;
@@ -324,6 +412,8 @@ TEST_F_TIMEOUT(torture, shadow_copies_hold, 100000)
 		sum.protects += rep.protects;
 		sum.reregisters += rep.reregisters;
 		sum.collapses += rep.collapses;
+		sum.storm_rounds += rep.storm_rounds;
+		sum.storm_merged += rep.storm_merged;
 	}
 	for (p = 0; p < PROCS; p++) {
 		ASSERT_EQ(0, ksm_waitpid_timeout(pids[p], &status, 120));
@@ -333,8 +423,12 @@ TEST_F_TIMEOUT(torture, shadow_copies_hold, 100000)
 	       seconds, sum.writes, sum.checks, sum.mismatches, sum.forks,
 	       sum.moves, sum.drops, sum.protects, sum.reregisters,
 	       sum.collapses, flips);
+	TH_LOG("storms: %ld rounds of %d pages, %ld pages found merged at their ends",
+	       sum.storm_rounds, STORM_PAGES, sum.storm_merged);
 	ASSERT_EQ(0, read_events(ev1));
-	TH_LOG("%llu merges, %llu COW breaks seen, %llu unmerges",
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &st));
+	TH_LOG("%llu full scans: %llu merges, %llu COW breaks seen, %llu unmerges",
+	       (unsigned long long)(st.full_scans - base.full_scans),
 	       (unsigned long long)(ev1[0] - ev0[0]),
 	       (unsigned long long)(ev1[1] - ev0[1]),
 	       (unsigned long long)(ev1[2] - ev0[2]));

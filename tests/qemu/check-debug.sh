@@ -21,6 +21,8 @@
 #                  QEMU_TIMEOUT + 600)
 #   GUEST_MEM      guest memory (default 3G: KASAN's shadow is 1/8 of it)
 #   HUNG_TASK_TIMEOUT  the guest's hung-task timeout (default 120)
+#   KSMDEV_UNMERGE_MB  the seed-001 unmerge tests' region (default 256;
+#                  1024 on the stock kernels)
 #   DEBUG_CMDLINE  added to the kernel command line (default "loglevel=8
 #                  panic_on_warn=0": every report in full on the console,
 #                  and the run goes on past the first one; each still
@@ -35,6 +37,9 @@ export TEST_TIMEOUT=${TEST_TIMEOUT:-1200}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-3600}
 RUN_BUDGET=${RUN_BUDGET:-$((QEMU_TIMEOUT + 600))}
 export GUEST_MEM=${GUEST_MEM:-3G}
+# The seed-001 unmerge tests' region (1 GiB on the stock kernels): merging
+# and unmerging run ~3x slower under KASAN and DEBUG_PAGEALLOC.
+export KSMDEV_UNMERGE_MB=${KSMDEV_UNMERGE_MB:-256}
 export HUNG_TASK_TIMEOUT=${HUNG_TASK_TIMEOUT:-120}
 DEBUG_CMDLINE=${DEBUG_CMDLINE-loglevel=8 panic_on_warn=0}
 

@@ -327,19 +327,28 @@ style_sparse() {
 # ---------------------------------------------------------------------------
 # The guest.
 
-# copy_module_deps ROOT KVER MODULE: copy the modules MODULE depends on (and
-# theirs) from the kernel image into ROOT, decompressed.
-copy_module_deps() {
-	local root=$1 kver=$2 mod=$3 kmods dep path deps
+# copy_module ROOT KVER NAME: copy module NAME and the modules it depends on
+# from the kernel image into ROOT, decompressed.
+copy_module() {
+	local root=$1 kver=$2 name=$3 kmods path
 	kmods=$(kernel_dir "$kver")/lib/modules/$kver
-	deps=$(modinfo -F depends "$mod" | tr ',' ' ')
-	for dep in $deps; do
-		path=$(grep -E "/${dep//_/[-_]}\\.ko(\\.[a-z]+)?:" "$kmods/modules.dep" |
-			head -n 1 | cut -d: -f1)
-		[ -n "$path" ] || die "ksmdev needs module $dep, not in $kver"
-		[ -f "$root/lib/modules/$kver/${path%.xz}" ] && continue
-		install_module_file "$kmods/$path" "$root/lib/modules/$kver/${path%.xz}"
-		copy_module_deps "$root" "$kver" "$root/lib/modules/$kver/${path%.xz}"
+	# dpkg -x leaves the index to the package's postinst, never run here.
+	[ -f "$kmods/modules.dep" ] || depmod -b "$(kernel_dir "$kver")" "$kver" ||
+		die "depmod for $kver failed"
+	path=$(grep -E "/${name//_/[-_]}\\.ko(\\.[a-z]+)?:" "$kmods/modules.dep" |
+		head -n 1 | cut -d: -f1)
+	[ -n "$path" ] || die "module $name is not in $kver"
+	[ -f "$root/lib/modules/$kver/${path%.xz}" ] && return 0
+	install_module_file "$kmods/$path" "$root/lib/modules/$kver/${path%.xz}"
+	copy_module_deps "$root" "$kver" "$root/lib/modules/$kver/${path%.xz}"
+}
+
+# copy_module_deps ROOT KVER MODULE: copy the modules MODULE (a file)
+# depends on, and theirs.
+copy_module_deps() {
+	local dep
+	for dep in $(modinfo -F depends "$3" | tr ',' ' '); do
+		copy_module "$1" "$2" "$dep"
 	done
 }
 
@@ -378,6 +387,7 @@ build_initramfs() {
 		echo "HUNG_TASK_TIMEOUT=${HUNG_TASK_TIMEOUT:-20}"
 		# For the test programs (tests/torture.c); empty: their default.
 		echo "export KSMDEV_TORTURE_SECONDS=${KSMDEV_TORTURE_SECONDS:-}"
+		echo "export KSMDEV_UNMERGE_MB=${KSMDEV_UNMERGE_MB:-}"
 	} > "$root/etc/harness.conf"
 	for f in "$@"; do
 		[ -f "$BUILD/tests/$f" ] && cp "$BUILD/tests/$f" "$root/tests/"
@@ -390,12 +400,19 @@ build_initramfs() {
 		[ -f "$kmods/$f" ] && cp "$kmods/$f" "$root/lib/modules/$kver/"
 	done
 	copy_module_deps "$root" "$kver" "$root/lib/modules/$kver/updates/dkms/ksmdev.ko"
+	# The tests' own: null_blk, a block device with slow completions
+	# (robust.c: pages pinned by O_DIRECT).
+	for f in $GUEST_MODULES; do
+		copy_module "$root" "$kver" "$f"
+	done
 	depmod -b "$root" "$kver"
 
 	(cd "$root" && find . -print0 | LC_ALL=C sort -z |
 		cpio --null -o -H newc --quiet --owner=0:0) | gzip -1 > "$img"
 	echo "$img"
 }
+
+GUEST_MODULES="null_blk"
 
 KERNEL_CMDLINE="console=ttyS0 panic=-1 panic_on_warn=1 oops=panic softlockup_panic=1 hung_task_panic=1 nmi_watchdog=0 quiet loglevel=4"
 
