@@ -10,6 +10,8 @@
 #   make soak [DURATION=3600] [KERNELS=6.12]
 #                                          the torture test for DURATION seconds
 #   make demo [DEMO_KERNEL=6.1]            a guest with live counters
+#   make bench [BENCH_MB=256 ...]          ksmdev against the in-kernel KSM,
+#                                          one 6.12 guest (bench/README.md)
 #   make style / make sparse               checkpatch --strict / sparse + W=1
 
 KVER ?= $(shell uname -r)
@@ -51,7 +53,10 @@ soak:
 demo:
 	KERNELS=$(DEMO_KERNEL) bash tests/qemu/demo.sh
 
+bench:
+	bash tests/qemu/bench.sh
+
 style:
 	bash tests/style.sh
 
-.PHONY: all module clean sparse setup check check-debug soak demo style
+.PHONY: all module clean sparse setup check check-debug soak demo bench style

@@ -4,7 +4,8 @@
 # /init of the test guest (busybox sh). Settings come from /etc/harness.conf:
 #   MODE=check  load ksmdev, run every program in $TESTS, check the kernel log
 #               after each, unload ksmdev, check again;
-#   MODE=demo   load ksmdev, run /tests/demo (or show the counters).
+#   MODE=demo   load ksmdev, run /tests/demo (or show the counters);
+#   MODE=bench  load ksmdev, run /tests/bench, its output to ttyS1.
 # Results go to ttyS1 only, one framed block per test:
 #   ### test NAME / <its output> / ### exit NAME RC SECONDS
 #   ### check NAME pass|fail   (details, if any, just before as "# " lines)
@@ -191,6 +192,13 @@ if [ "$MODE" = demo ]; then
 			sleep 1
 		done
 	fi
+	res "### done"
+	poweroff_now
+fi
+
+if [ "$MODE" = bench ]; then
+	(cd /tests && ./bench) > "$RES" 2>&1
+	say "bench exited with $?"
 	res "### done"
 	poweroff_now
 fi

@@ -19,6 +19,9 @@ HOST_PACKAGES="qemu-system-x86 busybox-static kmod dkms sparse cpio gcc make
 # What building a kernel from linux-source-6.12 needs on top (check-debug.sh).
 # shellcheck disable=SC2034 # used by setup.sh
 KERNEL_BUILD_PACKAGES="flex bison bc libelf-dev libssl-dev"
+# What `make bench` needs on top: the plot.
+# shellcheck disable=SC2034 # used by setup.sh
+BENCH_PACKAGES="gnuplot-nox"
 # shellcheck disable=SC2034 # used by setup.sh and check-debug.sh
 DEBUG_KERNEL_TARBALL=/usr/src/linux-source-6.12.tar.xz
 
@@ -236,11 +239,12 @@ built_module() {
 }
 
 # test_names: the test programs selected by $TESTS (default: every
-# tests/*.c but demo), module_lifecycle last since it unloads the module.
+# tests/*.c but demo and bench), module_lifecycle last since it unloads
+# the module.
 test_names() {
 	local all t sel=()
 	all=$(find "$KSMDEV_ROOT/tests" -maxdepth 1 -name '*.c' -printf '%f\n' |
-		sed 's/\.c$//' | grep -vx demo | LC_ALL=C sort || true)
+		sed 's/\.c$//' | grep -vxE 'demo|bench' | LC_ALL=C sort || true)
 	if [ -n "${TESTS:-}" ]; then
 		for t in $TESTS; do
 			grep -qx -- "$t" <<< "$all" ||
@@ -388,6 +392,9 @@ build_initramfs() {
 		# For the test programs (tests/torture.c); empty: their default.
 		echo "export KSMDEV_TORTURE_SECONDS=${KSMDEV_TORTURE_SECONDS:-}"
 		echo "export KSMDEV_UNMERGE_MB=${KSMDEV_UNMERGE_MB:-}"
+		# The benchmark's settings (bench.sh).
+		[ -n "${BENCH_ENV:-}" ] && cat "$BENCH_ENV"
+		true
 	} > "$root/etc/harness.conf"
 	for f in "$@"; do
 		[ -f "$BUILD/tests/$f" ] && cp "$BUILD/tests/$f" "$root/tests/"

@@ -10,6 +10,7 @@
 # `setup.sh --debug-kernel` (check-debug.sh) prepares for building a kernel
 # from linux-source-6.12 instead: the same host packages plus the kernel's
 # build dependencies, no Debian kernel images or headers.
+# `setup.sh --bench` (bench.sh) adds what the benchmark's plot needs.
 set -euo pipefail
 # shellcheck source=tests/qemu/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -88,6 +89,8 @@ main() {
 		fetch_source_parts
 		return 0
 	fi
+	# shellcheck disable=SC2086
+	[ "${1:-}" = --bench ] && apt_install $BENCH_PACKAGES
 	resolve_kernels "$KERNELS"
 	for kver in "${KVERS[@]}"; do
 		headers+=("linux-headers-$kver")

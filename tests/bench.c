@@ -1,0 +1,588 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * ksmdev benchmark (`make bench`): the same workloads, in the same guest
+ * boot, merged by ksmdev (/dev/ksm) and by the in-kernel KSM (ksmd, through
+ * madvise(MADV_MERGEABLE) and /sys/kernel/mm/ksm with its defaults, which
+ * is the reference), one engine after the other, with the same
+ * pages_to_scan and sleep_millisecs. Prints numbers; asserts nothing about
+ * speed.
+ *
+ * Output (stdout), parsed by tests/qemu/bench.sh:
+ *   TS engine ms saved              pages saved over time (the workload)
+ *   ROW engine figure value unit    one figure
+ *   # ...                           comments
+ *
+ * Workload (upstream's "4 VMs"): BENCH_PROCS processes x BENCH_MB MiB; of
+ * their pages, 50% are the same in every process, 10% zero-filled, 10%
+ * rewritten every second, the rest unique. Then the analogues of upstream
+ * ksm_tests: merging BENCH_MERGE_MB of identical pages (-P), the same on
+ * THP (-H), unmerging them (-D), the cost of a write to a merged page (-C);
+ * and a 64 GiB sparse region with 1% of its pages present.
+ *
+ * Runs as root in a QEMU guest with ksmdev loaded; never on a host.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <sys/resource.h>
+
+#define KSMDEV_NO_HARNESS
+#include "ksmdev_test.h"
+
+#define SYSFS_KSM	"/sys/kernel/mm/ksm/"
+
+static unsigned long bench_mb = 256, bench_procs = 4, merge_mb = 100;
+static unsigned long pages_to_scan = 100, sleep_ms = 20, timeout_s = 900;
+static unsigned long sparse_gb = 64;
+
+static unsigned long env_ul(const char *name, unsigned long def)
+{
+	const char *s = getenv(name);
+
+	return s && strtoul(s, NULL, 0) ? strtoul(s, NULL, 0) : def;
+}
+
+/* ---- the two engines ---- */
+
+struct engine {
+	const char *name;
+	const char *thread;		/* the scanner's comm */
+	int fd;				/* ksmdev: /dev/ksm of the bench */
+};
+
+struct counters {
+	uint64_t shared, sharing, zero, scanned, full_scans;
+};
+
+static uint64_t sysfs_ksm(const char *name)
+{
+	char path[128];
+	uint64_t v = 0;
+
+	snprintf(path, sizeof(path), SYSFS_KSM "%s", name);
+	if (ksm_read_u64_file(path, &v, false))
+		return 0;
+	return v;
+}
+
+static int sysfs_ksm_set(const char *name, uint64_t v)
+{
+	char path[128];
+
+	snprintf(path, sizeof(path), SYSFS_KSM "%s", name);
+	return ksm_write_u64_file(path, v);
+}
+
+static bool is_ksmd(const struct engine *e)
+{
+	return !strcmp(e->name, "ksmd");
+}
+
+static int read_counters(const struct engine *e, struct counters *c)
+{
+	struct ksm_stats s;
+
+	if (is_ksmd(e)) {
+		c->shared = sysfs_ksm("pages_shared");
+		c->sharing = sysfs_ksm("pages_sharing");
+		c->zero = sysfs_ksm("ksm_zero_pages");
+		c->scanned = sysfs_ksm("pages_scanned");
+		c->full_scans = sysfs_ksm("full_scans");
+		return 0;
+	}
+	if (ksm_get_stats(e->fd, &s))
+		return -1;
+	c->shared = s.pages_shared;
+	c->sharing = s.pages_sharing;
+	c->zero = s.ksm_zero_pages;
+	c->scanned = s.pages_scanned;
+	c->full_scans = s.full_scans;
+	return 0;
+}
+
+static uint64_t saved(const struct counters *c)
+{
+	return c->sharing + c->zero;
+}
+
+/* Set the pace and start (run=1) or stop and unmerge everything (run=2). */
+static int engine_run(const struct engine *e, uint64_t run,
+		      unsigned long pts, unsigned long sleep)
+{
+	struct ksm_config cfg;
+
+	if (is_ksmd(e)) {
+		if (run == 1 && (sysfs_ksm_set("pages_to_scan", pts) ||
+				 sysfs_ksm_set("sleep_millisecs", sleep)))
+			return -1;
+		return sysfs_ksm_set("run", run);
+	}
+	if (ksm_get_config(e->fd, &cfg))
+		return -1;
+	cfg.run = run;
+	cfg.pages_to_scan = pts;
+	cfg.sleep_millisecs = sleep;
+	return ksm_set_config(e->fd, &cfg);
+}
+
+/* Make [p, p + len) a candidate: ksmdev's fd (per process) or madvise. */
+static int engine_add(const struct engine *e, int *fd, void *p, size_t len)
+{
+	if (is_ksmd(e))
+		return madvise(p, len, MADV_MERGEABLE);
+	if (*fd < 0)
+		*fd = ksm_open();
+	return *fd < 0 ? -1 : ksm_register(*fd, p, len, 0);
+}
+
+static int engine_remove(const struct engine *e, int fd, void *p, size_t len)
+{
+	if (is_ksmd(e))
+		return madvise(p, len, MADV_UNMERGEABLE);
+	return ksm_unregister(fd, p, len);
+}
+
+/* The scanner thread's CPU time (utime + stime), in seconds. */
+static double thread_cpu(const struct engine *e)
+{
+	char path[300], buf[512], *s;
+	unsigned long ut, st;
+	struct dirent *d;
+	double cpu = -1;
+	DIR *dir = opendir("/proc");
+	FILE *f;
+
+	while (dir && cpu < 0 && (d = readdir(dir))) {
+		if (d->d_name[0] < '0' || d->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/stat", d->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(buf, sizeof(buf), f)) {
+			s = strchr(buf, '(');
+			if (s && !strncmp(s + 1, e->thread, strlen(e->thread)) &&
+			    s[1 + strlen(e->thread)] == ')' &&
+			    sscanf(strrchr(buf, ')') + 2,
+				   "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu",
+				   &ut, &st) == 2)
+				cpu = (double)(ut + st) / sysconf(_SC_CLK_TCK);
+		}
+		fclose(f);
+	}
+	if (dir)
+		closedir(dir);
+	return cpu;
+}
+
+/* Wait until the engine has nothing merged (after run=2). */
+static int wait_unmerged(const struct engine *e)
+{
+	uint64_t end = ksm_now_ms() + 120000;
+	struct counters c;
+
+	do {
+		if (read_counters(e, &c))
+			return -1;
+		if (!c.shared && !c.sharing && !c.zero)
+			return 0;
+		ksm_sleep_ms(50);
+	} while (ksm_now_ms() < end);
+	return -1;
+}
+
+/*
+ * What the engine holds for its bookkeeping: ksmdev says so; ksmd's are
+ * its slab caches (the guest boots with slab_nomerge, so they are apart).
+ */
+static uint64_t metadata_bytes(const struct engine *e)
+{
+	static const char *const caches[] = {
+		"ksm_rmap_item", "ksm_stable_node", "ksm_mm_slot",
+	};
+	unsigned long active, objsize;
+	char line[512], name[64];
+	struct ksm_stats s;
+	uint64_t sum = 0;
+	unsigned int i;
+	FILE *f;
+
+	if (!is_ksmd(e))
+		return ksm_get_stats(e->fd, &s) ? 0 : s.metadata_bytes;
+	f = fopen("/proc/slabinfo", "r");
+	while (f && fgets(line, sizeof(line), f)) {
+		if (sscanf(line, "%63s %lu %*u %lu", name, &active, &objsize) != 3)
+			continue;
+		for (i = 0; i < ARRAY_SIZE(caches); i++)
+			if (!strcmp(name, caches[i]))
+				sum += (uint64_t)active * objsize;
+	}
+	if (f)
+		fclose(f);
+	return sum;
+}
+
+/* ---- the workload ---- */
+
+enum { DUP, ZERO, VOLATILE, UNIQUE };
+
+static int page_class(size_t i)
+{
+	unsigned int c = (i * 2654435761u >> 8) % 10;
+
+	return c < 5 ? DUP : c == 5 ? ZERO : c == 6 ? VOLATILE : UNIQUE;
+}
+
+static void fill_workload_page(char *page, size_t i, unsigned int proc,
+			       uint64_t gen)
+{
+	switch (page_class(i)) {
+	case DUP:
+		ksm_fill_val(page, 0, 0x100000 + i);
+		break;
+	case ZERO:
+		memset(page, 0, ksm_page_size());
+		break;
+	case VOLATILE:
+		ksm_fill_val(page, 0, ((uint64_t)proc << 48) + (gen << 24) + i);
+		break;
+	default:
+		ksm_fill_val(page, 0, ((uint64_t)(proc + 1) << 40) + i);
+	}
+}
+
+/* One process of the workload: fill, register, rewrite volatile pages. */
+static void workload_child(const struct engine *e, unsigned int proc,
+			   int ready, int stop)
+{
+	size_t ps = ksm_page_size(), n = (bench_mb << 20) / ps, i;
+	char *p = ksm_mmap_anon(n * ps);
+	struct pollfd pfd = { .fd = stop, .events = POLLIN };
+	uint64_t gen = 0;
+	int fd = -1;
+
+	if (!p)
+		_exit(1);
+	for (i = 0; i < n; i++)
+		fill_workload_page(p + i * ps, i, proc, gen);
+	if (engine_add(e, &fd, p, n * ps))
+		_exit(2);
+	if (write(ready, "r", 1) != 1)
+		_exit(3);
+	/* Every second, until the bench closes @stop. */
+	while (poll(&pfd, 1, 1000) == 0) {
+		gen++;
+		for (i = 0; i < n; i++)
+			if (page_class(i) == VOLATILE)
+				fill_workload_page(p + i * ps, i, proc, gen);
+	}
+	_exit(0);
+}
+
+/*
+ * The pages that can merge (@mergeable: duplicated and zero-filled ones),
+ * and the pages saved once they all have (the fewest pages they can share).
+ */
+static uint64_t workload_max_saved(uint64_t *mergeable)
+{
+	size_t n = (bench_mb << 20) / ksm_page_size(), i, dup = 0, zero = 0;
+
+	for (i = 0; i < n; i++) {
+		dup += page_class(i) == DUP;
+		zero += page_class(i) == ZERO;
+	}
+	*mergeable = (dup + zero) * bench_procs;
+	return dup * (bench_procs - 1) + (zero * bench_procs - 1);
+}
+
+static void workload(const struct engine *e)
+{
+	uint64_t mergeable, max = workload_max_saved(&mergeable);
+	uint64_t t0, t, t50 = 0, t90 = 0, last = 0, merged = 0;
+	size_t registered = bench_procs * (bench_mb << 20) / ksm_page_size();
+	int ready[2], stop[2], status;
+	struct counters c0, c;
+	double cpu0, cpu;
+	unsigned int p;
+	char ch;
+	pid_t pids[64];
+
+	if (bench_procs > 64 || pipe(ready) || pipe(stop))
+		return;
+	for (p = 0; p < bench_procs; p++) {
+		pids[p] = fork();
+		if (pids[p] == 0) {
+			close(stop[1]);
+			workload_child(e, p, ready[1], stop[0]);
+		}
+	}
+	close(stop[0]);
+	for (p = 0; p < bench_procs; p++)
+		if (read(ready[0], &ch, 1) != 1)
+			printf("# %s: a workload process failed\n", e->name);
+	read_counters(e, &c0);
+	cpu0 = thread_cpu(e);
+	t0 = ksm_now_ms();
+	engine_run(e, 1, pages_to_scan, sleep_ms);
+	do {
+		ksm_sleep_ms(250);
+		t = ksm_now_ms() - t0;
+		read_counters(e, &c);
+		printf("TS %s %llu %llu\n", e->name, (unsigned long long)t,
+		       (unsigned long long)saved(&c));
+		if (!t50 && saved(&c) * 2 >= max)
+			t50 = t;
+		if (!t90 && saved(&c) * 10 >= max * 9)
+			t90 = t;
+		last = saved(&c);
+		merged = c.shared + c.sharing + c.zero;
+	} while (merged < mergeable && t < timeout_s * 1000);
+	cpu = thread_cpu(e) - cpu0;
+	fflush(stdout);
+
+	printf("ROW %s saved_pages %llu of_%llu\n", e->name,
+	       (unsigned long long)last, (unsigned long long)max);
+	printf("ROW %s time_to_50 %.1f s\n", e->name, t50 / 1000.0);
+	printf("ROW %s time_to_90 %.1f s\n", e->name, t90 / 1000.0);
+	printf("ROW %s time_to_all %.1f s\n", e->name,
+	       merged >= mergeable ? t / 1000.0 : -1.0);
+	printf("ROW %s scanner_cpu %.2f s\n", e->name, cpu);
+	printf("ROW %s full_scans %llu passes\n", e->name,
+	       (unsigned long long)(c.full_scans - c0.full_scans));
+	if (c.scanned > c0.scanned)
+		printf("ROW %s cpu_per_gib_scanned %.3f s/GiB\n", e->name,
+		       cpu / ((c.scanned - c0.scanned) * ksm_page_size() /
+			      (double)(1 << 30)));
+	if (c.full_scans > c0.full_scans)
+		printf("ROW %s cpu_per_gib_per_pass %.3f s/GiB\n", e->name,
+		       cpu / (c.full_scans - c0.full_scans) /
+		       (registered * ksm_page_size() / (double)(1 << 30)));
+	printf("ROW %s metadata_per_page %.1f B\n", e->name,
+	       metadata_bytes(e) / (double)registered);
+
+	close(stop[1]);
+	for (p = 0; p < bench_procs; p++)
+		waitpid(pids[p], &status, 0);
+	close(ready[0]);
+	close(ready[1]);
+	engine_run(e, 2, pages_to_scan, sleep_ms);
+	wait_unmerged(e);
+}
+
+/* ---- upstream ksm_tests' figures: -P, -H, -D, -C ---- */
+
+#define FAST_PAGES	10000	/* micro benchmarks: the scanner flat out */
+
+/* Wait until @n pages (all of them the same) map merged pages. */
+static int wait_all_merged(const struct engine *e, size_t n, unsigned int s)
+{
+	uint64_t end = ksm_now_ms() + s * 1000ULL;
+	struct counters c;
+
+	do {
+		if (read_counters(e, &c))
+			return -1;
+		/* ksmd: max_page_sharing makes more than one shared page. */
+		if (c.shared + c.sharing == n)
+			return 0;
+		usleep(2000);
+	} while (ksm_now_ms() < end);
+	return -1;
+}
+
+/* ns per page to write one byte into each of @n pages. */
+static double write_each(char *p, size_t n)
+{
+	struct timespec a, b;
+	size_t i;
+
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	for (i = 0; i < n; i++)
+		p[i * ksm_page_size()]++;
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	return ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n;
+}
+
+static double secs_since(const struct timespec *a)
+{
+	struct timespec b;
+
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	return (b.tv_sec - a->tv_sec) + (b.tv_nsec - a->tv_nsec) / 1e9;
+}
+
+static void micro(const struct engine *e, bool thp)
+{
+	const size_t huge = 2UL << 20, len = merge_mb << 20;
+	size_t ps = ksm_page_size(), n = len / ps;
+	const char *tag = thp ? "thp" : "4k";
+	struct timespec t0;
+	double cpu0, secs;
+	char *raw, *p;
+	int fd = -1;
+
+	raw = mmap(NULL, len + huge, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (raw == MAP_FAILED)
+		return;
+	p = (char *)(((uintptr_t)raw + huge - 1) & ~(huge - 1));
+	madvise(p, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+	ksm_fill_vals(p, 0, n, 0x5a5a);
+	if (thp)
+		printf("# %s: AnonHugePages %ld kB of %zu\n", e->name,
+		       ksm_smaps_kb(p, "AnonHugePages"), len >> 10);
+
+	/* -P / -H: merge time. */
+	cpu0 = thread_cpu(e);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (engine_add(e, &fd, p, len) || engine_run(e, 1, FAST_PAGES, 0) ||
+	    wait_all_merged(e, n, 600)) {
+		printf("# %s: %s merge did not complete\n", e->name, tag);
+		goto out;
+	}
+	secs = secs_since(&t0);
+	printf("ROW %s merge_%s %.1f MiB/s\n", e->name, tag, merge_mb / secs);
+	printf("ROW %s merge_%s_cpu %.2f s\n", e->name, tag,
+	       thread_cpu(e) - cpu0);
+	if (thp)
+		goto out;
+
+	/* -D: unmerge time. */
+	engine_run(e, 0, FAST_PAGES, 0);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	if (engine_remove(e, fd, p, len)) {
+		printf("# %s: unmerge failed: %s\n", e->name, strerror(errno));
+		goto out;
+	}
+	secs = secs_since(&t0);
+	printf("ROW %s unmerge %.1f MiB/s\n", e->name, merge_mb / secs);
+
+	/* -C: a write to a merged page, against one to a private page. */
+	ksm_fill_vals(p, 0, n, 0x5a5a);
+	if (engine_add(e, &fd, p, len) || engine_run(e, 1, FAST_PAGES, 0) ||
+	    wait_all_merged(e, n, 600)) {
+		printf("# %s: merge for COW did not complete\n", e->name);
+		goto out;
+	}
+	engine_run(e, 0, FAST_PAGES, 0);
+	printf("ROW %s cow_write %.0f ns/page\n", e->name, write_each(p, n));
+	printf("ROW %s private_write %.0f ns/page\n", e->name,
+	       write_each(p, n));
+out:
+	engine_run(e, 2, FAST_PAGES, 0);
+	wait_unmerged(e);
+	if (!is_ksmd(e) && fd >= 0)
+		close(fd);
+	munmap(raw, len + huge);
+}
+
+/*
+ * A region of @len bytes with every @stride-th page present (unique
+ * content): seconds per full scan, with the scanner flat out.
+ */
+static double pass_time(const struct engine *e, size_t len, size_t stride,
+			double *cpu_per_pass)
+{
+	size_t ps = ksm_page_size(), i;
+	struct counters c0, c;
+	struct timespec t0;
+	double cpu0, secs = -1;
+	uint64_t end;
+	int fd = -1;
+	char *p;
+
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		return -1;
+	madvise(p, len, MADV_NOHUGEPAGE);
+	for (i = 0; i < len / ps; i += stride)
+		ksm_fill_val(p + i * ps, 0, 0x7700000000ULL + i);
+	if (engine_add(e, &fd, p, len))
+		goto out;
+	engine_run(e, 1, FAST_PAGES, 0);
+	/* From the end of one pass to the end of the third after it. */
+	end = ksm_now_ms() + 600000;
+	read_counters(e, &c0);
+	do {
+		usleep(1000);
+		read_counters(e, &c);
+	} while (c.full_scans == c0.full_scans && ksm_now_ms() < end);
+	c0 = c;
+	cpu0 = thread_cpu(e);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		usleep(1000);
+		read_counters(e, &c);
+	} while (c.full_scans < c0.full_scans + 3 && ksm_now_ms() < end);
+	if (c.full_scans >= c0.full_scans + 3) {
+		secs = secs_since(&t0) / 3;
+		*cpu_per_pass = (thread_cpu(e) - cpu0) / 3;
+	}
+out:
+	engine_run(e, 2, FAST_PAGES, 0);
+	wait_unmerged(e);
+	if (!is_ksmd(e) && fd >= 0)
+		close(fd);
+	munmap(p, len);
+	return secs;
+}
+
+/* The sparse region's pass against a dense one with as many pages. */
+static void sparse(const struct engine *e)
+{
+	size_t len = sparse_gb << 30, stride = 100;
+	size_t present = (len / ksm_page_size() + stride - 1) / stride;
+	double sp, dn, spc = 0, dnc = 0;
+
+	sp = pass_time(e, len, stride, &spc);
+	dn = pass_time(e, present * ksm_page_size(), 1, &dnc);
+	printf("# %s: %zu present pages, sparse pass %.2f s (cpu %.2f), dense pass %.2f s (cpu %.2f)\n",
+	       e->name, present, sp, spc, dn, dnc);
+	if (sp > 0)
+		printf("ROW %s sparse_pass %.2f s\n", e->name, sp);
+	if (dn > 0)
+		printf("ROW %s dense_pass %.2f s\n", e->name, dn);
+}
+
+int main(void)
+{
+	struct engine engines[] = {
+		{ .name = "ksmd", .thread = "ksmd", .fd = -1 },
+		{ .name = "ksmdev", .thread = "ksmdev", .fd = -1 },
+	};
+	const char *only = getenv("BENCH_ONLY");
+	unsigned int i;
+
+	bench_mb = env_ul("BENCH_MB", bench_mb);
+	bench_procs = env_ul("BENCH_PROCS", bench_procs);
+	merge_mb = env_ul("BENCH_MERGE_MB", merge_mb);
+	pages_to_scan = env_ul("BENCH_PAGES_TO_SCAN", pages_to_scan);
+	sleep_ms = env_ul("BENCH_SLEEP_MS", sleep_ms);
+	timeout_s = env_ul("BENCH_TIMEOUT", timeout_s);
+	sparse_gb = env_ul("BENCH_SPARSE_GB", sparse_gb);
+	setvbuf(stdout, NULL, _IOLBF, 0);
+
+	engines[1].fd = ksm_open();
+	if (engines[1].fd < 0 || access(SYSFS_KSM "run", W_OK)) {
+		printf("# needs /dev/ksm and " SYSFS_KSM " (root)\n");
+		return 1;
+	}
+	printf("# %lu processes x %lu MiB, pages_to_scan %lu, sleep_millisecs %lu; smart_scan %llu\n",
+	       bench_procs, bench_mb, pages_to_scan, sleep_ms,
+	       (unsigned long long)sysfs_ksm("smart_scan"));
+	for (i = 0; i < ARRAY_SIZE(engines); i++) {
+		struct engine *e = &engines[i];
+
+		if (only && *only && strcmp(only, e->name))
+			continue;
+		printf("# %s: workload\n", e->name);
+		workload(e);
+		printf("# %s: merge, unmerge, COW\n", e->name);
+		micro(e, false);
+		micro(e, true);
+		printf("# %s: sparse region\n", e->name);
+		sparse(e);
+	}
+	engine_run(&engines[1], 0, pages_to_scan, sleep_ms);
+	return 0;
+}

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# `make bench`: one guest boot of the stock 6.12 kernel (BENCH_KERNEL picks
+# another) runs tests/bench.c: the in-kernel KSM (ksmd, the reference) and
+# ksmdev one after the other on the same workloads. Writes, under
+# build/bench/: the raw output (result.txt), the console, a markdown table
+# (table.md) and a plot of pages saved over time (saved.png); and copies the
+# table and the plot into bench/ (bench/README.md keeps the latest table).
+#
+# Environment (passed to the guest): BENCH_MB (256), BENCH_PROCS (4),
+# BENCH_PAGES_TO_SCAN (100), BENCH_SLEEP_MS (20), BENCH_MERGE_MB (100),
+# BENCH_SPARSE_GB (64), BENCH_TIMEOUT (900 s for the workload, per engine),
+# BENCH_ONLY (ksmd or ksmdev: one engine). Not a test: prints numbers,
+# asserts nothing about speed.
+set -euo pipefail
+# shellcheck source=tests/qemu/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+export KERNELS=${BENCH_KERNEL:-6.12}
+QEMU_TIMEOUT=${QEMU_TIMEOUT:-7200}
+BENCH_OUT=$BUILD/bench
+BENCH_VARS="BENCH_MB BENCH_PROCS BENCH_PAGES_TO_SCAN BENCH_SLEEP_MS BENCH_MERGE_MB BENCH_SPARSE_GB BENCH_TIMEOUT BENCH_ONLY"
+
+# table RESULT: the markdown table of the ROW lines, ksmd next to ksmdev.
+table() {
+	awk '
+	$1 == "ROW" {
+		key = $3; unit = $5
+		if (!(key in seen)) { seen[key] = 1; order[n++] = key }
+		val[$2, key] = $4; units[key] = unit
+	}
+	END {
+		print "| figure | ksmd (reference) | ksmdev | ksmdev / ksmd |"
+		print "|---|---:|---:|---:|"
+		for (i = 0; i < n; i++) {
+			k = order[i]; a = val["ksmd", k]; b = val["ksmdev", k]
+			r = (a != "" && b != "" && a + 0 != 0) ? sprintf("%.2f", b / a) : "-"
+			u = units[k]; sub(/^of_/, "of ", u)
+			printf "| %s (%s) | %s | %s | %s |\n", k, u, (a == "" ? "-" : a), (b == "" ? "-" : b), r
+		}
+	}' "$1"
+}
+
+# plot RESULT PNG: pages saved over time, a line per engine (gnuplot).
+plot() {
+	local e
+	for e in ksmd ksmdev; do
+		awk -v e="$e" '$1 == "TS" && $2 == e { print $3 / 1000, $4 }' "$1" \
+			> "$BENCH_OUT/$e.dat"
+	done
+	gnuplot <<-EOF
+		set terminal png noenhanced size 900,500
+		set output "$2"
+		set title "Pages saved over time ($(grep -m1 '^# [0-9]* processes' "$1" | sed 's/^# //'))"
+		set xlabel "seconds since the scanner started"
+		set ylabel "pages saved"
+		set key bottom right
+		set grid
+		plot "$BENCH_OUT/ksmd.dat" using 1:2 with lines lw 2 title "ksmd (in-kernel KSM)", \
+		     "$BENCH_OUT/ksmdev.dat" using 1:2 with lines lw 2 title "ksmdev"
+	EOF
+}
+
+main() {
+	local kver initrd v res
+	one_run_at_a_time
+	log "setup"
+	bash "$QEMU_DIR/setup.sh" --bench
+	resolve_kernels "$KERNELS"
+	[ ${#KVERS[@]} -eq 1 ] || die "the bench runs on one kernel (BENCH_KERNEL=$KERNELS)"
+	kver=${KVERS[0]}
+	result_init
+	dkms_install_all "$kver"
+	built_module "$kver" > /dev/null || die "DKMS could not build ksmdev for $kver"
+	log "building tests/bench.c"
+	build_test bench
+	{
+		for v in $BENCH_VARS; do
+			[ -n "${!v:-}" ] && echo "export $v=${!v}"
+		done
+		true
+	} > "$BUILD/bench.env"
+	log "$kver: initramfs"
+	initrd=$(BENCH_ENV=$BUILD/bench.env build_initramfs "$kver" bench bench)
+	mkdir -p "$BENCH_OUT"
+	log "$kver: booting (console in $BENCH_OUT/console.log; about 20 minutes)"
+	GUEST_MEM=${GUEST_MEM:-3G} KERNEL_EXTRA_CMDLINE="slab_nomerge ${KERNEL_EXTRA_CMDLINE:-}" \
+		boot_guest "$kver" "$initrd" "$QEMU_TIMEOUT" "$BENCH_OUT/console.log" || true
+	res=$BENCH_OUT/result.txt
+	cp "$BUILD/logs/$kver/result.txt" "$res"
+	grep -q '^### done' "$res" || die "the guest did not finish (see $BENCH_OUT/console.log)"
+	grep -q '^ROW ' "$res" || die "no figures in $res"
+
+	{
+		echo "Kernel $kver (Debian stock), QEMU TCG guest (-cpu max -smp 2 -m ${GUEST_MEM:-3G}) on $(nproc) host cores ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), $(date -u +%Y-%m-%d)."
+		echo
+		grep '^# ' "$res" | grep -v '^# needs' | sed 's/^# /    /'
+		echo
+		table "$res"
+	} > "$BENCH_OUT/table.md"
+	plot "$res" "$BENCH_OUT/saved.png"
+	mkdir -p "$KSMDEV_ROOT/bench"
+	cp "$BENCH_OUT/saved.png" "$KSMDEV_ROOT/bench/saved.png"
+	awk -v table="$BENCH_OUT/table.md" '
+		/^<!-- table -->/ { print; while ((getline l < table) > 0) print l; skip = 1; next }
+		/^<!-- end -->/ { skip = 0 }
+		!skip' "$KSMDEV_ROOT/bench/README.md" > "$BENCH_OUT/README.md"
+	cp "$BENCH_OUT/README.md" "$KSMDEV_ROOT/bench/README.md"
+	cat "$BENCH_OUT/table.md"
+	log "table: bench/README.md; plot: bench/saved.png"
+}
+
+main "$@"
