@@ -23,6 +23,7 @@
  * never faulted in, and only present anonymous pages of suitable VMAs are
  * read.
  */
+#include <linux/jiffies.h>
 #include <linux/kthread.h>
 #include <linux/freezer.h>
 #include <linux/highmem.h>
@@ -492,6 +493,16 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 	return scanned;
 }
 
+/*
+ * At most this often the per-CPU LRU batches are drained: with small
+ * regions and sleep_millisecs=0, full scans come thousands of times a
+ * second, and every drain queues work on every CPU.
+ */
+#define KSMDEV_DRAIN_INTERVAL	(HZ / 10)
+
+/* When the scanner drains them next (under ksmdev_lock). */
+static unsigned long ksmdev_next_drain;
+
 /* A full scan begins: a new unstable tree, and no page held in LRU batches. */
 static void ksmdev_scan_pass_begin(void)
 {
@@ -502,9 +513,13 @@ static void ksmdev_scan_pass_begin(void)
 		ksmdev_unstable_reset(&ctx->trees);
 	/*
 	 * Freshly faulted pages sit in per-CPU add-to-LRU batches, each with
-	 * a reference that would make every merge fail the pin check.
+	 * a reference that would make every merge fail the pin check; one
+	 * that escapes a drain merges on a later pass.
 	 */
-	ksmdev_lru_add_drain_all();
+	if (time_after_eq(jiffies, ksmdev_next_drain)) {
+		ksmdev_lru_add_drain_all();
+		ksmdev_next_drain = jiffies + KSMDEV_DRAIN_INTERVAL;
+	}
 }
 
 /* One batch: pages_to_scan pages, or up to the end of a pass. */
@@ -630,6 +645,7 @@ int ksmdev_scan_init(void)
 		return -ENOMEM;
 	ksmdev_zero_hash = xxh64(zero, PAGE_SIZE, 0);
 	kfree(zero);
+	ksmdev_next_drain = jiffies;
 
 	ksmdev_thread = kthread_run(ksmdev_scan_thread, NULL, "ksmdev");
 	if (IS_ERR(ksmdev_thread)) {

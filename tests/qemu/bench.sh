@@ -11,8 +11,9 @@
 # Environment (passed to the guest): BENCH_MB (256), BENCH_PROCS (4),
 # BENCH_PAGES_TO_SCAN (100), BENCH_SLEEP_MS (20), BENCH_MERGE_MB (100),
 # BENCH_SPARSE_GB (64), BENCH_TIMEOUT (900 s for the workload, per engine),
-# BENCH_ONLY (ksmd or ksmdev: one engine). Not a test: prints numbers,
-# asserts nothing about speed.
+# BENCH_ONLY (ksmd or ksmdev: one engine). BENCH_RESULT=FILE only makes the
+# table and the plot from an earlier run's result.txt. Not a test: prints
+# numbers, asserts nothing about speed.
 set -euo pipefail
 # shellcheck source=tests/qemu/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -62,8 +63,39 @@ plot() {
 	EOF
 }
 
+# render RESULT: the table and the plot of a bench output.
+render() {
+	local res=$1 kver
+	grep -q '^### done' "$res" || die "the guest did not finish (see $BENCH_OUT/console.log)"
+	grep -q '^ROW ' "$res" || die "no figures in $res"
+	kver=$(sed -n 's/^### kernel //p' "$res")
+	mkdir -p "$BENCH_OUT" "$KSMDEV_ROOT/bench"
+	{
+		echo "Kernel $kver (Debian stock), QEMU TCG guest (-cpu max -smp 2 -m ${GUEST_MEM:-3G}) on $(nproc) host cores ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), $(date -u +%Y-%m-%d)."
+		echo
+		grep '^# ' "$res" | grep -v '^# needs' | sed 's/^# /    /'
+		echo
+		table "$res"
+	} > "$BENCH_OUT/table.md"
+	plot "$res" "$BENCH_OUT/saved.png"
+	cp "$BENCH_OUT/saved.png" "$KSMDEV_ROOT/bench/saved.png"
+	awk -v table="$BENCH_OUT/table.md" '
+		/^<!-- table -->/ { print; while ((getline l < table) > 0) print l; skip = 1; next }
+		/^<!-- end -->/ { skip = 0 }
+		!skip' "$KSMDEV_ROOT/bench/README.md" > "$BENCH_OUT/README.md"
+	cp "$BENCH_OUT/README.md" "$KSMDEV_ROOT/bench/README.md"
+	cat "$BENCH_OUT/table.md"
+	log "table: bench/README.md; plot: bench/saved.png"
+}
+
 main() {
-	local kver initrd v res
+	local kver initrd v res=$BENCH_OUT/result.txt
+	if [ -n "${BENCH_RESULT:-}" ]; then
+		# Only the table and the plot, from an earlier run's output.
+		[ "$BENCH_RESULT" -ef "$res" ] || { mkdir -p "$BENCH_OUT"; cp "$BENCH_RESULT" "$res"; }
+		render "$res"
+		return
+	fi
 	one_run_at_a_time
 	log "setup"
 	bash "$QEMU_DIR/setup.sh" --bench
@@ -84,31 +116,11 @@ main() {
 	log "$kver: initramfs"
 	initrd=$(BENCH_ENV=$BUILD/bench.env build_initramfs "$kver" bench bench)
 	mkdir -p "$BENCH_OUT"
-	log "$kver: booting (console in $BENCH_OUT/console.log; about 20 minutes)"
+	log "$kver: booting (console in $BENCH_OUT/console.log; about 30 minutes)"
 	GUEST_MEM=${GUEST_MEM:-3G} KERNEL_EXTRA_CMDLINE="slab_nomerge ${KERNEL_EXTRA_CMDLINE:-}" \
 		boot_guest "$kver" "$initrd" "$QEMU_TIMEOUT" "$BENCH_OUT/console.log" || true
-	res=$BENCH_OUT/result.txt
 	cp "$BUILD/logs/$kver/result.txt" "$res"
-	grep -q '^### done' "$res" || die "the guest did not finish (see $BENCH_OUT/console.log)"
-	grep -q '^ROW ' "$res" || die "no figures in $res"
-
-	{
-		echo "Kernel $kver (Debian stock), QEMU TCG guest (-cpu max -smp 2 -m ${GUEST_MEM:-3G}) on $(nproc) host cores ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), $(date -u +%Y-%m-%d)."
-		echo
-		grep '^# ' "$res" | grep -v '^# needs' | sed 's/^# /    /'
-		echo
-		table "$res"
-	} > "$BENCH_OUT/table.md"
-	plot "$res" "$BENCH_OUT/saved.png"
-	mkdir -p "$KSMDEV_ROOT/bench"
-	cp "$BENCH_OUT/saved.png" "$KSMDEV_ROOT/bench/saved.png"
-	awk -v table="$BENCH_OUT/table.md" '
-		/^<!-- table -->/ { print; while ((getline l < table) > 0) print l; skip = 1; next }
-		/^<!-- end -->/ { skip = 0 }
-		!skip' "$KSMDEV_ROOT/bench/README.md" > "$BENCH_OUT/README.md"
-	cp "$BENCH_OUT/README.md" "$KSMDEV_ROOT/bench/README.md"
-	cat "$BENCH_OUT/table.md"
-	log "table: bench/README.md; plot: bench/saved.png"
+	render "$res"
 }
 
 main "$@"
