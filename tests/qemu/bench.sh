@@ -11,7 +11,8 @@
 # Environment (passed to the guest): BENCH_MB (256), BENCH_PROCS (4),
 # BENCH_PAGES_TO_SCAN (100), BENCH_SLEEP_MS (20), BENCH_MERGE_MB (100),
 # BENCH_SPARSE_GB (64), BENCH_TIMEOUT (900 s for the workload, per engine),
-# BENCH_ONLY (ksmd or ksmdev: one engine). BENCH_RESULT=FILE only makes the
+# BENCH_ONLY (ksmd or ksmdev: one engine), BENCH_PHASES (of "workload micro
+# sparse", the default: all). BENCH_RESULT=FILE only makes the
 # table and the plot from an earlier run's result.txt. Not a test: prints
 # numbers, asserts nothing about speed.
 set -euo pipefail
@@ -21,7 +22,7 @@ set -euo pipefail
 export KERNELS=${BENCH_KERNEL:-6.12}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-7200}
 BENCH_OUT=$BUILD/bench
-BENCH_VARS="BENCH_MB BENCH_PROCS BENCH_PAGES_TO_SCAN BENCH_SLEEP_MS BENCH_MERGE_MB BENCH_SPARSE_GB BENCH_TIMEOUT BENCH_ONLY"
+BENCH_VARS="BENCH_MB BENCH_PROCS BENCH_PAGES_TO_SCAN BENCH_SLEEP_MS BENCH_MERGE_MB BENCH_SPARSE_GB BENCH_TIMEOUT BENCH_ONLY BENCH_PHASES"
 
 # table RESULT: the markdown table of the ROW lines, ksmd next to ksmdev.
 table() {
