@@ -52,6 +52,13 @@
 #define KSMDEV_SLOT_STABLE	BIT_ULL(62) /* maps a stable page */
 #define KSMDEV_SLOT_ZERO	BIT_ULL(63) /* maps the zero page we put there */
 #define KSMDEV_SLOT_MERGED	(KSMDEV_SLOT_STABLE | KSMDEV_SLOT_ZERO)
+/*
+ * With SEEN (never with MERGED): how many visits the page has had without
+ * merging (its age, saturating), and how many of its next visits the
+ * scanner may still pass by (scan_all_pages=0). A merge resets both.
+ */
+#define KSMDEV_SLOT_AGE		GENMASK_ULL(51, 48)
+#define KSMDEV_SLOT_SKIPS	GENMASK_ULL(55, 52)
 
 /**
  * struct ksmdev_trees - the stable and unstable trees of one merge scope
@@ -197,6 +204,9 @@ extern struct ksm_stats ksmdev_stats;
  * @cow_breaks: merged pages the scanner found replaced by a private page
  *              (written, so copied on write; or unmapped and faulted again)
  * @unmerges:   merged pages given a private copy by unmerging
+ * @skips:      visits to a page that failed to merge so often that the
+ *              scanner passed it by (see KSMDEV_SLOT_AGE), as the in-kernel
+ *              KSM's pages_skipped
  *
  * Not ABI: debugfs only. Written under ksmdev_lock.
  */
@@ -204,6 +214,7 @@ struct ksmdev_events {
 	u64 merges;
 	u64 cow_breaks;
 	u64 unmerges;
+	u64 skips;
 };
 
 extern struct ksmdev_events ksmdev_events;
@@ -215,6 +226,8 @@ static inline void ksmdev_event(u64 *event)
 
 void *ksmdev_meta_alloc(size_t size, gfp_t gfp);
 void ksmdev_meta_free(const void *ptr, size_t size);
+void *ksmdev_meta_cache_alloc(struct kmem_cache *cache, gfp_t gfp);
+void ksmdev_meta_cache_free(struct kmem_cache *cache, void *ptr);
 void ksmdev_debugfs_init(void);
 void ksmdev_debugfs_exit(void);
 
@@ -261,6 +274,8 @@ void ksmdev_unstable_erase(struct ksmdev_unstable *un);
 void ksmdev_unstable_forget(struct ksmdev_ctx *ctx, unsigned long start,
 			    unsigned long end);
 void ksmdev_unstable_reset(struct ksmdev_trees *trees);
+int ksmdev_trees_init(void);
+void ksmdev_trees_exit(void);
 
 /* merge.c: replacing PTEs, and unmerging */
 bool ksmdev_vma_scannable(struct vm_area_struct *vma);

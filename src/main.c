@@ -29,6 +29,7 @@ struct ksm_config ksmdev_config = {
 	.sleep_millisecs = 20,
 	.max_kernel_pages = KSMDEV_MAX_KERNEL_PAGES_DEFAULT,
 	.use_zero_pages = 0,
+	.scan_all_pages = 0,
 };
 
 unsigned int ksmdev_max_regions = 4096;
@@ -49,7 +50,7 @@ static int ksmdev_config_check(const struct ksm_config *cfg)
 	    !cfg->pages_to_scan || cfg->pages_to_scan > KSM_PAGES_TO_SCAN_MAX ||
 	    cfg->sleep_millisecs > KSM_SLEEP_MSECS_MAX ||
 	    cfg->max_kernel_pages > totalram_pages() ||
-	    cfg->use_zero_pages > 1)
+	    cfg->use_zero_pages > 1 || cfg->scan_all_pages > 1)
 		return -EINVAL;
 	return 0;
 }
@@ -76,6 +77,7 @@ static int ksmdev_config_apply(const struct ksm_config *cfg)
 	WRITE_ONCE(ksmdev_config.sleep_millisecs, cfg->sleep_millisecs);
 	WRITE_ONCE(ksmdev_config.max_kernel_pages, cfg->max_kernel_pages);
 	WRITE_ONCE(ksmdev_config.use_zero_pages, cfg->use_zero_pages);
+	WRITE_ONCE(ksmdev_config.scan_all_pages, cfg->scan_all_pages);
 	return 0;
 }
 
@@ -144,6 +146,9 @@ MODULE_PARM_DESC(max_kernel_pages, "most merged pages held, 0 no limit (RAM/4)")
 module_param_cb(use_zero_pages, &ksmdev_param_ops,
 		&ksmdev_config.use_zero_pages, 0644);
 MODULE_PARM_DESC(use_zero_pages, "1 maps zero-filled pages to the zero page (0)");
+module_param_cb(scan_all_pages, &ksmdev_param_ops,
+		&ksmdev_config.scan_all_pages, 0644);
+MODULE_PARM_DESC(scan_all_pages, "1 looks at every page on every pass, 0 skips pages that keep failing to merge (0)");
 
 static int __init ksmdev_init(void)
 {
@@ -153,6 +158,9 @@ static int __init ksmdev_init(void)
 		ksmdev_config.max_kernel_pages = totalram_pages() / 4;
 
 	err = ksmdev_compat_init();
+	if (err)
+		return err;
+	err = ksmdev_trees_init();
 	if (err)
 		return err;
 	ksmdev_debugfs_init();
@@ -169,6 +177,7 @@ err_scan:
 	ksmdev_scan_exit();
 err_debugfs:
 	ksmdev_debugfs_exit();
+	ksmdev_trees_exit();
 	return err;
 }
 
@@ -177,6 +186,7 @@ static void __exit ksmdev_exit(void)
 	ksmdev_dev_exit();
 	ksmdev_scan_exit();
 	ksmdev_debugfs_exit();
+	ksmdev_trees_exit();
 }
 
 module_init(ksmdev_init);

@@ -23,6 +23,7 @@
  * never faulted in, and only present anonymous pages of suitable VMAs are
  * read.
  */
+#include <linux/bitfield.h>
 #include <linux/jiffies.h>
 #include <linux/kthread.h>
 #include <linux/freezer.h>
@@ -308,6 +309,52 @@ static void ksmdev_scan_kpage(struct ksmdev_scan *s, struct page *page,
 		ksmdev_slot_set(s->ctx, slot, 0);
 }
 
+/* The passes a page of age @age may be passed by, as mm/ksm.c's skip_age(). */
+static unsigned int ksmdev_skip_age(unsigned int age)
+{
+	if (age <= 3)
+		return 1;
+	if (age <= 5)
+		return 2;
+	if (age <= 8)
+		return 4;
+	return 8;
+}
+
+/*
+ * Smart scan (mm/ksm.c's should_skip_rmap_item()): a candidate that has
+ * failed to merge on three visits is looked at only every other pass, then
+ * one in three, five, nine. Hashing it is most of what a visit costs, and
+ * most such pages are unique, or rewritten all the time. A page passed by
+ * stays counted where it was (pages_unshared or pages_volatile) and keeps
+ * its checksum; it only misses this pass's unstable tree. Returns true if
+ * the scanner passes the page by this time.
+ */
+static bool ksmdev_smart_skip(struct ksmdev_ctx *ctx, u64 *slot)
+{
+	u64 old = *slot, value = old;
+	unsigned int age, skips;
+
+	if (READ_ONCE(ksmdev_config.scan_all_pages) ||
+	    (old & (KSMDEV_SLOT_SEEN | KSMDEV_SLOT_MERGED)) != KSMDEV_SLOT_SEEN)
+		return false;
+	age = FIELD_GET(KSMDEV_SLOT_AGE, old);
+	skips = FIELD_GET(KSMDEV_SLOT_SKIPS, old);
+	if (age < FIELD_MAX(KSMDEV_SLOT_AGE))
+		value += FIELD_PREP(KSMDEV_SLOT_AGE, 1);
+	if (age >= 3) {
+		if (skips) {
+			value -= FIELD_PREP(KSMDEV_SLOT_SKIPS, 1);
+			ksmdev_slot_set(ctx, slot, value);
+			ksmdev_event(&ksmdev_events.skips);
+			return true;
+		}
+		value |= FIELD_PREP(KSMDEV_SLOT_SKIPS, ksmdev_skip_age(age));
+	}
+	ksmdev_slot_set(ctx, slot, value);
+	return false;
+}
+
 /*
  * One anonymous page, as mm/ksm.c's cmp_and_merge_page(): a page that
  * changed since its last visit is volatile; one that did not is merged
@@ -326,6 +373,9 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 		ksmdev_event(&ksmdev_events.cow_breaks);
 	hash = ksmdev_page_hash(page);
 	value = KSMDEV_SLOT_SEEN | (hash & KSMDEV_SLOT_CSUM_MASK);
+	/* A candidate keeps its age (ksmdev_smart_skip()); a merge resets it. */
+	if ((old & (KSMDEV_SLOT_SEEN | KSMDEV_SLOT_MERGED)) == KSMDEV_SLOT_SEEN)
+		value |= old & (KSMDEV_SLOT_AGE | KSMDEV_SLOT_SKIPS);
 	/* New, changed, or written after a merge (COW broke it): volatile. */
 	if (!(old & KSMDEV_SLOT_SEEN) ||
 	    (old & KSMDEV_SLOT_CSUM_MASK) != (hash & KSMDEV_SLOT_CSUM_MASK)) {
@@ -387,10 +437,15 @@ static void ksmdev_scan_pages(struct ksmdev_scan *s, unsigned long start,
 						*slot & KSMDEV_SLOT_ZERO);
 		} else {
 			slot = ksmdev_region_slot(s->region, at);
-			if (slot && PageAnon(page))
+			if (slot && PageAnon(page)) {
+				if (ksmdev_smart_skip(s->ctx, slot)) {
+					put_page(page);
+					continue;
+				}
 				ksmdev_cmp_and_merge(s, at, page, slot);
-			else if (slot)
+			} else if (slot) {
 				ksmdev_scan_kpage(s, page, slot);
+			}
 		}
 		if (page) {
 			WRITE_ONCE(ksmdev_stats.pages_scanned,

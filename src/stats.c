@@ -53,6 +53,26 @@ void ksmdev_meta_free(const void *ptr, size_t size)
 		   ksmdev_stats.metadata_bytes - ksmdev_meta_size(size));
 }
 
+/* The same, for objects of a cache of our own: their size is the cache's. */
+void *ksmdev_meta_cache_alloc(struct kmem_cache *cache, gfp_t gfp)
+{
+	void *ptr = kmem_cache_zalloc(cache, gfp | __GFP_NOWARN);
+
+	if (ptr)
+		WRITE_ONCE(ksmdev_stats.metadata_bytes,
+			   ksmdev_stats.metadata_bytes + kmem_cache_size(cache));
+	return ptr;
+}
+
+void ksmdev_meta_cache_free(struct kmem_cache *cache, void *ptr)
+{
+	if (!ptr)
+		return;
+	kmem_cache_free(cache, ptr);
+	WRITE_ONCE(ksmdev_stats.metadata_bytes,
+		   ksmdev_stats.metadata_bytes - kmem_cache_size(cache));
+}
+
 #define KSMDEV_STAT(field)	{ #field, &ksmdev_stats.field }
 static const struct {
 	const char *name;
@@ -119,6 +139,8 @@ void ksmdev_debugfs_init(void)
 				   &ksmdev_events.cow_breaks, &ksmdev_stat_fops);
 	debugfs_create_file_unsafe("unmerge_events", 0444, ksmdev_debugfs_dir,
 				   &ksmdev_events.unmerges, &ksmdev_stat_fops);
+	debugfs_create_file_unsafe("pages_skipped", 0444, ksmdev_debugfs_dir,
+				   &ksmdev_events.skips, &ksmdev_stat_fops);
 }
 
 void ksmdev_debugfs_exit(void)

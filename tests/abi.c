@@ -475,6 +475,16 @@ TEST_F(abi, set_config_sizes)
 	EXPECT_EQ(0, ksm_ioctl_sized(self->fd, KSM_SET_CONFIG, sizeof(buf), buf));
 	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
 	EXPECT_EQ(self->saved.pages_to_scan + 1, c.pages_to_scan);
+
+	/* A caller from before scan_all_pages: its missing tail reads as 0. */
+	buf[offsetof(struct ksm_config, scan_all_pages) / 8] = 1;
+	EXPECT_EQ(0, ksm_ioctl_sized(self->fd, KSM_SET_CONFIG, sizeof(c), buf));
+	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
+	EXPECT_EQ(1, c.scan_all_pages);
+	EXPECT_EQ(0, ksm_ioctl_sized(self->fd, KSM_SET_CONFIG,
+				     offsetof(struct ksm_config, scan_all_pages), buf));
+	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
+	EXPECT_EQ(0, c.scan_all_pages);
 }
 
 /* ---- permissions ---- */
@@ -566,6 +576,7 @@ TEST_F(abi, config_bad_values)
 		BAD(pages_to_scan, KSM_PAGES_TO_SCAN_MAX + 1),
 		BAD(sleep_millisecs, KSM_SLEEP_MSECS_MAX + 1),
 		BAD(use_zero_pages, 2),
+		BAD(scan_all_pages, 2),
 		BAD(max_kernel_pages, total_ram_pages() + 1),
 		BAD(max_kernel_pages, UINT64_MAX),
 #undef BAD
@@ -604,6 +615,8 @@ static void expect_params(struct __test_metadata *_metadata,
 	EXPECT_EQ(c->max_kernel_pages, v);
 	EXPECT_EQ(0, ksm_read_param("use_zero_pages", &v));
 	EXPECT_EQ(c->use_zero_pages, v);
+	EXPECT_EQ(0, ksm_read_param("scan_all_pages", &v));
+	EXPECT_EQ(c->scan_all_pages, v);
 }
 
 static void set_and_check(struct __test_metadata *_metadata, int fd,
@@ -627,13 +640,14 @@ TEST_F(abi, config_round_trip)
 	EXPECT_EQ(100, self->saved.pages_to_scan);
 	EXPECT_EQ(20, self->saved.sleep_millisecs);
 	EXPECT_EQ(0, self->saved.use_zero_pages);
+	EXPECT_EQ(0, self->saved.scan_all_pages);
 	EXPECT_GE(total, self->saved.max_kernel_pages);
 	expect_params(_metadata, &self->saved);
 
 	want = (struct ksm_config) {
 		.run = KSM_RUN_STOP, .pages_to_scan = 1234,
 		.sleep_millisecs = 7, .max_kernel_pages = total / 8 + 3,
-		.use_zero_pages = 1,
+		.use_zero_pages = 1, .scan_all_pages = 1,
 	};
 	set_and_check(_metadata, self->fd, &want);
 	/* Limits are inclusive. */
@@ -645,6 +659,7 @@ TEST_F(abi, config_round_trip)
 	want.sleep_millisecs = 0;
 	want.max_kernel_pages = 0;
 	want.use_zero_pages = 0;
+	want.scan_all_pages = 0;
 	set_and_check(_metadata, self->fd, &want);
 	/* Nothing merged: unmerge-all succeeds and reads back 2. */
 	want.run = KSM_RUN_UNMERGE;

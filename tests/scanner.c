@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * ksmdev scanner: it walks registered pages, never faults pages in, stops
- * with run=0, and keeps quiet (no CPU, no wakeups) when it has nothing to do.
+ * with run=0, keeps quiet (no CPU, no wakeups) when it has nothing to do,
+ * and passes by pages that keep failing to merge (scan_all_pages=0).
  *
  * Runs as root in a QEMU guest with ksmdev loaded; never on a host.
  */
@@ -333,6 +334,64 @@ TEST_F_TIMEOUT(scanner, sparse_64g_region, 180)
 	EXPECT_EQ(1, ksm_page_present(p + step));
 	EXPECT_EQ(0, ksm_unregister(self->fd, p, len));
 	munmap(p, len);
+}
+
+/*
+ * Smart scan: unique pages are looked at less and less often once they have
+ * failed to merge three times, yet stay counted as unshared; one that turns
+ * into a duplicate still merges; scan_all_pages=1 looks at every page again.
+ */
+TEST_F_TIMEOUT(scanner, smart_scan_skips, 240)
+{
+	const size_t npages = 256;
+	uint64_t skipped0, skipped1, skipped2, passes;
+	struct ksm_stats s0, s1;
+	char *p;
+
+	ASSERT_EQ(0, ksm_set_config_field(self->fd,
+			offsetof(struct ksm_config, scan_all_pages), 0));
+	ASSERT_EQ(0, ksm_read_debugfs("pages_skipped", &skipped0));
+	p = map_and_register(_metadata, self->fd, npages, 1);
+	ASSERT_NE(NULL, p);
+	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s0));
+	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 12, SCAN_TIMEOUT_S));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s1));
+	ASSERT_EQ(0, ksm_read_debugfs("pages_skipped", &skipped1));
+	passes = s1.full_scans - s0.full_scans;
+	TH_LOG("%llu passes over %zu unique pages: %llu looked at, %llu passed by",
+	       (unsigned long long)passes, npages,
+	       (unsigned long long)(s1.pages_scanned - s0.pages_scanned),
+	       (unsigned long long)(skipped1 - skipped0));
+	/*
+	 * A page is looked at on its first four visits, then on one in 2,
+	 * 3, 5 and at last 9: of 12 or more, on at most half and 4 more.
+	 * (Polling sees 12 passes go by late: there may be many more.)
+	 */
+	EXPECT_LE(skipped0 + 4 * npages, skipped1);
+	EXPECT_GE(s0.pages_scanned + (passes / 2 + 4) * npages,
+		  s1.pages_scanned);
+	EXPECT_EQ(npages, s1.pages_unshared);
+	EXPECT_EQ(0, s1.pages_volatile);
+
+	/* Page 1 becomes a copy of page 0: passed by or not, it merges. */
+	memcpy(p + self->ps, p, self->ps);
+	EXPECT_EQ(0, ksm_wait_merged(self->fd, 1, 1, 0, &s1, SCAN_TIMEOUT_S));
+	EXPECT_TRUE(ksm_check_page(p, 0, 7));
+	EXPECT_TRUE(ksm_check_page(p + self->ps, 0, 7));
+
+	/* Every page on every pass again. */
+	ASSERT_EQ(0, ksm_set_config_field(self->fd,
+			offsetof(struct ksm_config, scan_all_pages), 1));
+	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 1, SCAN_TIMEOUT_S));
+	ASSERT_EQ(0, ksm_read_debugfs("pages_skipped", &skipped1));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s0));
+	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 3, SCAN_TIMEOUT_S));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s1));
+	ASSERT_EQ(0, ksm_read_debugfs("pages_skipped", &skipped2));
+	EXPECT_EQ(skipped1, skipped2);
+	EXPECT_LE(s0.pages_scanned + 2 * npages, s1.pages_scanned);
+	munmap(p, npages * self->ps);
 }
 
 TEST_HARNESS_MAIN

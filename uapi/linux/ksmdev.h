@@ -94,6 +94,11 @@ struct ksm_mm_stats {
  * @sleep_millisecs:  pause between batches (0 .. KSM_SLEEP_MSECS_MAX; 0 yields)
  * @max_kernel_pages: most merged pages the module may hold; 0 means no limit
  * @use_zero_pages:   1 maps zero-filled pages to the kernel's zero page
+ * @scan_all_pages:   0 (default): a page that keeps failing to merge is
+ *                    looked at less and less often, down to one pass in 9
+ *                    (the in-kernel KSM's smart_scan); 1: every page on
+ *                    every pass. Added in version 1 at the end: an older
+ *                    caller's structure leaves it 0.
  */
 struct ksm_config {
 	__u64 run;
@@ -101,6 +106,7 @@ struct ksm_config {
 	__u64 sleep_millisecs;
 	__u64 max_kernel_pages;
 	__u64 use_zero_pages;
+	__u64 scan_all_pages;
 };
 
 #define KSM_RUN_STOP		0
