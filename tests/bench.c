@@ -33,6 +33,7 @@
 static unsigned long bench_mb = 256, bench_procs = 4, merge_mb = 100;
 static unsigned long pages_to_scan = 100, sleep_ms = 20, timeout_s = 900;
 static unsigned long sparse_gb = 64;
+static unsigned long steady_pages = 1000, steady_passes = 8;
 
 static unsigned long env_ul(const char *name, unsigned long def)
 {
@@ -221,6 +222,8 @@ static uint64_t metadata_bytes(const struct engine *e)
 	return sum;
 }
 
+static double secs_since(const struct timespec *a);
+
 /* ---- the workload ---- */
 
 enum { DUP, ZERO, VOLATILE, UNIQUE };
@@ -294,11 +297,63 @@ static uint64_t workload_max_saved(uint64_t *mergeable)
 	return dup * (bench_procs - 1) + (zero * bench_procs - 1);
 }
 
-static void workload(const struct engine *e)
+/*
+ * After convergence, the work goes on (10% of the pages rewritten every
+ * second) while nothing new merges: the scanner's cost from then on, over
+ * steady_passes full scans at steady_pages_to_scan, where skipping pages
+ * that keep failing to merge (smart scan) pays.
+ */
+static void steady_state(const struct engine *e, size_t registered)
+{
+	uint64_t end = ksm_now_ms() + timeout_s * 1000ULL;
+	double gib = registered * ksm_page_size() / (double)(1 << 30);
+	struct counters c0, c;
+	struct timespec t0;
+	double cpu0;
+
+	engine_run(e, 1, steady_pages, sleep_ms);
+	read_counters(e, &c0);
+	do {
+		usleep(5000);
+		read_counters(e, &c);
+	} while (c.full_scans == c0.full_scans && ksm_now_ms() < end);
+	c0 = c;
+	cpu0 = thread_cpu(e);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		usleep(5000);
+		read_counters(e, &c);
+	} while (c.full_scans < c0.full_scans + steady_passes &&
+		 ksm_now_ms() < end);
+	if (c.full_scans < c0.full_scans + steady_passes) {
+		printf("# %s: steady state: %llu passes only\n", e->name,
+		       (unsigned long long)(c.full_scans - c0.full_scans));
+		return;
+	}
+	printf("ROW %s steady_cpu_per_gib_per_pass %.3f s/GiB\n", e->name,
+	       (thread_cpu(e) - cpu0) / steady_passes / gib);
+	printf("ROW %s steady_pass_time %.1f s\n", e->name,
+	       secs_since(&t0) / steady_passes);
+	printf("ROW %s steady_pages_looked_at %.0f %%\n", e->name,
+	       100.0 * (c.scanned - c0.scanned) / steady_passes / registered);
+	printf("ROW %s steady_metadata_per_page %.1f B\n", e->name,
+	       metadata_bytes(e) / (double)registered);
+	printf("ROW %s steady_saved_pages %llu pages\n", e->name,
+	       (unsigned long long)saved(&c));
+}
+
+/*
+ * The workload under @e at @pts pages a batch until everything that can
+ * merge has (or timeout_s). @eqcpu: the run at ksmd's CPU budget (only its
+ * time and CPU are told, as figures suffixed _eqcpu). Returns the
+ * scanner's CPU seconds until convergence.
+ */
+static double workload(const struct engine *e, unsigned long pts, bool eqcpu)
 {
 	uint64_t mergeable, max = workload_max_saved(&mergeable);
 	uint64_t t0, t, t50 = 0, t90 = 0, last = 0, merged = 0;
 	size_t registered = bench_procs * (bench_mb << 20) / ksm_page_size();
+	const char *sfx = eqcpu ? "_eqcpu" : "";
 	int ready[2], stop[2], status;
 	struct counters c0, c;
 	double cpu0, cpu;
@@ -307,7 +362,7 @@ static void workload(const struct engine *e)
 	pid_t pids[64];
 
 	if (bench_procs > 64 || pipe(ready) || pipe(stop))
-		return;
+		return -1;
 	for (p = 0; p < bench_procs; p++) {
 		pids[p] = fork();
 		if (pids[p] == 0) {
@@ -322,13 +377,13 @@ static void workload(const struct engine *e)
 	read_counters(e, &c0);
 	cpu0 = thread_cpu(e);
 	t0 = ksm_now_ms();
-	engine_run(e, 1, pages_to_scan, sleep_ms);
+	engine_run(e, 1, pts, sleep_ms);
 	do {
 		ksm_sleep_ms(250);
 		t = ksm_now_ms() - t0;
 		read_counters(e, &c);
-		printf("TS %s %llu %llu\n", e->name, (unsigned long long)t,
-		       (unsigned long long)saved(&c));
+		printf("TS %s%s %llu %llu\n", e->name, sfx,
+		       (unsigned long long)t, (unsigned long long)saved(&c));
 		if (!t50 && saved(&c) * 2 >= max)
 			t50 = t;
 		if (!t90 && saved(&c) * 10 >= max * 9)
@@ -339,6 +394,12 @@ static void workload(const struct engine *e)
 	cpu = thread_cpu(e) - cpu0;
 	fflush(stdout);
 
+	if (eqcpu) {
+		printf("ROW %s pages_to_scan_eqcpu %lu pages\n", e->name, pts);
+		printf("ROW %s time_to_90_eqcpu %.1f s\n", e->name, t90 / 1000.0);
+		printf("ROW %s scanner_cpu_eqcpu %.2f s\n", e->name, cpu);
+		goto out;
+	}
 	printf("ROW %s saved_pages %llu of_%llu\n", e->name,
 	       (unsigned long long)last, (unsigned long long)max);
 	printf("ROW %s time_to_50 %.1f s\n", e->name, t50 / 1000.0);
@@ -358,14 +419,22 @@ static void workload(const struct engine *e)
 		       (registered * ksm_page_size() / (double)(1 << 30)));
 	printf("ROW %s metadata_per_page %.1f B\n", e->name,
 	       metadata_bytes(e) / (double)registered);
-
+	if (is_ksmd(e)) {
+		/* The reference of the _eqcpu figures is ksmd at its own. */
+		printf("ROW %s pages_to_scan_eqcpu %lu pages\n", e->name, pts);
+		printf("ROW %s time_to_90_eqcpu %.1f s\n", e->name, t90 / 1000.0);
+		printf("ROW %s scanner_cpu_eqcpu %.2f s\n", e->name, cpu);
+	}
+	steady_state(e, registered);
+out:
 	close(stop[1]);
 	for (p = 0; p < bench_procs; p++)
 		waitpid(pids[p], &status, 0);
 	close(ready[0]);
 	close(ready[1]);
-	engine_run(e, 2, pages_to_scan, sleep_ms);
+	engine_run(e, 2, pts, sleep_ms);
 	wait_unmerged(e);
+	return cpu;
 }
 
 /* ---- upstream ksm_tests' figures: -P, -H, -D, -C ---- */
@@ -554,6 +623,50 @@ static void sparse(const struct engine *e)
 		printf("ROW %s dense_pass %.2f s\n", e->name, dn);
 }
 
+/*
+ * Upstream's own ksm_tests (built by bench.sh from Debian's linux-source,
+ * unmodified) against ksmd: an external reference for the -P/-H/-D/-C
+ * figures above. Its output goes out as comments, its speeds as figures.
+ */
+static void upstream_ksm_tests(void)
+{
+	static const struct {
+		const char *figure, *args;
+	} runs[] = {
+		{ "upstream_P", "-P -s 100 -p 10000" },
+		{ "upstream_H", "-H -s 100 -p 10000" },
+		{ "upstream_D", "-D -s 100 -p 10000" },
+		{ "upstream_C", "-C -p 10000" },
+	};
+	char cmd[128], line[256];
+	unsigned int i, n;
+	double speed;
+	FILE *f;
+
+	if (access("/tests/ksm_tests", X_OK)) {
+		printf("# no /tests/ksm_tests: upstream figures skipped\n");
+		return;
+	}
+	for (i = 0; i < ARRAY_SIZE(runs); i++) {
+		snprintf(cmd, sizeof(cmd), "/tests/ksm_tests %s 2>&1", runs[i].args);
+		f = popen(cmd, "r");
+		if (!f)
+			continue;
+		n = 0;
+		while (fgets(line, sizeof(line), f)) {
+			line[strcspn(line, "\n")] = 0;
+			printf("# ksm_tests %s: %s\n", runs[i].args, line);
+			if (sscanf(strstr(line, "Average speed:") ?: "",
+				   "Average speed: %lf", &speed) != 1)
+				continue;
+			/* -C: unmerged pages first, then merged ones. */
+			printf("ROW ksmd %s%s %.1f MiB/s\n", runs[i].figure,
+			       n++ ? "_merged" : "", speed);
+		}
+		pclose(f);
+	}
+}
+
 int main(void)
 {
 	struct engine engines[] = {
@@ -562,6 +675,7 @@ int main(void)
 	};
 	const char *only = getenv("BENCH_ONLY");
 	const char *phases = getenv("BENCH_PHASES");
+	double cpu[2] = { -1, -1 };
 	unsigned int i;
 
 	bench_mb = env_ul("BENCH_MB", bench_mb);
@@ -571,8 +685,10 @@ int main(void)
 	sleep_ms = env_ul("BENCH_SLEEP_MS", sleep_ms);
 	timeout_s = env_ul("BENCH_TIMEOUT", timeout_s);
 	sparse_gb = env_ul("BENCH_SPARSE_GB", sparse_gb);
+	steady_pages = env_ul("BENCH_STEADY_PAGES_TO_SCAN", steady_pages);
+	steady_passes = env_ul("BENCH_STEADY_PASSES", steady_passes);
 	if (!phases || !*phases)
-		phases = "workload micro sparse";
+		phases = "upstream workload micro sparse";
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
 	engines[1].fd = ksm_open();
@@ -583,6 +699,8 @@ int main(void)
 	printf("# %lu processes x %lu MiB, pages_to_scan %lu, sleep_millisecs %lu; smart_scan %llu\n",
 	       bench_procs, bench_mb, pages_to_scan, sleep_ms,
 	       (unsigned long long)sysfs_ksm("smart_scan"));
+	if (strstr(phases, "upstream") && (!only || !*only || !strcmp(only, "ksmd")))
+		upstream_ksm_tests();
 	for (i = 0; i < ARRAY_SIZE(engines); i++) {
 		struct engine *e = &engines[i];
 
@@ -590,7 +708,20 @@ int main(void)
 			continue;
 		if (strstr(phases, "workload")) {
 			printf("# %s: workload\n", e->name);
-			workload(e);
+			cpu[i] = workload(e, pages_to_scan, false);
+		}
+		/*
+		 * At equal CPU budget: ksmdev again, its pages_to_scan scaled
+		 * by how much less CPU it took than ksmd (what an advisor
+		 * that targets a CPU share would do).
+		 */
+		if (strstr(phases, "workload") && i == 1 && cpu[0] > 0 &&
+		    cpu[1] > 0) {
+			unsigned long pts = pages_to_scan * cpu[0] / cpu[1];
+
+			printf("# %s: workload at ksmd's CPU (pages_to_scan %lu)\n",
+			       e->name, pts);
+			workload(e, pts ? pts : 1, true);
 		}
 		if (strstr(phases, "micro")) {
 			printf("# %s: merge, unmerge, COW\n", e->name);

@@ -11,8 +11,11 @@
 # Environment (passed to the guest): BENCH_MB (256), BENCH_PROCS (4),
 # BENCH_PAGES_TO_SCAN (100), BENCH_SLEEP_MS (20), BENCH_MERGE_MB (100),
 # BENCH_SPARSE_GB (64), BENCH_TIMEOUT (900 s for the workload, per engine),
-# BENCH_ONLY (ksmd or ksmdev: one engine), BENCH_PHASES (of "workload micro
-# sparse", the default: all). BENCH_RESULT=FILE only makes the
+# BENCH_STEADY_PAGES_TO_SCAN (1000) and BENCH_STEADY_PASSES (8) for the
+# steady state after convergence,
+# BENCH_ONLY (ksmd or ksmdev: one engine), BENCH_PHASES (of "upstream
+# workload micro sparse", the default: all; upstream: Debian's own
+# tools/testing/selftests/mm/ksm_tests -P/-H/-D/-C against ksmd). BENCH_RESULT=FILE only makes the
 # table and the plot from an earlier run's result.txt. Not a test: prints
 # numbers, asserts nothing about speed.
 set -euo pipefail
@@ -22,7 +25,7 @@ set -euo pipefail
 export KERNELS=${BENCH_KERNEL:-6.12}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-7200}
 BENCH_OUT=$BUILD/bench
-BENCH_VARS="BENCH_MB BENCH_PROCS BENCH_PAGES_TO_SCAN BENCH_SLEEP_MS BENCH_MERGE_MB BENCH_SPARSE_GB BENCH_TIMEOUT BENCH_ONLY BENCH_PHASES"
+BENCH_VARS="BENCH_MB BENCH_PROCS BENCH_PAGES_TO_SCAN BENCH_SLEEP_MS BENCH_MERGE_MB BENCH_SPARSE_GB BENCH_TIMEOUT BENCH_ONLY BENCH_PHASES BENCH_STEADY_PAGES_TO_SCAN BENCH_STEADY_PASSES"
 
 # table RESULT: the markdown table of the ROW lines, ksmd next to ksmdev.
 table() {
@@ -46,10 +49,17 @@ table() {
 
 # plot RESULT PNG: pages saved over time, a line per engine (gnuplot).
 plot() {
-	local e
-	for e in ksmd ksmdev; do
+	local e title cmd=""
+	for e in ksmd ksmdev ksmdev_eqcpu; do
 		awk -v e="$e" '$1 == "TS" && $2 == e { print $3 / 1000, $4 }' "$1" \
 			> "$BENCH_OUT/$e.dat"
+		[ -s "$BENCH_OUT/$e.dat" ] || continue
+		case $e in
+		ksmd) title="ksmd (in-kernel KSM)" ;;
+		ksmdev) title="ksmdev" ;;
+		*) title="ksmdev at ksmd's CPU ($(awk '$1 == "ROW" && $2 == "ksmdev" && $3 == "pages_to_scan_eqcpu" { print $4 }' "$1") pages a batch)" ;;
+		esac
+		cmd="${cmd:+$cmd, }\"$BENCH_OUT/$e.dat\" using 1:2 with lines lw 2 title \"$title\""
 	done
 	gnuplot <<-EOF
 		set terminal png noenhanced size 900,500
@@ -59,9 +69,35 @@ plot() {
 		set ylabel "pages saved"
 		set key bottom right
 		set grid
-		plot "$BENCH_OUT/ksmd.dat" using 1:2 with lines lw 2 title "ksmd (in-kernel KSM)", \
-		     "$BENCH_OUT/ksmdev.dat" using 1:2 with lines lw 2 title "ksmdev"
+		plot $cmd
 	EOF
+}
+
+# build_ksm_tests: upstream's tools/testing/selftests/mm/ksm_tests from
+# Debian's linux-source-6.12, unmodified, static, into build/tests/ (cached
+# in .cache/ksm_tests). Its headers need the 6.12 uapi: `make headers` in a
+# full extraction of the tarball, removed afterwards.
+build_ksm_tests() {
+	local bin=$CACHE/ksm_tests src=$CACHE/ksm_tests-src mm
+	if [ ! -x "$bin" ] || [ "$bin" -ot "$DEBUG_KERNEL_TARBALL" ]; then
+		log "building upstream ksm_tests from $DEBUG_KERNEL_TARBALL"
+		rm -rf "$src"
+		mkdir -p "$src"
+		tar -C "$src" --strip-components=1 -xf "$DEBUG_KERNEL_TARBALL"
+		mm=$src/tools/testing/selftests/mm
+		if ! { make -s -C "$src" ARCH=x86_64 headers &&
+			gcc -static -O2 -isystem "$src/usr/include" -I "$src" \
+				-I "$src/tools" -I "$mm" -o "$bin" "$mm/ksm_tests.c" \
+				"$mm/vm_util.c" "$mm/thp_settings.c" -lnuma
+		} > "$CACHE/ksm_tests.log" 2>&1; then
+			rm -rf "$src" "$bin"
+			warn "upstream ksm_tests did not build (log: $CACHE/ksm_tests.log)"
+			return 0
+		fi
+		rm -rf "$src"
+	fi
+	mkdir -p "$BUILD/tests"
+	cp "$bin" "$BUILD/tests/ksm_tests"
 }
 
 # render RESULT: the table and the plot of a bench output.
@@ -108,6 +144,7 @@ main() {
 	built_module "$kver" > /dev/null || die "DKMS could not build ksmdev for $kver"
 	log "building tests/bench.c"
 	build_test bench
+	build_ksm_tests
 	{
 		for v in $BENCH_VARS; do
 			[ -n "${!v:-}" ] && echo "export $v=${!v}"
@@ -115,7 +152,7 @@ main() {
 		true
 	} > "$BUILD/bench.env"
 	log "$kver: initramfs"
-	initrd=$(BENCH_ENV=$BUILD/bench.env build_initramfs "$kver" bench bench)
+	initrd=$(BENCH_ENV=$BUILD/bench.env build_initramfs "$kver" bench bench ksm_tests)
 	mkdir -p "$BENCH_OUT"
 	log "$kver: booting (console in $BENCH_OUT/console.log; about 30 minutes)"
 	GUEST_MEM=${GUEST_MEM:-3G} KERNEL_EXTRA_CMDLINE="slab_nomerge ${KERNEL_EXTRA_CMDLINE:-}" \

@@ -19,9 +19,10 @@ HOST_PACKAGES="qemu-system-x86 busybox-static kmod dkms sparse cpio gcc make
 # What building a kernel from linux-source-6.12 needs on top (check-debug.sh).
 # shellcheck disable=SC2034 # used by setup.sh
 KERNEL_BUILD_PACKAGES="flex bison bc libelf-dev libssl-dev"
-# What `make bench` needs on top: the plot.
+# What `make bench` needs on top: the plot, and libnuma for upstream's
+# ksm_tests.
 # shellcheck disable=SC2034 # used by setup.sh
-BENCH_PACKAGES="gnuplot-nox"
+BENCH_PACKAGES="gnuplot-nox libnuma-dev"
 # shellcheck disable=SC2034 # used by setup.sh and check-debug.sh
 DEBUG_KERNEL_TARBALL=/usr/src/linux-source-6.12.tar.xz
 
