@@ -67,7 +67,7 @@ plot() {
 		set title "Pages saved over time ($(grep -m1 '^# [0-9]* processes' "$1" | sed 's/^# //'))"
 		set xlabel "seconds since the scanner started"
 		set ylabel "pages saved"
-		set key bottom right
+		set key top left
 		set grid
 		plot $cmd
 	EOF
