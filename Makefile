@@ -12,6 +12,7 @@
 #   make demo [DEMO_KERNEL=6.1]            a guest with live counters
 #   make bench [BENCH_MB=256 ...]          ksmdev against the in-kernel KSM,
 #                                          one 6.12 guest (bench/README.md)
+#   make ksmctl                            tools/ksmctl, the command-line tool
 #   make style / make sparse               checkpatch --strict / sparse + W=1
 
 KVER ?= $(shell uname -r)
@@ -30,7 +31,7 @@ module:
 
 clean:
 	$(MAKE) -C $(KDIR) M=$(CURDIR) clean 2>/dev/null || true
-	rm -rf build
+	rm -rf build tools/ksmctl
 
 # W=1 and sparse over every file, for one kernel tree.
 sparse:
@@ -56,7 +57,12 @@ demo:
 bench:
 	bash tests/qemu/bench.sh
 
+ksmctl: tools/ksmctl
+
+tools/ksmctl: tools/ksmctl.c uapi/linux/ksmdev.h
+	$(CC) -O2 -Wall -Wextra -I uapi -o $@ $<
+
 style:
 	bash tests/style.sh
 
-.PHONY: all module clean sparse setup check check-debug soak demo bench style
+.PHONY: all module clean sparse setup check check-debug soak demo bench ksmctl style

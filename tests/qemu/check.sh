@@ -49,6 +49,8 @@ build_tests() {
 			RUNNABLE+=("$t")
 		fi
 	done
+	result_cmd "build tools/ksmctl.c" "$BUILD/logs/tests/ksmctl.build.log" \
+		build_tool ksmctl || true
 	# Not run here (`make bench` does), but kept building.
 	[ -n "${TESTS:-}" ] || result_cmd "build tests/bench.c" \
 		"$BUILD/logs/tests/bench.build.log" build_test bench || true

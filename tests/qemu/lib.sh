@@ -267,6 +267,14 @@ build_test() {
 		-o "$BUILD/tests/$name" "$KSMDEV_ROOT/tests/$name.c"
 }
 
+# build_tool NAME: tools/NAME.c (a userspace helper) into build/tests/NAME
+# (static), with every warning an error.
+build_tool() {
+	mkdir -p "$BUILD/tests"
+	gcc -static -O2 -Wall -Wextra -Werror -I "$KSMDEV_ROOT/uapi" \
+		-o "$BUILD/tests/$1" "$KSMDEV_ROOT/tools/$1.c"
+}
+
 # build_w1 KVER: build the module with W=1 in a copy of the tree; fails if
 # the build fails or says "warning:".
 build_w1() {
@@ -397,7 +405,7 @@ build_initramfs() {
 		[ -n "${BENCH_ENV:-}" ] && cat "$BENCH_ENV"
 		true
 	} > "$root/etc/harness.conf"
-	for f in "$@"; do
+	for f in "$@" $GUEST_TOOLS; do
 		[ -f "$BUILD/tests/$f" ] && cp "$BUILD/tests/$f" "$root/tests/"
 	done
 
@@ -421,6 +429,9 @@ build_initramfs() {
 }
 
 GUEST_MODULES="null_blk"
+# Userspace helpers from tools/ the tests run (tests/cli.c); never run as
+# tests themselves.
+GUEST_TOOLS="ksmctl"
 
 KERNEL_CMDLINE="console=ttyS0 panic=-1 panic_on_warn=1 oops=panic softlockup_panic=1 hung_task_panic=1 nmi_watchdog=0 quiet loglevel=4"
 
