@@ -10,12 +10,27 @@
 #   make soak [DURATION=3600] [KERNELS=6.12]
 #                                          the torture test for DURATION seconds
 #   make demo [DEMO_KERNEL=6.1]            a guest with live counters
+#   make demo-qemu [DEMO_KERNEL=6.1]       two QEMUs inside a guest, merged
+#                                          through the preload library
 #   make bench [BENCH_MB=256 ...]          ksmdev against the in-kernel KSM,
 #                                          one 6.12 guest (bench/README.md)
 #   make ksmctl                            tools/ksmctl, the command-line tool
+#   make preload                           tools/libksmdev-preload.so
+#   make install [DESTDIR=] [INSTALL_DKMS=0]
+#                                          the header, ksmctl, the preload
+#                                          library, the udev rule, examples,
+#                                          the module's sources for DKMS (and,
+#                                          without DESTDIR, dkms install for
+#                                          KVER; nothing is loaded)
+#   make uninstall                         the reverse
 #   make style / make sparse               checkpatch --strict / sparse + W=1
 
 KVER ?= $(shell uname -r)
+VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' dkms.conf)
+PREFIX ?= /usr
+LIBDIR ?= $(PREFIX)/lib/$(shell $(CC) -print-multiarch 2>/dev/null)
+DOCDIR ?= $(PREFIX)/share/doc/ksmdev
+INSTALL_DKMS ?= 1
 KDIR ?= /lib/modules/$(KVER)/build
 KERNELS ?= 6.1 6.12
 DEMO_KERNEL ?= 6.12
@@ -31,7 +46,7 @@ module:
 
 clean:
 	$(MAKE) -C $(KDIR) M=$(CURDIR) clean 2>/dev/null || true
-	rm -rf build tools/ksmctl
+	rm -rf build tools/ksmctl tools/libksmdev-preload.so
 
 # W=1 and sparse over every file, for one kernel tree.
 sparse:
@@ -54,15 +69,57 @@ soak:
 demo:
 	KERNELS=$(DEMO_KERNEL) bash tests/qemu/demo.sh
 
+demo-qemu:
+	KERNELS=$(DEMO_KERNEL) TESTS=hypervisor SKIP_STYLE=1 bash tests/qemu/check.sh
+	@grep -h 'hypervisor.c:.*QEMUs' build/logs/*/tests/hypervisor.out | sed 's/^# [^:]*:[0-9]*:[^:]*://'
+
 bench:
 	bash tests/qemu/bench.sh
 
 ksmctl: tools/ksmctl
 
+preload: tools/libksmdev-preload.so
+
+tools/libksmdev-preload.so: tools/ksmdev-preload.c uapi/linux/ksmdev.h
+	$(CC) -shared -fPIC -O2 -Wall -Wextra -I uapi -o $@ $<
+
 tools/ksmctl: tools/ksmctl.c uapi/linux/ksmdev.h
 	$(CC) -O2 -Wall -Wextra -I uapi -o $@ $<
+
+# What make install writes (below DESTDIR), for uninstall.
+INSTALLED = $(PREFIX)/include/linux/ksmdev.h $(PREFIX)/sbin/ksmctl \
+	$(LIBDIR)/libksmdev-preload.so $(PREFIX)/lib/udev/rules.d/60-ksmdev.rules \
+	$(DOCDIR)/examples/modules-load.d/ksmdev.conf \
+	$(DOCDIR)/examples/modprobe.d/ksmdev.conf
+
+install: tools/ksmctl tools/libksmdev-preload.so
+	install -D -m 0644 uapi/linux/ksmdev.h $(DESTDIR)$(PREFIX)/include/linux/ksmdev.h
+	install -D -m 0755 tools/ksmctl $(DESTDIR)$(PREFIX)/sbin/ksmctl
+	install -D -m 0644 tools/libksmdev-preload.so $(DESTDIR)$(LIBDIR)/libksmdev-preload.so
+	install -D -m 0644 packaging/60-ksmdev.rules \
+		$(DESTDIR)$(PREFIX)/lib/udev/rules.d/60-ksmdev.rules
+	install -D -m 0644 packaging/modules-load.conf \
+		$(DESTDIR)$(DOCDIR)/examples/modules-load.d/ksmdev.conf
+	install -D -m 0644 packaging/modprobe.conf \
+		$(DESTDIR)$(DOCDIR)/examples/modprobe.d/ksmdev.conf
+	rm -rf $(DESTDIR)/usr/src/ksmdev-$(VERSION)
+	mkdir -p $(DESTDIR)/usr/src/ksmdev-$(VERSION)
+	cp -r Kbuild Makefile dkms.conf src include uapi $(DESTDIR)/usr/src/ksmdev-$(VERSION)/
+	if [ -z "$(DESTDIR)" ] && [ "$(INSTALL_DKMS)" = 1 ]; then \
+		dkms status ksmdev/$(VERSION) | grep -q . || dkms add ksmdev/$(VERSION); \
+		dkms install ksmdev/$(VERSION) -k $(KVER); \
+	fi
+
+uninstall:
+	if [ -z "$(DESTDIR)" ] && dkms status ksmdev/$(VERSION) 2>/dev/null | grep -q .; then \
+		dkms remove ksmdev/$(VERSION) --all; \
+	fi
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	rm -rf $(DESTDIR)/usr/src/ksmdev-$(VERSION)
+	-rmdir -p --ignore-fail-on-non-empty $(dir $(addprefix $(DESTDIR),$(INSTALLED))) 2>/dev/null
 
 style:
 	bash tests/style.sh
 
-.PHONY: all module clean sparse setup check check-debug soak demo bench ksmctl style
+.PHONY: all module clean sparse setup check check-debug soak demo demo-qemu bench ksmctl preload \
+	install uninstall style

@@ -8,7 +8,7 @@
 #   checks the kernel log, unloads the module and checks again.
 # Environment:
 #   KERNELS       kernel series or full releases (default "6.1 6.12")
-#   TESTS         test programs to run (default: all tests/*.c but demo and bench)
+#   TESTS         test programs to run (default: all tests/*.c but demo, bench, fakevm)
 #   TEST_TIMEOUT  seconds per test program in the guest (default 600)
 #   QEMU_TIMEOUT  seconds per guest (default 2400)
 #   RUN_BUDGET    seconds for the whole run, guests are cut short to fit
@@ -51,6 +51,8 @@ build_tests() {
 	done
 	result_cmd "build tools/ksmctl.c" "$BUILD/logs/tests/ksmctl.build.log" \
 		build_tool ksmctl || true
+	result_cmd "build tools/ksmdev-preload.c, tests/fakevm.c" \
+		"$BUILD/logs/tests/preload.build.log" build_preload || true
 	# Not run here (`make bench` does), but kept building.
 	[ -n "${TESTS:-}" ] || result_cmd "build tests/bench.c" \
 		"$BUILD/logs/tests/bench.build.log" build_test bench || true
@@ -186,6 +188,61 @@ show_progress() {
 	/^### check .* fail/ { print "    guest: check " $3 " failed"; fflush() }'
 }
 
+# package_checks: the Debian packages (debian/) build with
+# dpkg-buildpackage in a copy of the tree, install with dpkg -i (their
+# postinst builds the module with DKMS for every kernel with headers; the
+# host loads nothing), and go away with dpkg -r, DKMS tree and all. Runs
+# last: it replaces this run's own DKMS registration of the same version.
+package_checks() {
+	local dir=$BUILD/deb ver src logs=$BUILD/logs/deb debs kver
+	ver=$(module_version)
+	src=$dir/ksmdev-$ver
+	rm -rf "$dir"
+	mkdir -p "$src" "$logs"
+	for f in Kbuild Makefile dkms.conf LICENSE README.md src include uapi \
+		 tools packaging debian; do
+		cp -a "$KSMDEV_ROOT/$f" "$src/"
+	done
+	log "make install and uninstall (DESTDIR), Debian packages"
+	result_cmd "make install DESTDIR=..., make uninstall" "$logs/make-install.log" \
+		sh -c "cd '$src' && d=\$(mktemp -d) &&
+		make install DESTDIR=\$d INSTALL_DKMS=0 &&
+		test -x \$d/usr/sbin/ksmctl && test -f \$d/usr/include/linux/ksmdev.h &&
+		test -f \$d/usr/lib/udev/rules.d/60-ksmdev.rules &&
+		test -f \$d/usr/src/ksmdev-$ver/dkms.conf &&
+		ls \$d/usr/lib/*/libksmdev-preload.so &&
+		ls \$d/usr/share/doc/ksmdev/examples/*/ksmdev.conf &&
+		make uninstall DESTDIR=\$d && ! find \$d -type f | grep . &&
+		make clean > /dev/null && rm -rf \$d"
+	result_cmd "deb: dpkg-buildpackage" "$logs/build.log" \
+		sh -c "cd '$src' && dpkg-buildpackage -us -uc -b" || return 0
+	debs="$dir/ksmdev-dkms_${ver}_all.deb $dir/ksmdev-tools_${ver}_$(dpkg --print-architecture).deb"
+	exec 9> /var/lock/ksmdev-dkms.lock
+	flock 9
+	dkms remove ksmdev/"$ver" --all > /dev/null 2>&1 || true
+	rm -rf /usr/src/ksmdev-"$ver"
+	# shellcheck disable=SC2086 # two file names
+	if result_cmd "deb: dpkg -i" "$logs/install.log" dpkg -i $debs; then
+		for kver in "${KVERS[@]}"; do
+			result_cmd "deb: DKMS built and installed the module for $kver" \
+				"$logs/status-$kver.log" sh -c \
+				"dkms status ksmdev/$ver -k $kver | grep -q installed"
+		done
+		result_cmd "deb: ksmctl, the library, the header, the udev rule" \
+			"$logs/files.log" sh -c "ksmctl --help > /dev/null &&
+			test -f /usr/lib/$(gcc -print-multiarch)/libksmdev-preload.so &&
+			test -f /usr/include/linux/ksmdev.h &&
+			test -f /usr/lib/udev/rules.d/60-ksmdev.rules"
+	fi
+	result_cmd "deb: dpkg -r leaves nothing" "$logs/remove.log" sh -c \
+		"dpkg -r ksmdev-tools ksmdev-dkms &&
+		! dkms status ksmdev/$ver 2>/dev/null | grep -q . &&
+		test ! -e /usr/src/ksmdev-$ver && ! command -v ksmctl &&
+		! ls /lib/modules/*/updates/dkms/ksmdev.ko* 2>/dev/null"
+	flock -u 9
+	exec 9>&-
+}
+
 # run_guest KVER: initramfs, boot, results.
 run_guest() {
 	local kver=$1 logs=$BUILD/logs/$1 initrd left secs t0
@@ -259,6 +316,7 @@ main() {
 	for kver in "${KVERS[@]}"; do
 		run_guest "$kver"
 	done
+	[ -n "${TESTS:-}" ] || package_checks
 	log "done in $(((SECONDS - START) / 60))m$(((SECONDS - START) % 60))s"
 	result_summary || rc=1
 	SUMMARY_DONE=1

@@ -15,7 +15,8 @@ MODULE_FILES="Kbuild Makefile dkms.conf src include uapi"
 # Packages the harness needs on the host; kernel headers are added per kernel.
 # shellcheck disable=SC2034 # used by setup.sh
 HOST_PACKAGES="qemu-system-x86 busybox-static kmod dkms sparse cpio gcc make
-	xz-utils libc6-dev perl linux-source-6.1 linux-source-6.12"
+	xz-utils libc6-dev perl linux-source-6.1 linux-source-6.12
+	dpkg-dev debhelper dh-dkms"
 # What building a kernel from linux-source-6.12 needs on top (check-debug.sh).
 # shellcheck disable=SC2034 # used by setup.sh
 KERNEL_BUILD_PACKAGES="flex bison bc libelf-dev libssl-dev"
@@ -240,12 +241,12 @@ built_module() {
 }
 
 # test_names: the test programs selected by $TESTS (default: every
-# tests/*.c but demo and bench), module_lifecycle last since it unloads
-# the module.
+# tests/*.c but demo, bench and fakevm), module_lifecycle last since it
+# unloads the module.
 test_names() {
 	local all t sel=()
 	all=$(find "$KSMDEV_ROOT/tests" -maxdepth 1 -name '*.c' -printf '%f\n' |
-		sed 's/\.c$//' | grep -vxE 'demo|bench' | LC_ALL=C sort || true)
+		sed 's/\.c$//' | grep -vxE 'demo|bench|fakevm' | LC_ALL=C sort || true)
 	if [ -n "${TESTS:-}" ]; then
 		for t in $TESTS; do
 			grep -qx -- "$t" <<< "$all" ||
@@ -273,6 +274,31 @@ build_tool() {
 	mkdir -p "$BUILD/tests"
 	gcc -static -O2 -Wall -Wextra -Werror -I "$KSMDEV_ROOT/uapi" \
 		-o "$BUILD/tests/$1" "$KSMDEV_ROOT/tools/$1.c"
+}
+
+# build_preload: tools/ksmdev-preload.c into build/tests/libksmdev-preload.so,
+# and tests/fakevm.c (dynamic: LD_PRELOAD needs the loader) beside it.
+build_preload() {
+	mkdir -p "$BUILD/tests"
+	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -I "$KSMDEV_ROOT/uapi" \
+		-o "$BUILD/tests/libksmdev-preload.so" \
+		"$KSMDEV_ROOT/tools/ksmdev-preload.c" &&
+	gcc -O2 -Wall -Wextra -Werror -pthread -o "$BUILD/tests/fakevm" \
+		"$KSMDEV_ROOT/tests/fakevm.c"
+}
+
+# copy_dynamic_libs ROOT FILE...: the host's shared libraries and loader
+# that FILEs need, at the same paths under ROOT.
+copy_dynamic_libs() {
+	local root=$1 lib f
+	shift
+	# One file a call: given several, ldd heads each list with "FILE:".
+	for lib in $(for f; do ldd "$f" 2>/dev/null; done |
+		     grep -oE '/[^ :]+\.so[^ :]*( |$)' | sort -u); do
+		[ -e "$root$lib" ] && continue
+		mkdir -p "$root$(dirname "$lib")"
+		cp -L "$lib" "$root$lib"
+	done
 }
 
 # build_w1 KVER: build the module with W=1 in a copy of the tree; fails if
@@ -365,6 +391,23 @@ copy_module_deps() {
 	done
 }
 
+# add_qemu ROOT KVER: the host's Debian QEMU, its libraries, its TCG module
+# and firmware, and KVER's kernel image as /boot/inner-kernel, into ROOT
+# (tests/hypervisor.c runs QEMU inside the test guest).
+add_qemu() {
+	local root=$1 kver=$2 q=/usr/bin/qemu-system-x86_64 mods
+	mods=/usr/lib/$(gcc -print-multiarch)/qemu
+	mkdir -p "$root/usr/bin" "$root$mods" "$root/usr/share" "$root/boot"
+	cp "$q" "$root/usr/bin/"
+	cp "$mods"/accel-tcg-*.so "$root$mods/"
+	copy_dynamic_libs "$root" "$q" "$mods"/accel-tcg-*.so
+	cp -a /usr/share/qemu "$root/usr/share/"
+	if [ -d /usr/share/seabios ]; then
+		cp -a /usr/share/seabios "$root/usr/share/"
+	fi
+	cp "$(kernel_image "$kver")" "$root/boot/inner-kernel"
+}
+
 # install_module_file SRC DEST: copy a module, decompressing an .xz one.
 install_module_file() {
 	mkdir -p "$(dirname "$2")"
@@ -408,6 +451,11 @@ build_initramfs() {
 	for f in "$@" $GUEST_TOOLS; do
 		[ -f "$BUILD/tests/$f" ] && cp "$BUILD/tests/$f" "$root/tests/"
 	done
+	# The dynamic ones (fakevm, the preload library) need libc and ld.so.
+	copy_dynamic_libs "$root" "$root"/tests/*
+	case " $* " in
+	*" hypervisor "*) add_qemu "$root" "$kver" ;;
+	esac
 
 	mod=$(built_module "$kver") || die "no DKMS-installed ksmdev for $kver"
 	install_module_file "$mod" "$root/lib/modules/$kver/updates/dkms/ksmdev.ko"
@@ -429,9 +477,9 @@ build_initramfs() {
 }
 
 GUEST_MODULES="null_blk"
-# Userspace helpers from tools/ the tests run (tests/cli.c); never run as
-# tests themselves.
-GUEST_TOOLS="ksmctl"
+# Userspace helpers the tests run (tests/cli.c, tests/preload.c); never
+# run as tests themselves.
+GUEST_TOOLS="ksmctl libksmdev-preload.so fakevm"
 
 KERNEL_CMDLINE="console=ttyS0 panic=-1 panic_on_warn=1 oops=panic softlockup_panic=1 hung_task_panic=1 nmi_watchdog=0 quiet loglevel=4"
 
