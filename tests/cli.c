@@ -70,7 +70,7 @@ TEST_F(cli, help_and_usage_errors)
 {
 	static const char *const bad[] = {
 		"", "bogus", "status extra", "set", "set foo=1", "set run=x",
-		"set run=-1", "set =1", "watch 0", "watch 1 2", "--frobnicate status",
+		"set run=-1", "'set' 'run= 1'", "set =1", "watch 0", "watch 1 2", "--frobnicate status",
 	};
 	static const char *const words[] = {
 		"status", "watch", "mms", "set", "unmerge-all", "--json",
@@ -175,29 +175,48 @@ TEST_F(cli, set_and_unmerge_all)
 	munmap(p, npages * self->ps);
 }
 
-/* Not root: /dev/ksm is 0600, so the kernel says no, and ksmctl exits 1. */
-TEST_F(cli, unprivileged_exit_1)
+/*
+ * Start ksmctl with @arg1 @arg2, as @uid unless 0, its stdout and stderr
+ * into a pipe whose read end goes to *@rd. Returns its pid, or -errno.
+ */
+static pid_t spawn_ksmctl(const char *arg1, const char *arg2, uid_t uid,
+			  int *rd)
 {
-	int status, fds[2];
-	char buf[512] = "";
-	ssize_t n;
+	int fds[2];
 	pid_t pid;
 
-	ASSERT_EQ(0, pipe(fds));
+	if (pipe(fds))
+		return -errno;
 	pid = fork();
-	ASSERT_LE(0, pid);
+	if (pid < 0)
+		return -errno;
 	if (pid == 0) {
 		dup2(fds[1], 1);
 		dup2(fds[1], 2);
-		if (setgid(65534) || setuid(65534))
+		close(fds[0]);
+		if (uid && (setgid(uid) || setuid(uid)))
 			_exit(99);
-		execl(KSMCTL, "ksmctl", "set", "run=0", (char *)NULL);
+		execl(KSMCTL, "ksmctl", arg1, arg2, (char *)NULL);
 		_exit(98);
 	}
 	close(fds[1]);
+	*rd = fds[0];
+	return pid;
+}
+
+/* Not root: /dev/ksm is 0600, so the kernel says no, and ksmctl exits 1. */
+TEST_F(cli, unprivileged_exit_1)
+{
+	char buf[512] = "";
+	int status, rd;
+	ssize_t n;
+	pid_t pid;
+
+	pid = spawn_ksmctl("set", "run=0", 65534, &rd);
+	ASSERT_LT(0, pid);
 	ASSERT_EQ(0, ksm_waitpid_timeout(pid, &status, 30));
-	n = read(fds[0], buf, sizeof(buf) - 1);
-	close(fds[0]);
+	n = read(rd, buf, sizeof(buf) - 1);
+	close(rd);
 	EXPECT_LT(0, n);
 	EXPECT_EQ(1, ksm_exit_code(status)) TH_LOG("%s", buf);
 	EXPECT_NE(NULL, strstr(buf, "Permission denied")) TH_LOG("%s", buf);
@@ -206,29 +225,21 @@ TEST_F(cli, unprivileged_exit_1)
 /* watch refreshes until Ctrl-C (SIGINT), then exits 0. */
 TEST_F(cli, watch_until_sigint)
 {
-	int status, fds[2];
+	int status, rd;
 	char buf[8192];
 	size_t len = 0;
 	ssize_t n;
 	pid_t pid;
 
-	ASSERT_EQ(0, pipe(fds));
-	pid = fork();
-	ASSERT_LE(0, pid);
-	if (pid == 0) {
-		dup2(fds[1], 1);
-		close(fds[0]);
-		execl(KSMCTL, "ksmctl", "watch", "1", (char *)NULL);
-		_exit(98);
-	}
-	close(fds[1]);
+	pid = spawn_ksmctl("watch", "1", 0, &rd);
+	ASSERT_LT(0, pid);
 	/* Two refreshes, bounded. */
 	while (len < sizeof(buf) - 1) {
-		struct pollfd pfd = { .fd = fds[0], .events = POLLIN };
+		struct pollfd pfd = { .fd = rd, .events = POLLIN };
 
 		if (poll(&pfd, 1, 10000) != 1)
 			break;
-		n = read(fds[0], buf + len, sizeof(buf) - 1 - len);
+		n = read(rd, buf + len, sizeof(buf) - 1 - len);
 		if (n <= 0)
 			break;
 		len += n;
@@ -240,7 +251,7 @@ TEST_F(cli, watch_until_sigint)
 	buf[len] = 0;
 	kill(pid, SIGINT);
 	ASSERT_EQ(0, ksm_waitpid_timeout(pid, &status, 30));
-	close(fds[0]);
+	close(rd);
 	EXPECT_EQ(0, ksm_exit_code(status));
 	EXPECT_NE(NULL, strstr(buf, "pages_scanned"));
 	EXPECT_NE(NULL, strstr(buf, "per second")) TH_LOG("%s", buf);

@@ -11,6 +11,7 @@
  * Exit status: 0 done; 1 the kernel said no (the message names the errno);
  * 2 bad usage. Plain C, libc only.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -71,7 +72,8 @@ static void print_help(FILE *out)
 		"\n"
 		"status       every counter of ksmdev, its settings, and what merging saves:\n"
 		"             saved = (pages_sharing + ksm_zero_pages) pages, less\n"
-		"             metadata_bytes (the in-kernel KSM's general_profit)\n"
+		"             metadata_bytes (the in-kernel KSM's general_profit); ksmctl's\n"
+		"             own open of the device counts as one of the mms\n"
 		"watch        status every SECONDS (default 1) with rates per second;\n"
 		"             Ctrl-C ends it\n"
 		"mms          one line per open /dev/ksm context: pid, regions,\n"
@@ -157,6 +159,8 @@ static void print_status(const struct ksm_stats *s, const struct ksm_config *c)
 	};
 	size_t i;
 
+	_Static_assert(NFIELDS(what) == NFIELDS(stat_fields),
+		       "a description for every counter");
 	if (json) {
 		printf("{");
 		for (i = 0; i < NFIELDS(stat_fields); i++)
@@ -328,7 +332,7 @@ static int parse_settings(struct ksm_config *want, unsigned int *mask,
 			return usage_error("unknown setting in '%s'", argv[a]);
 		errno = 0;
 		v = strtoull(eq + 1, &end, 0);
-		if (errno || *end || eq[1] == '-')
+		if (errno || *end || !isdigit((unsigned char)eq[1]))
 			return usage_error("'%s': the value is not a number",
 					   argv[a]);
 		*(__u64 *)((char *)want + config_fields[i].off) = v;
@@ -361,6 +365,10 @@ static int set_config(int argc, const char *const *argv)
 	if (ioctl(fd, KSM_SET_CONFIG, &c)) {
 		if (errno == EINVAL)
 			fprintf(stderr, "%s: a value is out of range; nothing was changed\n",
+				prog);
+		/* A module older than this ksmctl: a setting it does not know. */
+		if (errno == E2BIG)
+			fprintf(stderr, "%s: the loaded ksmdev is older than ksmctl and lacks a setting given; nothing was changed\n",
 				prog);
 		ret = kernel_error("KSM_SET_CONFIG");
 	}

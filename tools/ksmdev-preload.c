@@ -7,10 +7,13 @@
  *
  * madvise(MADV_MERGEABLE) registers the range with /dev/ksm instead of
  * marking the VMAs for the in-kernel KSM; madvise(MADV_UNMERGEABLE)
- * unregisters it (and unmerges, as the kernel's does); munmap() of a
- * registered range unregisters what it unmapped. Every other madvise()
- * goes to the kernel untouched. If /dev/ksm cannot be opened, it says so
- * once on stderr and hands MADV_MERGEABLE to the kernel.
+ * unregisters it (and unmerges, as the kernel's does; ksmdev unregisters
+ * whole regions, so the rest of a region cut by it is unmerged too and
+ * registered again); munmap() of whole registered ranges unregisters them
+ * (a range that a munmap() only cuts stays registered, hole and all, until
+ * it is unmapped whole or the process ends). Every other madvise() goes to
+ * the kernel untouched. If /dev/ksm cannot be opened, it says so once on
+ * stderr and hands MADV_MERGEABLE to the kernel.
  *
  * What it keeps: the registered ranges, in a fixed table (no allocation
  * ever) under one mutex; munmap() takes the mutex only while the table is
@@ -104,19 +107,32 @@ __attribute__((constructor)) static void preload_init(void)
 	pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
 }
 
-/* Open /dev/ksm once; false: use the kernel's KSM (said once). */
-static int have_ksmdev(void)
+/*
+ * Open /dev/ksm once; 0: use the kernel's KSM. On the first failure,
+ * *@said is the errno to tell (after the lock is dropped: strerror() may
+ * allocate, and an allocator may call munmap()).
+ */
+static int have_ksmdev(int *said)
 {
+	int fd;
+
 	if (ksm_fd >= 0)
 		return 1;
 	if (ksm_failed)
 		return 0;
-	ksm_fd = open("/dev/ksm", O_RDWR | O_CLOEXEC);
-	if (ksm_fd >= 0)
-		return 1;
-	ksm_failed = 1;
-	say("/dev/ksm: ", strerror(errno), TO_KERNEL);
-	return 0;
+	fd = open("/dev/ksm", O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		ksm_failed = 1;
+		*said = errno;
+		return 0;
+	}
+	/* Out of the way of programs that manage their low descriptors. */
+	ksm_fd = fcntl(fd, F_DUPFD_CLOEXEC, 512);
+	if (ksm_fd < 0)
+		ksm_fd = fd;
+	else
+		close(fd);
+	return 1;
 }
 
 static int ksm_range_ioctl(unsigned long cmd, uintptr_t start, uintptr_t end)
@@ -158,13 +174,13 @@ static unsigned int table_find(uintptr_t addr)
 }
 
 /*
- * Register the parts of [start, end) not registered yet. The kernel's
- * MADV_MERGEABLE skips VMAs KSM cannot use (shared, file, hugetlb, I/O)
- * and returns 0: so does this, for ksmdev's EINVAL on such a mapping (a
- * part that mixes both is skipped whole: programs advise one mapping at a
- * time).
+ * Register the parts of [start, end) not registered yet. A part ksmdev
+ * refuses (EINVAL: shared, file-backed, hugetlb, I/O mappings) goes to the
+ * kernel's madvise(), which merges what it can there (the anonymous copies
+ * in a private file mapping) and skips the rest. On -ENOSPC (the table or
+ * max_regions is full), *@stop is where the kernel should take over.
  */
-static int merge_range(uintptr_t start, uintptr_t end)
+static int merge_range(uintptr_t start, uintptr_t end, uintptr_t *stop)
 {
 	unsigned int i = table_find(start);
 	uintptr_t at = start, gap_end;
@@ -177,26 +193,30 @@ static int merge_range(uintptr_t start, uintptr_t end)
 		}
 		gap_end = i < nr_ranges && ranges[i].start < end ?
 			  ranges[i].start : end;
-		if (nr_ranges == MAX_RANGES)
-			return -ENOSPC;
-		err = ksm_range_ioctl(KSM_REGISTER_REGION, at, gap_end);
+		err = nr_ranges < MAX_RANGES ?
+		      ksm_range_ioctl(KSM_REGISTER_REGION, at, gap_end) : -ENOSPC;
 		if (err == -EINVAL) {
-			at = gap_end;
-			continue;
-		}
-		if (err)
+			real_madvise((void *)at, gap_end - at, MADV_MERGEABLE);
+		} else if (err) {
+			*stop = at;
 			return err;
-		table_insert(i++, at, gap_end);
+		} else {
+			table_insert(i++, at, gap_end);
+		}
 		at = gap_end;
 	}
 	return 0;
 }
 
 /*
- * Unregister every range that [start, end) touches (unmerging what is
- * still mapped there), and register again the parts of them outside it.
+ * Unregister the ranges that [start, end) touches, unmerging what is
+ * mapped there, and register again their parts outside it. (ksmdev
+ * unregisters whole regions only: the parts outside are unmerged too, to
+ * merge again on later passes.) With @inside_only, only the ranges wholly
+ * inside go (munmap: a range cut by a hole stays registered, and the
+ * scanner passes over the hole).
  */
-static int unmerge_range(uintptr_t start, uintptr_t end)
+static int unmerge_range(uintptr_t start, uintptr_t end, int inside_only)
 {
 	unsigned int i = table_find(start);
 	struct range r;
@@ -204,14 +224,18 @@ static int unmerge_range(uintptr_t start, uintptr_t end)
 
 	while (i < nr_ranges && ranges[i].start < end) {
 		r = ranges[i];
+		if (inside_only && (r.start < start || r.end > end)) {
+			i++;
+			continue;
+		}
 		err = ksm_range_ioctl(KSM_UNREGISTER_REGION, r.start, r.end);
 		if (err)
 			return err;
 		table_remove(i);
-		if (r.start < start &&
+		if (r.start < start && nr_ranges < MAX_RANGES &&
 		    !ksm_range_ioctl(KSM_REGISTER_REGION, r.start, start))
 			table_insert(i++, r.start, start);
-		if (r.end > end &&
+		if (r.end > end && nr_ranges < MAX_RANGES &&
 		    !ksm_range_ioctl(KSM_REGISTER_REGION, end, r.end))
 			table_insert(i++, end, r.end);
 	}
@@ -223,16 +247,16 @@ static int page_range(void *addr, size_t len, uintptr_t *start, uintptr_t *end)
 	uintptr_t ps = sysconf(_SC_PAGESIZE);
 
 	*start = (uintptr_t)addr;
-	*end = *start + ((len + ps - 1) & ~(ps - 1));
-	if (*start & (ps - 1) || *end < *start)
+	if (*start & (ps - 1) || len > UINTPTR_MAX - *start - ps)
 		return -EINVAL;
+	*end = *start + ((len + ps - 1) & ~(ps - 1));
 	return 0;
 }
 
 int madvise(void *addr, size_t len, int advice)
 {
-	uintptr_t start, end;
-	int err;
+	uintptr_t start, end, stop = 0;
+	int err, said = 0;
 
 	if (advice != MADV_MERGEABLE && advice != MADV_UNMERGEABLE)
 		return real_madvise(addr, len, advice);
@@ -241,24 +265,25 @@ int madvise(void *addr, size_t len, int advice)
 		return real_madvise(addr, len, advice);
 
 	pthread_mutex_lock(&lock);
-	if (!have_ksmdev()) {
+	if (!have_ksmdev(&said)) {
 		pthread_mutex_unlock(&lock);
+		if (said)
+			say("/dev/ksm: ", strerror(said), TO_KERNEL);
 		return real_madvise(addr, len, advice);
 	}
 	if (advice == MADV_MERGEABLE) {
-		err = merge_range(start, end);
-		if (err == -ENOSPC) {
-			say("too many ranges", "", TO_KERNEL);
-			pthread_mutex_unlock(&lock);
-			return real_madvise(addr, len, advice);
-		}
+		err = merge_range(start, end, &stop);
 	} else {
-		err = unmerge_range(start, end);
+		err = unmerge_range(start, end, 0);
 		/* What the kernel's KSM had (before this library): its own. */
 		if (!err)
 			real_madvise(addr, len, advice);
 	}
 	pthread_mutex_unlock(&lock);
+	if (err == -ENOSPC) {
+		say("too many ranges", "", TO_KERNEL);
+		return real_madvise((void *)stop, end - stop, advice);
+	}
 	if (err) {
 		errno = -err;
 		return -1;
@@ -269,7 +294,7 @@ int madvise(void *addr, size_t len, int advice)
 int munmap(void *addr, size_t len)
 {
 	uintptr_t start, end;
-	int ret, err;
+	int ret, err = 0;
 
 	if (!__atomic_load_n(&nr_ranges, __ATOMIC_ACQUIRE) ||
 	    page_range(addr, len, &start, &end))
@@ -277,12 +302,10 @@ int munmap(void *addr, size_t len)
 	pthread_mutex_lock(&lock);
 	ret = real_munmap(addr, len);
 	/* Nothing is mapped there now: unregistering unmerges nothing. */
-	if (!ret && ksm_fd >= 0) {
-		err = unmerge_range(start, end);
-		if (err)
-			say("munmap: a range stays registered: ",
-			    strerror(-err), "");
-	}
+	if (!ret && ksm_fd >= 0)
+		err = unmerge_range(start, end, 1);
 	pthread_mutex_unlock(&lock);
+	if (err)
+		say("munmap: a range stays registered: ", strerror(-err), "");
 	return ret;
 }
