@@ -298,6 +298,38 @@ static uint64_t workload_max_saved(uint64_t *mergeable)
 }
 
 /*
+ * Wait for the end of the full scan in progress, then time the next
+ * @passes: seconds and scanner CPU seconds per pass, and the counters at
+ * both ends (@c0, @c). Polls every @poll_us, until @end (ms). Returns false
+ * if the passes did not happen by then.
+ */
+static bool time_passes(const struct engine *e, unsigned long passes,
+			unsigned int poll_us, uint64_t end, double *secs,
+			double *cpu, struct counters *c0, struct counters *c)
+{
+	struct timespec t0;
+	double cpu0;
+
+	read_counters(e, c0);
+	do {
+		usleep(poll_us);
+		read_counters(e, c);
+	} while (c->full_scans == c0->full_scans && ksm_now_ms() < end);
+	*c0 = *c;
+	cpu0 = thread_cpu(e);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		usleep(poll_us);
+		read_counters(e, c);
+	} while (c->full_scans < c0->full_scans + passes && ksm_now_ms() < end);
+	if (c->full_scans < c0->full_scans + passes)
+		return false;
+	*secs = secs_since(&t0) / passes;
+	*cpu = (thread_cpu(e) - cpu0) / passes;
+	return true;
+}
+
+/*
  * After convergence, the work goes on (10% of the pages rewritten every
  * second) while nothing new merges: the scanner's cost from then on, over
  * steady_passes full scans at steady_pages_to_scan, where skipping pages
@@ -305,37 +337,24 @@ static uint64_t workload_max_saved(uint64_t *mergeable)
  */
 static void steady_state(const struct engine *e, size_t registered)
 {
-	uint64_t end = ksm_now_ms() + timeout_s * 1000ULL;
 	double gib = registered * ksm_page_size() / (double)(1 << 30);
 	struct counters c0, c;
-	struct timespec t0;
-	double cpu0;
+	double secs, cpu;
 
 	engine_run(e, 1, steady_pages, sleep_ms);
-	read_counters(e, &c0);
-	do {
-		usleep(5000);
-		read_counters(e, &c);
-	} while (c.full_scans == c0.full_scans && ksm_now_ms() < end);
-	c0 = c;
-	cpu0 = thread_cpu(e);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	do {
-		usleep(5000);
-		read_counters(e, &c);
-	} while (c.full_scans < c0.full_scans + steady_passes &&
-		 ksm_now_ms() < end);
-	if (c.full_scans < c0.full_scans + steady_passes) {
-		printf("# %s: steady state: %llu passes only\n", e->name,
-		       (unsigned long long)(c.full_scans - c0.full_scans));
+	if (!time_passes(e, steady_passes, 5000,
+			 ksm_now_ms() + timeout_s * 1000ULL, &secs, &cpu,
+			 &c0, &c)) {
+		printf("# %s: steady state: fewer than %lu passes in %lu s\n",
+		       e->name, steady_passes, timeout_s);
 		return;
 	}
 	printf("ROW %s steady_cpu_per_gib_per_pass %.3f s/GiB\n", e->name,
-	       (thread_cpu(e) - cpu0) / steady_passes / gib);
-	printf("ROW %s steady_pass_time %.1f s\n", e->name,
-	       secs_since(&t0) / steady_passes);
+	       cpu / gib);
+	printf("ROW %s steady_pass_time %.1f s\n", e->name, secs);
 	printf("ROW %s steady_pages_looked_at %.0f %%\n", e->name,
-	       100.0 * (c.scanned - c0.scanned) / steady_passes / registered);
+	       100.0 * (c.scanned - c0.scanned) /
+	       (c.full_scans - c0.full_scans) / registered);
 	printf("ROW %s steady_metadata_per_page %.1f B\n", e->name,
 	       metadata_bytes(e) / (double)registered);
 	printf("ROW %s steady_saved_pages %llu pages\n", e->name,
@@ -563,9 +582,7 @@ static double pass_time(const struct engine *e, size_t len, size_t stride,
 {
 	size_t ps = ksm_page_size(), i;
 	struct counters c0, c;
-	struct timespec t0;
-	double cpu0, secs = -1;
-	uint64_t end;
+	double secs = -1;
 	int fd = -1;
 	char *p;
 
@@ -579,24 +596,9 @@ static double pass_time(const struct engine *e, size_t len, size_t stride,
 	if (engine_add(e, &fd, p, len))
 		goto out;
 	engine_run(e, 1, FAST_PAGES, 0);
-	/* From the end of one pass to the end of the third after it. */
-	end = ksm_now_ms() + 600000;
-	read_counters(e, &c0);
-	do {
-		usleep(1000);
-		read_counters(e, &c);
-	} while (c.full_scans == c0.full_scans && ksm_now_ms() < end);
-	c0 = c;
-	cpu0 = thread_cpu(e);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	do {
-		usleep(1000);
-		read_counters(e, &c);
-	} while (c.full_scans < c0.full_scans + 3 && ksm_now_ms() < end);
-	if (c.full_scans >= c0.full_scans + 3) {
-		secs = secs_since(&t0) / 3;
-		*cpu_per_pass = (thread_cpu(e) - cpu0) / 3;
-	}
+	if (!time_passes(e, 3, 1000, ksm_now_ms() + 600000, &secs, cpu_per_pass,
+			 &c0, &c))
+		secs = -1;
 out:
 	engine_run(e, 2, FAST_PAGES, 0);
 	wait_unmerged(e);
