@@ -134,14 +134,8 @@ main() {
 		return
 	fi
 	one_run_at_a_time
-	log "setup"
-	bash "$QEMU_DIR/setup.sh" --bench
-	resolve_kernels "$KERNELS"
-	[ ${#KVERS[@]} -eq 1 ] || die "the bench runs on one kernel (BENCH_KERNEL=$KERNELS)"
-	kver=${KVERS[0]}
-	result_init
-	dkms_install_all "$kver"
-	built_module "$kver" > /dev/null || die "DKMS could not build ksmdev for $kver"
+	single_kernel_setup "the bench" --bench
+	kver=$KVER
 	log "building tests/bench.c"
 	build_test bench
 	build_ksm_tests
@@ -156,7 +150,7 @@ main() {
 	mkdir -p "$BENCH_OUT"
 	log "$kver: booting (console in $BENCH_OUT/console.log; about 30 minutes)"
 	GUEST_MEM=${GUEST_MEM:-3G} KERNEL_EXTRA_CMDLINE="slab_nomerge ${KERNEL_EXTRA_CMDLINE:-}" \
-		boot_guest "$kver" "$initrd" "$QEMU_TIMEOUT" "$BENCH_OUT/console.log" || true
+		boot_until_init "$kver" "$initrd" "$QEMU_TIMEOUT" "$BENCH_OUT/console.log" || true
 	cp "$BUILD/logs/$kver/result.txt" "$res"
 	render "$res"
 }

@@ -13,14 +13,8 @@ QEMU_TIMEOUT=${QEMU_TIMEOUT:-1800}
 
 main() {
 	local kver initrd programs=()
-	log "setup"
-	bash "$QEMU_DIR/setup.sh"
-	resolve_kernels "$KERNELS"
-	[ ${#KVERS[@]} -eq 1 ] || die "the demo runs on one kernel (KERNELS=$KERNELS)"
-	kver=${KVERS[0]}
-	result_init
-	dkms_install_all "$kver"
-	built_module "$kver" >/dev/null || die "DKMS could not build ksmdev for $kver"
+	single_kernel_setup "the demo"
+	kver=$KVER
 	if [ -f "$KSMDEV_ROOT/tests/demo.c" ]; then
 		log "building tests/demo.c"
 		build_test demo
@@ -29,7 +23,7 @@ main() {
 	log "$kver: initramfs"
 	initrd=$(build_initramfs "$kver" demo "${programs[@]}")
 	log "$kver: booting (Ctrl-C ends it)"
-	boot_guest "$kver" "$initrd" "$QEMU_TIMEOUT"
+	boot_until_init "$kver" "$initrd" "$QEMU_TIMEOUT"
 }
 
 main "$@"

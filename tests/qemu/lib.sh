@@ -222,6 +222,22 @@ dkms_install_all() {
 	exec 9>&-
 }
 
+# single_kernel_setup WHAT [SETUP_ARGS...]: setup.sh (with SETUP_ARGS), the
+# one kernel $KERNELS names (WHAT, e.g. "the demo", runs on one only), and
+# ksmdev built for it with DKMS. Sets KVER.
+single_kernel_setup() {
+	local what=$1
+	shift
+	log "setup"
+	bash "$QEMU_DIR/setup.sh" "$@"
+	resolve_kernels "$KERNELS"
+	[ ${#KVERS[@]} -eq 1 ] || die "$what runs on one kernel (KERNELS=$KERNELS)"
+	KVER=${KVERS[0]}
+	result_init
+	dkms_install_all "$KVER"
+	built_module "$KVER" > /dev/null || die "DKMS could not build ksmdev for $KVER"
+}
+
 # dkms_module KVER: path of the module DKMS installed for KVER (may be .xz).
 dkms_module() {
 	local m
@@ -502,4 +518,19 @@ boot_guest() {
 		-kernel "$(kernel_image "$kver")" -initrd "$initrd" \
 		-append "$KERNEL_CMDLINE ${KERNEL_EXTRA_CMDLINE:-}" \
 		-serial "$serial0" -serial file:"$logs/result.txt"
+}
+
+# boot_until_init KVER INITRD SECONDS [CONSOLE]: boot_guest, again (three
+# boots at most) while the guest dies before its /init writes "### kernel":
+# the stock 6.12 kernel seldom oopses at boot under TCG (check.sh does the
+# same, with its progress lines).
+boot_until_init() {
+	local boot rc=0
+	for boot in 1 2 3; do
+		rc=0
+		boot_guest "$@" || rc=$?
+		grep -q '^### kernel' "$BUILD/logs/$1/result.txt" && return "$rc"
+		log "the kernel died before /init (boot $boot): booting again"
+	done
+	return "$rc"
 }
