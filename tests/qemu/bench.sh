@@ -79,11 +79,11 @@ plot() {
 # full extraction of the tarball, removed afterwards.
 build_ksm_tests() {
 	local bin=$CACHE/ksm_tests src=$CACHE/ksm_tests-src mm
-	if [ ! -x "$bin" ] || [ "$bin" -ot "$DEBUG_KERNEL_TARBALL" ]; then
-		log "building upstream ksm_tests from $DEBUG_KERNEL_TARBALL"
+	if [ ! -x "$bin" ] || [ "$bin" -ot "$KERNEL_SOURCE_TARBALL" ]; then
+		log "building upstream ksm_tests from $KERNEL_SOURCE_TARBALL"
 		rm -rf "$src"
 		mkdir -p "$src"
-		tar -C "$src" --strip-components=1 -xf "$DEBUG_KERNEL_TARBALL"
+		tar -C "$src" --strip-components=1 -xf "$KERNEL_SOURCE_TARBALL"
 		mm=$src/tools/testing/selftests/mm
 		if ! { make -s -C "$src" ARCH=x86_64 headers &&
 			gcc -static -O2 -isystem "$src/usr/include" -I "$src" \

@@ -76,48 +76,6 @@ debug_kernel_key() {
 	} | sha256sum | cut -c 1-16
 }
 
-# debug_config_lines: the settings of the fragment, one per line.
-debug_config_lines() {
-	grep -E '^CONFIG_[A-Za-z0-9_]+=' "$DEBUG_CONFIG"
-}
-
-# debug_config_apply TREE: the fragment onto TREE/.config (scripts/config).
-debug_config_apply() {
-	local tree=$1 line name val args=()
-	while IFS= read -r line; do
-		name=${line%%=*}
-		name=${name#CONFIG_}
-		val=${line#*=}
-		case $val in
-		y) args+=(--enable "$name") ;;
-		m) args+=(--module "$name") ;;
-		n) args+=(--disable "$name") ;;
-		\"*\") val=${val#\"}; args+=(--set-str "$name" "${val%\"}") ;;
-		*) args+=(--set-val "$name" "$val") ;;
-		esac
-	done < <(debug_config_lines)
-	"$tree/scripts/config" --file "$tree/.config" "${args[@]}"
-}
-
-# debug_config_verify TREE: every line of the fragment holds in the final
-# TREE/.config; names those that do not (a dependency the fragment lacks,
-# or a symbol that is gone from this kernel).
-debug_config_verify() {
-	local tree=$1 line name have bad=0
-	while IFS= read -r line; do
-		name=${line%%=*}
-		if [ "${line#*=}" = n ]; then
-			grep -qx "$name=[ym]" "$tree/.config" || continue
-		elif grep -qxF -- "$line" "$tree/.config"; then
-			continue
-		fi
-		have=$(grep -E "^$name=|^# $name is not set" "$tree/.config" || true)
-		echo "    wanted $line, got: ${have:-nothing (no such symbol, or its dependencies are off)}"
-		bad=1
-	done < <(debug_config_lines)
-	return $bad
-}
-
 # build_debug_kernel: find the kernel of this key in the cache or build it;
 # sets DKVER and DKDIR. A build that was cut short resumes where it was.
 build_debug_kernel() {
@@ -141,21 +99,21 @@ build_debug_kernel() {
 	log "debug kernel: building in $DKDIR (log: $logf)"
 	t0=$SECONDS
 	if [ ! -f "$tree/.ksmdev-extracted" ]; then
-		log "extracting $DEBUG_KERNEL_TARBALL"
+		log "extracting $KERNEL_SOURCE_TARBALL"
 		rm -rf "$tree"
 		mkdir -p "$tree"
-		tar -C "$tree" --strip-components=1 -xf "$DEBUG_KERNEL_TARBALL"
+		tar -C "$tree" --strip-components=1 -xf "$KERNEL_SOURCE_TARBALL"
 		touch "$tree/.ksmdev-extracted"
 		: > "$logf"
 	fi
 	if [ ! -f "$tree/.ksmdev-configured" ]; then
-		log "config: allnoconfig + $(debug_config_lines | wc -l) settings of ${DEBUG_CONFIG#"$KSMDEV_ROOT"/}"
+		log "config: allnoconfig + $(config_lines "$DEBUG_CONFIG" | wc -l) settings of ${DEBUG_CONFIG#"$KSMDEV_ROOT"/}"
 		# ARCH=x86_64: else allnoconfig makes a 32-bit kernel, and
 		# what it chose for that (FRAME_WARN=1024, ...) would stay.
 		make -C "$tree" ARCH=x86_64 allnoconfig >> "$logf" 2>&1
-		debug_config_apply "$tree"
+		config_apply "$tree" "$DEBUG_CONFIG"
 		make -C "$tree" olddefconfig >> "$logf" 2>&1
-		if ! debug_config_verify "$tree"; then
+		if ! config_verify "$tree" "$DEBUG_CONFIG"; then
 			die "the debug kernel's .config lacks the settings above (fix ${DEBUG_CONFIG#"$KSMDEV_ROOT"/})"
 		fi
 		cp "$tree/.config" "$DKDIR/config"

@@ -53,6 +53,15 @@ build_tests() {
 		build_tool ksmctl || true
 	result_cmd "build tools/ksmdev-preload.c, tests/fakevm.c" \
 		"$BUILD/logs/tests/preload.build.log" build_preload || true
+	# tests/hypervisor.c boots this kernel in QEMU inside the guest.
+	case " ${RUNNABLE[*]} " in
+	*" hypervisor "*)
+		log "the inner guests' kernel (tinyconfig, linux-source-6.12)"
+		result_cmd "build inner guest kernel" "$BUILD/logs/inner-kernel.log" \
+			build_inner_kernel || true
+		tail -n 1 "$BUILD/logs/inner-kernel.log"
+		;;
+	esac
 	# Not run here (`make bench` does), but kept building.
 	[ -n "${TESTS:-}" ] || result_cmd "build tests/bench.c" \
 		"$BUILD/logs/tests/bench.build.log" build_test bench || true

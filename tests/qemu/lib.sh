@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0
+# shellcheck shell=bash
 #
 # Functions shared by setup.sh, check.sh, demo.sh and ../style.sh.
 # Sourced, never run. Everything the harness downloads or extracts lives in
@@ -17,15 +18,16 @@ MODULE_FILES="Kbuild Makefile dkms.conf src include uapi"
 HOST_PACKAGES="qemu-system-x86 busybox-static kmod dkms sparse cpio gcc make
 	xz-utils libc6-dev perl linux-source-6.1 linux-source-6.12
 	dpkg-dev debhelper dh-dkms"
-# What building a kernel from linux-source-6.12 needs on top (check-debug.sh).
+# What building a kernel from linux-source-6.12 needs on top (the debug
+# kernel of check-debug.sh, the inner guests' kernel of tests/hypervisor.c).
 # shellcheck disable=SC2034 # used by setup.sh
 KERNEL_BUILD_PACKAGES="flex bison bc libelf-dev libssl-dev"
 # What `make bench` needs on top: the plot, and libnuma for upstream's
 # ksm_tests.
 # shellcheck disable=SC2034 # used by setup.sh
 BENCH_PACKAGES="gnuplot-nox libnuma-dev"
-# shellcheck disable=SC2034 # used by setup.sh and check-debug.sh
-DEBUG_KERNEL_TARBALL=/usr/src/linux-source-6.12.tar.xz
+# shellcheck disable=SC2034 # used by setup.sh, check-debug.sh, bench.sh
+KERNEL_SOURCE_TARBALL=/usr/src/linux-source-6.12.tar.xz
 
 log() { printf '==> %s\n' "$*"; }
 warn() { printf '==> WARNING: %s\n' "$*" >&2; }
@@ -380,6 +382,109 @@ style_sparse() {
 }
 
 # ---------------------------------------------------------------------------
+# Kernels built from linux-source-6.12: the debug kernel (check-debug.sh) and
+# the small kernel QEMU boots inside the test guest (tests/hypervisor.c).
+
+# config_lines FRAGMENT: the settings of a config fragment, one per line.
+config_lines() {
+	grep -E '^CONFIG_[A-Za-z0-9_]+=' "$1"
+}
+
+# config_apply TREE FRAGMENT: the fragment onto TREE/.config (scripts/config).
+config_apply() {
+	local tree=$1 line name val args=()
+	while IFS= read -r line; do
+		name=${line%%=*}
+		name=${name#CONFIG_}
+		val=${line#*=}
+		case $val in
+		y) args+=(--enable "$name") ;;
+		m) args+=(--module "$name") ;;
+		n) args+=(--disable "$name") ;;
+		\"*\") val=${val#\"}; args+=(--set-str "$name" "${val%\"}") ;;
+		*) args+=(--set-val "$name" "$val") ;;
+		esac
+	done < <(config_lines "$2")
+	"$tree/scripts/config" --file "$tree/.config" "${args[@]}"
+}
+
+# config_verify TREE FRAGMENT: every line of the fragment holds in the final
+# TREE/.config; names those that do not (a dependency the fragment lacks,
+# or a symbol that is gone from this kernel).
+config_verify() {
+	local tree=$1 line name have bad=0
+	while IFS= read -r line; do
+		name=${line%%=*}
+		if [ "${line#*=}" = n ]; then
+			grep -qx "$name=[ym]" "$tree/.config" || continue
+		elif grep -qxF -- "$line" "$tree/.config"; then
+			continue
+		fi
+		have=$(grep -E "^$name=|^# $name is not set" "$tree/.config" || true)
+		echo "    wanted $line, got: ${have:-nothing (no such symbol, or its dependencies are off)}"
+		bad=1
+	done < <(config_lines "$2")
+	return $bad
+}
+
+INNER_CONFIG=$QEMU_DIR/inner-kernel.config
+
+# inner_kernel_image: where the inner guests' kernel is cached, by what it
+# depends on (source version, compiler, config).
+inner_kernel_image() {
+	local key
+	key=$({
+		dpkg-query -W -f='${Package} ${Version}\n' linux-source-6.12
+		gcc --version | head -n 1
+		echo ARCH=x86_64 tinyconfig
+		cat "$INNER_CONFIG"
+	} | sha256sum | cut -c 1-16)
+	echo "$CACHE/inner-kernel/$key/bzImage"
+}
+
+# build_inner_kernel: the small kernel tests/hypervisor.c boots in QEMU
+# inside the test guest: `tinyconfig` plus tests/qemu/inner-kernel.config
+# (serial console, initramfs, ELF), from linux-source-6.12, ~1 MiB, booting
+# to its /init in under a second under TCG. Cached; about 2 minutes on two
+# cores when it is not.
+build_inner_kernel() {
+	local img dir tree
+	img=$(inner_kernel_image)
+	if [ -f "$img" ]; then
+		echo "cached: $img"
+		return 0
+	fi
+	dir=$(dirname "$img")
+	tree=$dir/linux
+	# Kernels of other keys are of no more use.
+	rm -rf "$CACHE/inner-kernel"
+	mkdir -p "$tree"
+	tar -C "$tree" --strip-components=1 -xf "$KERNEL_SOURCE_TARBALL" || return 1
+	make -C "$tree" ARCH=x86_64 tinyconfig || return 1
+	config_apply "$tree" "$INNER_CONFIG" || return 1
+	make -C "$tree" ARCH=x86_64 olddefconfig || return 1
+	config_verify "$tree" "$INNER_CONFIG" || return 1
+	make -C "$tree" ARCH=x86_64 -j"$(nproc)" bzImage || return 1
+	cp "$tree/.config" "$dir/config"
+	cp "$tree/arch/x86/boot/bzImage" "$img.tmp"
+	mv "$img.tmp" "$img"
+	rm -rf "$tree"
+	echo "built: $img ($(stat -c %s "$img") bytes)"
+}
+
+# build_inner_initramfs OUT: busybox and tests/qemu/inner-init.sh as /init,
+# an uncompressed cpio archive, the same bytes for every inner guest.
+build_inner_initramfs() {
+	local root=$BUILD/inner-initramfs
+	rm -rf "$root"
+	mkdir -p "$root/bin"
+	cp /bin/busybox "$root/bin/busybox"
+	install -m 0755 "$QEMU_DIR/inner-init.sh" "$root/init"
+	(cd "$root" && find . -print0 | LC_ALL=C sort -z |
+		cpio --null -o -H newc --quiet --owner=0:0) > "$1"
+}
+
+# ---------------------------------------------------------------------------
 # The guest.
 
 # copy_module ROOT KVER NAME: copy module NAME and the modules it depends on
@@ -407,11 +512,12 @@ copy_module_deps() {
 	done
 }
 
-# add_qemu ROOT KVER: the host's Debian QEMU, its libraries, its TCG module
-# and firmware, and KVER's kernel image as /boot/inner-kernel, into ROOT
-# (tests/hypervisor.c runs QEMU inside the test guest).
+# add_qemu ROOT: the host's Debian QEMU, its libraries, its TCG module and
+# firmware, and the inner guests' kernel and initramfs as /boot/inner-kernel
+# and /boot/inner-initrd, into ROOT (tests/hypervisor.c runs QEMU inside the
+# test guest; build_inner_kernel has run).
 add_qemu() {
-	local root=$1 kver=$2 q=/usr/bin/qemu-system-x86_64 mods
+	local root=$1 q=/usr/bin/qemu-system-x86_64 mods img
 	mods=/usr/lib/$(gcc -print-multiarch)/qemu
 	mkdir -p "$root/usr/bin" "$root$mods" "$root/usr/share" "$root/boot"
 	cp "$q" "$root/usr/bin/"
@@ -421,7 +527,9 @@ add_qemu() {
 	if [ -d /usr/share/seabios ]; then
 		cp -a /usr/share/seabios "$root/usr/share/"
 	fi
-	cp "$(kernel_image "$kver")" "$root/boot/inner-kernel"
+	img=$(inner_kernel_image)
+	[ -f "$img" ] && cp "$img" "$root/boot/inner-kernel"
+	build_inner_initramfs "$root/boot/inner-initrd"
 }
 
 # install_module_file SRC DEST: copy a module, decompressing an .xz one.
@@ -470,7 +578,7 @@ build_initramfs() {
 	# The dynamic ones (fakevm, the preload library) need libc and ld.so.
 	copy_dynamic_libs "$root" "$root"/tests/*
 	case " $* " in
-	*" hypervisor "*) add_qemu "$root" "$kver" ;;
+	*" hypervisor "*) add_qemu "$root" ;;
 	esac
 
 	mod=$(built_module "$kver") || die "no DKMS-installed ksmdev for $kver"

@@ -3,13 +3,15 @@
 #
 # Prepare this machine for the QEMU harness; safe to run again (it only does
 # what is missing):
-#  - the Debian packages the harness needs, and the headers of each kernel;
+#  - the Debian packages the harness needs (with what building a kernel from
+#    linux-source-6.12 takes: tests/hypervisor.c boots a small one), and the
+#    headers of each kernel;
 #  - the unsigned Debian kernel images, extracted into .cache/kernels/<kver>/;
 #  - kselftest*.h and checkpatch.pl from linux-source-6.12, into .cache/.
 # KERNELS selects the series ("6.1 6.12" by default).
 # `setup.sh --debug-kernel` (check-debug.sh) prepares for building a kernel
-# from linux-source-6.12 instead: the same host packages plus the kernel's
-# build dependencies, no Debian kernel images or headers.
+# from linux-source-6.12 instead: the same host packages, no Debian kernel
+# images or headers.
 # `setup.sh --bench` (bench.sh) adds what the benchmark's plot needs.
 set -euo pipefail
 # shellcheck source=tests/qemu/lib.sh
@@ -80,12 +82,10 @@ main() {
 	mkdir -p "$CACHE"
 	apt_update_if_stale
 	# shellcheck disable=SC2086
-	apt_install $HOST_PACKAGES
+	apt_install $HOST_PACKAGES $KERNEL_BUILD_PACKAGES
+	[ -f "$KERNEL_SOURCE_TARBALL" ] ||
+		die "no $KERNEL_SOURCE_TARBALL (is linux-source-6.12 installed?)"
 	if [ "${1:-}" = --debug-kernel ]; then
-		# shellcheck disable=SC2086
-		apt_install $KERNEL_BUILD_PACKAGES
-		[ -f "$DEBUG_KERNEL_TARBALL" ] ||
-			die "no $DEBUG_KERNEL_TARBALL (is linux-source-6.12 installed?)"
 		fetch_source_parts
 		return 0
 	fi
