@@ -30,6 +30,7 @@ VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' dkms.conf)
 PREFIX ?= /usr
 LIBDIR ?= $(PREFIX)/lib/$(shell $(CC) -print-multiarch 2>/dev/null)
 DOCDIR ?= $(PREFIX)/share/doc/ksmdev
+MANDIR ?= $(PREFIX)/share/man
 INSTALL_DKMS ?= 1
 KDIR ?= /lib/modules/$(KVER)/build
 KERNELS ?= 6.1 6.12
@@ -88,6 +89,7 @@ tools/ksmctl: tools/ksmctl.c uapi/linux/ksmdev.h
 
 # What make install writes (below DESTDIR), for uninstall.
 INSTALLED = $(PREFIX)/include/linux/ksmdev.h $(PREFIX)/sbin/ksmctl \
+	$(MANDIR)/man8/ksmctl.8 \
 	$(LIBDIR)/libksmdev-preload.so $(PREFIX)/lib/udev/rules.d/60-ksmdev.rules \
 	$(DOCDIR)/examples/modules-load.d/ksmdev.conf \
 	$(DOCDIR)/examples/modprobe.d/ksmdev.conf
@@ -95,6 +97,7 @@ INSTALLED = $(PREFIX)/include/linux/ksmdev.h $(PREFIX)/sbin/ksmctl \
 install: tools/ksmctl tools/libksmdev-preload.so
 	install -D -m 0644 uapi/linux/ksmdev.h $(DESTDIR)$(PREFIX)/include/linux/ksmdev.h
 	install -D -m 0755 tools/ksmctl $(DESTDIR)$(PREFIX)/sbin/ksmctl
+	install -D -m 0644 tools/ksmctl.8 $(DESTDIR)$(MANDIR)/man8/ksmctl.8
 	install -D -m 0644 tools/libksmdev-preload.so $(DESTDIR)$(LIBDIR)/libksmdev-preload.so
 	install -D -m 0644 packaging/60-ksmdev.rules \
 		$(DESTDIR)$(PREFIX)/lib/udev/rules.d/60-ksmdev.rules

@@ -87,7 +87,7 @@ static void print_help(FILE *out)
 		"--json       one JSON object on one line, for scripts\n"
 		"\n"
 		"Exit status: 0 done, 1 the kernel refused (the message says why),\n"
-		"2 bad usage. The device is " DEV_PATH ".\n",
+		"2 bad usage. The device is " DEV_PATH "; ksmctl(8) tells more.\n",
 		prog, prog, prog, prog, prog);
 }
 

@@ -197,6 +197,26 @@ show_progress() {
 	/^### check .* fail/ { print "    guest: check " $3 " failed"; fflush() }'
 }
 
+# man_page_check: tools/ksmctl.8 renders without a groff warning, and names
+# every counter and setting of the ABI (a field added to struct ksm_stats or
+# struct ksm_config without a word in the man page fails here).
+man_page_check() {
+	local page=$KSMDEV_ROOT/tools/ksmctl.8 out name bad=0
+	out=$(LC_ALL=C.UTF-8 groff -man -Tutf8 -ww -z "$page" 2>&1)
+	if [ -n "$out" ]; then
+		echo "$out"
+		bad=1
+	fi
+	while read -r name; do
+		grep -qE "^\.B[RI]? .*\<$name\>" "$page" && continue
+		echo "ksmctl.8 does not name $name"
+		bad=1
+	done < <(awk '/^struct ksm_(stats|config) \{/,/^\};/' \
+			"$KSMDEV_ROOT/uapi/linux/ksmdev.h" |
+		 sed -nE 's/^[[:space:]]+__u64 ([a-z_]+);.*/\1/p')
+	return $bad
+}
+
 # package_checks: the Debian packages (debian/) build with
 # dpkg-buildpackage in a copy of the tree, install with dpkg -i (their
 # postinst builds the module with DKMS for every kernel with headers; the
@@ -212,11 +232,14 @@ package_checks() {
 		 tools packaging debian; do
 		cp -a "$KSMDEV_ROOT/$f" "$src/"
 	done
-	log "make install and uninstall (DESTDIR), Debian packages"
+	log "the man page, make install and uninstall (DESTDIR), Debian packages"
+	result_cmd "ksmctl.8: renders, names every counter and setting" \
+		"$logs/man.log" man_page_check || true
 	result_cmd "make install DESTDIR=..., make uninstall" "$logs/make-install.log" \
 		sh -c "cd '$src' && d=\$(mktemp -d) &&
 		make install DESTDIR=\$d INSTALL_DKMS=0 &&
 		test -x \$d/usr/sbin/ksmctl && test -f \$d/usr/include/linux/ksmdev.h &&
+		test -f \$d/usr/share/man/man8/ksmctl.8 &&
 		test -f \$d/usr/lib/udev/rules.d/60-ksmdev.rules &&
 		test -f \$d/usr/src/ksmdev-$ver/dkms.conf &&
 		ls \$d/usr/lib/*/libksmdev-preload.so &&
@@ -237,8 +260,9 @@ package_checks() {
 				"$logs/status-$kver.log" sh -c \
 				"dkms status ksmdev/$ver -k $kver | grep -q installed"
 		done
-		result_cmd "deb: ksmctl, the library, the header, the udev rule" \
+		result_cmd "deb: ksmctl and its man page, the library, the header, the udev rule" \
 			"$logs/files.log" sh -c "ksmctl --help > /dev/null &&
+			test -f /usr/share/man/man8/ksmctl.8.gz &&
 			test -f /usr/lib/$(gcc -print-multiarch)/libksmdev-preload.so &&
 			test -f /usr/include/linux/ksmdev.h &&
 			test -f /usr/lib/udev/rules.d/60-ksmdev.rules"
