@@ -100,20 +100,14 @@ static bool file_has(const char *path, const char *needle, char *tail,
 		     size_t size)
 {
 	static char buf[65536];
-	ssize_t n;
-	int fd;
+	ssize_t n = ksm_read_text(path, buf, sizeof(buf));
+	size_t len = n > 0 ? n : 0;
 
-	tail[0] = 0;
-	fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return false;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return false;
-	buf[n] = 0;
-	snprintf(tail, size, "%s", n >= (ssize_t)size ? buf + n - size + 1 : buf);
-	return strstr(buf, needle);
+	if (len >= size)
+		len = size - 1;
+	memcpy(tail, buf + (n > 0 ? n : 0) - len, len);
+	tail[len] = 0;
+	return n > 0 && strstr(buf, needle);
 }
 
 /*

@@ -384,6 +384,27 @@ static inline int ksm_wait_mm_merging(int fd, uint64_t n,
 /* ---- files: debugfs counters, module parameters ---- */
 
 /*
+ * Read the start of the text file @path into @buf (@size bytes, a NUL at the
+ * end, one read: what procfs and sysfs files give at once). Returns the
+ * length read or -errno.
+ */
+static inline ssize_t ksm_read_text(const char *path, char *buf, size_t size)
+{
+	ssize_t n;
+	int fd;
+
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, size - 1);
+	if (n < 0)
+		n = -errno;
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	return n;
+}
+
+/*
  * Read one unsigned decimal value from @path. @strict: exactly digits and a
  * newline (the debugfs format of ABI.md); else (module parameters, sysctls)
  * the newline is optional and a bool parameter's Y/N reads as 1/0. Returns
@@ -392,17 +413,10 @@ static inline int ksm_wait_mm_merging(int fd, uint64_t n,
 static inline int ksm_read_u64_file(const char *path, uint64_t *val, bool strict)
 {
 	char buf[64], *end;
-	ssize_t n;
-	int fd;
+	ssize_t n = ksm_read_text(path, buf, sizeof(buf));
 
-	fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return -errno;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
 	if (n < 0)
-		return -errno;
-	buf[n] = '\0';
+		return n;
 	if (!strict && (buf[0] == 'Y' || buf[0] == 'N') &&
 	    (!buf[1] || !strcmp(buf + 1, "\n"))) {
 		*val = buf[0] == 'Y';

@@ -392,19 +392,10 @@ TEST_F_TIMEOUT(merge, fork_after_merge, 180)
 /* THP is usable: "always" or "madvise". */
 static bool thp_enabled(void)
 {
-	char buf[128] = "";
-	ssize_t n;
-	int fd;
+	char buf[128];
 
-	fd = open("/sys/kernel/mm/transparent_hugepage/enabled", O_RDONLY);
-	if (fd < 0)
-		return false;
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return false;
-	buf[n] = '\0';
-	return !strstr(buf, "[never]");
+	return ksm_read_text("/sys/kernel/mm/transparent_hugepage/enabled",
+			     buf, sizeof(buf)) > 0 && !strstr(buf, "[never]");
 }
 
 /* 5. Identical 4 KiB pages inside huge pages: split and merged. */

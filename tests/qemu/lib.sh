@@ -277,11 +277,12 @@ test_names() {
 	grep -x module_lifecycle <<< "$all" || true
 }
 
-# build_test NAME: build tests/NAME.c into build/tests/NAME (static).
+# build_test NAME: build tests/NAME.c into build/tests/NAME (static), with
+# every warning an error.
 build_test() {
 	local name=$1
 	mkdir -p "$BUILD/tests"
-	gcc -static -O2 -Wall -pthread \
+	gcc -static -O2 -Wall -Wextra -Werror -pthread \
 		-I "$KSMDEV_ROOT/uapi" -I "$KSMDEV_ROOT/tests" -I "$SELFTESTS_DIR" \
 		-o "$BUILD/tests/$name" "$KSMDEV_ROOT/tests/$name.c"
 }
