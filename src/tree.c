@@ -38,10 +38,12 @@ struct ksmdev_trees ksmdev_global_trees = {
 
 /*
  * Unstable nodes are the most numerous objects (a unique page visited in
- * this pass has one): a cache of their own holds them at their size, not
- * in the next kmalloc bucket (72 bytes, not 96).
+ * this pass has one), stable nodes the next (one per distinct merged
+ * content): caches of their own hold them at their size, not in the next
+ * kmalloc bucket (72 and 80 bytes, not 96).
  */
 static struct kmem_cache *ksmdev_unstable_cache;
+static struct kmem_cache *ksmdev_stable_cache;
 
 /* Every stable node, by PFN: which node a PTE's page belongs to. */
 static struct rb_root ksmdev_stable_pfns = RB_ROOT;
@@ -69,7 +71,7 @@ static void ksmdev_stable_free(struct ksmdev_stable *stable)
 	ksmdev_nr_stable--;
 	/* PTEs that still map the page keep it alive (see DOC). */
 	put_page(stable->kpage);
-	ksmdev_meta_free(stable, sizeof(*stable));
+	ksmdev_meta_cache_free(ksmdev_stable_cache, stable);
 }
 
 static void ksmdev_stable_get(struct ksmdev_stable *stable)
@@ -281,13 +283,13 @@ struct ksmdev_stable *ksmdev_stable_create(struct ksmdev_trees *trees,
 		ksmdev_stat_add(&ksmdev_stats.stable_nodes_limit_hits, 1);
 		return NULL;
 	}
-	stable = ksmdev_meta_alloc(sizeof(*stable), GFP_KERNEL);
+	stable = ksmdev_meta_cache_alloc(ksmdev_stable_cache, GFP_KERNEL);
 	if (!stable)
 		return NULL;
 	/* Not movable, not on the LRU: the kernel never migrates it. */
 	stable->kpage = alloc_page(GFP_HIGHUSER | __GFP_NOWARN);
 	if (!stable->kpage) {
-		ksmdev_meta_free(stable, sizeof(*stable));
+		ksmdev_meta_cache_free(ksmdev_stable_cache, stable);
 		return NULL;
 	}
 	copy_highpage(stable->kpage, page);
@@ -378,11 +380,19 @@ void ksmdev_unstable_reset(struct ksmdev_trees *trees)
 int ksmdev_trees_init(void)
 {
 	ksmdev_unstable_cache = KMEM_CACHE(ksmdev_unstable, 0);
-	return ksmdev_unstable_cache ? 0 : -ENOMEM;
+	if (!ksmdev_unstable_cache)
+		return -ENOMEM;
+	ksmdev_stable_cache = KMEM_CACHE(ksmdev_stable, 0);
+	if (!ksmdev_stable_cache) {
+		kmem_cache_destroy(ksmdev_unstable_cache);
+		return -ENOMEM;
+	}
+	return 0;
 }
 
 /* Every context is gone, and the scanner stopped: no node is left. */
 void ksmdev_trees_exit(void)
 {
+	kmem_cache_destroy(ksmdev_stable_cache);
 	kmem_cache_destroy(ksmdev_unstable_cache);
 }
