@@ -197,9 +197,31 @@ show_progress() {
 	/^### check .* fail/ { print "    guest: check " $3 " failed"; fflush() }'
 }
 
-# man_page_check: tools/ksmctl.8 renders without a groff warning, and names
-# every counter and setting of the ABI (a field added to struct ksm_stats or
-# struct ksm_config without a word in the man page fails here).
+# man_page_tags PAGE FIRST LAST: the words of the tags (the line after each
+# .TP) between the lines matching FIRST and LAST, one per line.
+man_page_tags() {
+	awk -v first="$2" -v last="$3" '
+	$0 ~ first { on = 1; next }
+	on && $0 ~ last { on = 0 }
+	on && prev == ".TP" {
+		for (i = 2; i <= NF; i++) {
+			gsub(/[",]/, "", $i)
+			print $i
+		}
+	}
+	{ prev = $0 }' "$1"
+}
+
+# uapi_fields STRUCT: the __u64 fields of struct STRUCT of the ABI header.
+uapi_fields() {
+	awk "/^struct $1 \\{/,/^\\};/" "$KSMDEV_ROOT/uapi/linux/ksmdev.h" |
+		sed -nE 's/^[[:space:]]+__u64 ([a-z_]+);.*/\1/p'
+}
+
+# man_page_check: tools/ksmctl.8 renders without a groff warning, and has an
+# entry for every field of the ABI: struct ksm_stats's under COUNTERS,
+# struct ksm_config's in the list of `set`'s keys (a field added without a
+# word in the man page fails here).
 man_page_check() {
 	local page=$KSMDEV_ROOT/tools/ksmctl.8 out name bad=0
 	out=$(LC_ALL=C.UTF-8 groff -man -Tutf8 -ww -z "$page" 2>&1)
@@ -208,12 +230,15 @@ man_page_check() {
 		bad=1
 	fi
 	while read -r name; do
-		grep -qE "^\.B[RI]? .*\<$name\>" "$page" && continue
-		echo "ksmctl.8 does not name $name"
+		man_page_tags "$page" '^\.SH COUNTERS' '^\.SH' | grep -qx "$name" && continue
+		echo "ksmctl.8: no entry for counter $name under COUNTERS"
 		bad=1
-	done < <(awk '/^struct ksm_(stats|config) \{/,/^\};/' \
-			"$KSMDEV_ROOT/uapi/linux/ksmdev.h" |
-		 sed -nE 's/^[[:space:]]+__u64 ([a-z_]+);.*/\1/p')
+	done < <(uapi_fields ksm_stats)
+	while read -r name; do
+		man_page_tags "$page" '^\.RS' '^\.RE' | grep -qx "$name" && continue
+		echo "ksmctl.8: no entry for setting $name among set's keys"
+		bad=1
+	done < <(uapi_fields ksm_config)
 	return $bad
 }
 

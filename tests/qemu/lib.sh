@@ -17,7 +17,7 @@ MODULE_FILES="Kbuild Makefile dkms.conf src include uapi"
 # shellcheck disable=SC2034 # used by setup.sh
 HOST_PACKAGES="qemu-system-x86 busybox-static kmod dkms sparse cpio gcc make
 	xz-utils libc6-dev perl linux-source-6.1 linux-source-6.12
-	dpkg-dev debhelper dh-dkms"
+	dpkg-dev debhelper dh-dkms groff-base"
 # What building a kernel from linux-source-6.12 needs on top (the debug
 # kernel of check-debug.sh, the inner guests' kernel of tests/hypervisor.c).
 # shellcheck disable=SC2034 # used by setup.sh
@@ -466,9 +466,9 @@ build_inner_kernel() {
 	make -C "$tree" ARCH=x86_64 olddefconfig || return 1
 	config_verify "$tree" "$INNER_CONFIG" || return 1
 	make -C "$tree" ARCH=x86_64 -j"$(nproc)" bzImage || return 1
-	cp "$tree/.config" "$dir/config"
-	cp "$tree/arch/x86/boot/bzImage" "$img.tmp"
-	mv "$img.tmp" "$img"
+	cp "$tree/.config" "$dir/config" || return 1
+	cp "$tree/arch/x86/boot/bzImage" "$img.tmp" || return 1
+	mv "$img.tmp" "$img" || return 1
 	rm -rf "$tree"
 	echo "built: $img ($(stat -c %s "$img") bytes)"
 }
