@@ -78,11 +78,12 @@ struct ksmdev_trees {
 /**
  * struct ksmdev_stable - a merged page
  * @node:    in ksmdev_trees.stable, by @hash then address
- * @pfn_node: in the tree of all stable pages, by PFN of @kpage
  * @trees:   the trees @node is in
  * @hash:    xxh64 of the content (which never changes)
  * @kpage:   the page: order 0, allocated by ksmdev, never anonymous, never
- *           on the LRU; this node holds one reference, each PTE another
+ *           on the LRU; this node holds one reference, each PTE another.
+ *           While the node lives, @kpage's private field points back to it
+ *           (with PG_owner_priv_1 set): ksmdev_stable_of()
  * @sharers: slots that map @kpage (KSMDEV_SLOT_STABLE); at zero the node is
  *           freed and its reference dropped, the PTEs keep the page alive
  *
@@ -90,7 +91,6 @@ struct ksmdev_trees {
  */
 struct ksmdev_stable {
 	struct rb_node node;
-	struct rb_node pfn_node;
 	struct ksmdev_trees *trees;
 	u64 hash;
 	struct page *kpage;
@@ -261,7 +261,7 @@ struct ksmdev_trees *ksmdev_trees_of(struct ksmdev_ctx *ctx,
 void ksmdev_slot_set(struct ksmdev_ctx *ctx, u64 *slot, u64 value);
 struct ksmdev_stable *ksmdev_stable_search(struct ksmdev_trees *trees,
 					   u64 hash, struct page *page);
-struct ksmdev_stable *ksmdev_stable_by_pfn(unsigned long pfn);
+struct ksmdev_stable *ksmdev_stable_of(struct page *page);
 struct ksmdev_stable *ksmdev_stable_create(struct ksmdev_trees *trees,
 					   u64 hash, struct page *page);
 void ksmdev_stable_release(struct ksmdev_stable *stable);

@@ -302,7 +302,7 @@ static void ksmdev_scan_kpage(struct ksmdev_scan *s, struct page *page,
 	 * Moved here (mremap) or not counted yet: count it, unless it is a
 	 * stable page of another scope (then leave it alone) or none of ours.
 	 */
-	stable = ksmdev_stable_by_pfn(page_to_pfn(page));
+	stable = ksmdev_stable_of(page);
 	if (stable && stable->trees == ksmdev_trees_of(s->ctx, s->region))
 		ksmdev_slot_set(s->ctx, slot, mapped);
 	else if (*slot)

@@ -18,6 +18,14 @@
  * freed and drops its page reference, and PTEs that still map the page
  * (after close, or in a forked child) keep it alive until they go.
  *
+ * A slot that maps a stable page holds the page's PFN; the node is found
+ * from the page itself: while the node lives, its page carries
+ * PG_owner_priv_1 and page->private points to the node. Both are the
+ * owner's to use on a page that is neither page cache (no mapping) nor
+ * swap cache (not swap-backed), as ours never are; both are cleared when
+ * the node is freed, so a page left mapped after that (or by an earlier
+ * load of the module) is no longer taken for ours.
+ *
  * Counters follow the in-kernel meanings: pages_shared is the number of
  * stable pages with a sharer, pages_sharing the further sharers, and
  * pages_unshared the slots that went into an unstable tree (counted until
@@ -40,13 +48,11 @@ struct ksmdev_trees ksmdev_global_trees = {
  * Unstable nodes are the most numerous objects (a unique page visited in
  * this pass has one), stable nodes the next (one per distinct merged
  * content): caches of their own hold them at their size, not in the next
- * kmalloc bucket (72 and 80 bytes, not 96).
+ * kmalloc bucket (72 and 56 bytes, not 96 and 64).
  */
 static struct kmem_cache *ksmdev_unstable_cache;
 static struct kmem_cache *ksmdev_stable_cache;
 
-/* Every stable node, by PFN: which node a PTE's page belongs to. */
-static struct rb_root ksmdev_stable_pfns = RB_ROOT;
 static unsigned long ksmdev_nr_stable;
 /* Slots with KSMDEV_SLOT_SEEN: candidates being tracked. */
 static unsigned long ksmdev_nr_tracked;
@@ -67,9 +73,10 @@ static void ksmdev_stat_add(u64 *counter, long delta)
 static void ksmdev_stable_free(struct ksmdev_stable *stable)
 {
 	rb_erase(&stable->node, &stable->trees->stable);
-	rb_erase(&stable->pfn_node, &ksmdev_stable_pfns);
 	ksmdev_nr_stable--;
-	/* PTEs that still map the page keep it alive (see DOC). */
+	/* No longer ours: PTEs that still map the page keep it alive. */
+	clear_bit(PG_owner_priv_1, &stable->kpage->flags);
+	set_page_private(stable->kpage, 0);
 	put_page(stable->kpage);
 	ksmdev_meta_cache_free(ksmdev_stable_cache, stable);
 }
@@ -99,21 +106,19 @@ void ksmdev_stable_release(struct ksmdev_stable *stable)
 		ksmdev_stable_free(stable);
 }
 
-struct ksmdev_stable *ksmdev_stable_by_pfn(unsigned long pfn)
+/**
+ * ksmdev_stable_of - the stable node of a page, if it is one of ours
+ * @page: a page the caller holds a reference to, or that a slot maps
+ *
+ * Return: the node, or NULL if @page is not a stable page of this load of
+ * the module (see DOC).
+ */
+struct ksmdev_stable *ksmdev_stable_of(struct page *page)
 {
-	struct rb_node *node = ksmdev_stable_pfns.rb_node;
-
-	while (node) {
-		struct ksmdev_stable *stable;
-		unsigned long kpfn;
-
-		stable = rb_entry(node, struct ksmdev_stable, pfn_node);
-		kpfn = page_to_pfn(stable->kpage);
-		if (pfn == kpfn)
-			return stable;
-		node = pfn < kpfn ? node->rb_left : node->rb_right;
-	}
-	return NULL;
+	if (PageAnon(page) || page->mapping ||
+	    !test_bit(PG_owner_priv_1, &page->flags))
+		return NULL;
+	return (struct ksmdev_stable *)page_private(page);
 }
 
 static u64 ksmdev_slot_pfn(u64 slot)
@@ -127,7 +132,7 @@ static struct ksmdev_stable *ksmdev_slot_stable(u64 slot)
 
 	if (!(slot & KSMDEV_SLOT_STABLE))
 		return NULL;
-	stable = ksmdev_stable_by_pfn(ksmdev_slot_pfn(slot));
+	stable = ksmdev_stable_of(pfn_to_page(ksmdev_slot_pfn(slot)));
 	/* A slot counts as a sharer: its node cannot be gone. */
 	WARN_ON_ONCE(!stable);
 	return stable;
@@ -243,25 +248,6 @@ struct ksmdev_stable *ksmdev_stable_search(struct ksmdev_trees *trees,
 	return NULL;
 }
 
-static void ksmdev_stable_insert_pfn(struct ksmdev_stable *stable)
-{
-	struct rb_node **link = &ksmdev_stable_pfns.rb_node, *parent = NULL;
-	unsigned long pfn = page_to_pfn(stable->kpage);
-
-	while (*link) {
-		struct ksmdev_stable *other;
-
-		parent = *link;
-		other = rb_entry(parent, struct ksmdev_stable, pfn_node);
-		if (pfn < page_to_pfn(other->kpage))
-			link = &parent->rb_left;
-		else
-			link = &parent->rb_right;
-	}
-	rb_link_node(&stable->pfn_node, parent, link);
-	rb_insert_color(&stable->pfn_node, &ksmdev_stable_pfns);
-}
-
 /**
  * ksmdev_stable_create - a new stable page with @page's content
  * @trees: the scope's trees
@@ -297,7 +283,9 @@ struct ksmdev_stable *ksmdev_stable_create(struct ksmdev_trees *trees,
 	stable->trees = trees;
 	ksmdev_tree_insert(&trees->stable, &stable->node, hash,
 			   KSMDEV_STABLE_HASH);
-	ksmdev_stable_insert_pfn(stable);
+	/* Ours until ksmdev_stable_free() (see DOC); nobody maps it yet. */
+	set_page_private(stable->kpage, (unsigned long)stable);
+	set_bit(PG_owner_priv_1, &stable->kpage->flags);
 	ksmdev_nr_stable++;
 	return stable;
 }
