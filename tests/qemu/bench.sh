@@ -148,7 +148,7 @@ main() {
 	log "$kver: initramfs"
 	initrd=$(BENCH_ENV=$BUILD/bench.env build_initramfs "$kver" bench bench ksm_tests)
 	mkdir -p "$BENCH_OUT"
-	log "$kver: booting (console in $BENCH_OUT/console.log; about 30 minutes)"
+	log "$kver: booting (console in $BENCH_OUT/console.log; 10 to 15 minutes)"
 	GUEST_MEM=${GUEST_MEM:-3G} KERNEL_EXTRA_CMDLINE="slab_nomerge ${KERNEL_EXTRA_CMDLINE:-}" \
 		boot_until_init "$kver" "$initrd" "$QEMU_TIMEOUT" "$BENCH_OUT/console.log" || true
 	cp "$BUILD/logs/$kver/result.txt" "$res"
