@@ -60,11 +60,8 @@ FIXTURE(hypervisor) {
 
 FIXTURE_SETUP(hypervisor)
 {
-	self->fd = ksm_open();
-	ASSERT_LE(0, self->fd) TH_LOG("open " KSM_DEV_PATH ": %s", strerror(errno));
-	ASSERT_EQ(0, ksm_get_config(self->fd, &self->saved));
-	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
-	ASSERT_EQ(0, ksm_get_stats(self->fd, &self->base));
+	self->fd = ksm_open_fast(&self->saved, &self->base);
+	ASSERT_LE(0, self->fd) TH_LOG(KSM_DEV_PATH ": %s", strerror(-self->fd));
 }
 
 FIXTURE_TEARDOWN(hypervisor)

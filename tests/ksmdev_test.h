@@ -164,6 +164,29 @@ static inline int ksm_set_fast_config(int fd)
 	return ksm_set_config(fd, &c);
 }
 
+/*
+ * A fixture's usual start: open the device, keep its settings in @saved (to
+ * put back at teardown), go fast, and take the counters as they are now in
+ * @base. Returns the fd, or -errno (the fd closed again).
+ */
+static inline int ksm_open_fast(struct ksm_config *saved, struct ksm_stats *base)
+{
+	int fd = ksm_open(), ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = ksm_get_config(fd, saved);
+	if (!ret)
+		ret = ksm_set_fast_config(fd);
+	if (!ret)
+		ret = ksm_get_stats(fd, base);
+	if (ret) {
+		close(fd);
+		return ret;
+	}
+	return fd;
+}
+
 /* Change one field (at @offset of struct ksm_config) of the configuration. */
 static inline int ksm_set_config_field(int fd, size_t offset, uint64_t value)
 {
