@@ -242,13 +242,11 @@ man_page_check() {
 	return $bad
 }
 
-# package_checks: the Debian packages (debian/) build with
-# dpkg-buildpackage in a copy of the tree, install with dpkg -i (their
-# postinst builds the module with DKMS for every kernel with headers; the
-# host loads nothing), and go away with dpkg -r, DKMS tree and all. Runs
-# last: it replaces this run's own DKMS registration of the same version.
+# package_checks: the man page, make install into a DESTDIR, and the
+# Debian packages (debian/), built with dpkg-buildpackage in a copy of the
+# tree and checked for what they ship.
 package_checks() {
-	local dir=$BUILD/deb ver src logs=$BUILD/logs/deb debs kver
+	local dir=$BUILD/deb ver src logs=$BUILD/logs/deb
 	ver=$(module_version)
 	src=$dir/ksmdev-$ver
 	rm -rf "$dir"
@@ -273,32 +271,28 @@ package_checks() {
 		make clean > /dev/null && rm -rf \$d"
 	result_cmd "deb: dpkg-buildpackage" "$logs/build.log" \
 		sh -c "cd '$src' && dpkg-buildpackage -us -uc -b" || return 0
-	debs="$dir/ksmdev-dkms_${ver}_all.deb $dir/ksmdev-tools_${ver}_$(dpkg --print-architecture).deb"
-	exec 9> /var/lock/ksmdev-dkms.lock
-	flock 9
-	dkms remove ksmdev/"$ver" --all > /dev/null 2>&1 || true
-	rm -rf /usr/src/ksmdev-"$ver"
-	# shellcheck disable=SC2086 # two file names
-	if result_cmd "deb: dpkg -i" "$logs/install.log" dpkg -i $debs; then
-		for kver in "${KVERS[@]}"; do
-			result_cmd "deb: DKMS built and installed the module for $kver" \
-				"$logs/status-$kver.log" sh -c \
-				"dkms status ksmdev/$ver -k $kver | grep -q installed"
-		done
-		result_cmd "deb: ksmctl and its man page, the library, the header, the udev rule" \
-			"$logs/files.log" sh -c "ksmctl --help > /dev/null &&
-			test -f /usr/share/man/man8/ksmctl.8.gz &&
-			test -f /usr/lib/$(gcc -print-multiarch)/libksmdev-preload.so &&
-			test -f /usr/include/linux/ksmdev.h &&
-			test -f /usr/lib/udev/rules.d/60-ksmdev.rules"
-	fi
-	result_cmd "deb: dpkg -r leaves nothing" "$logs/remove.log" sh -c \
-		"dpkg -r ksmdev-tools ksmdev-dkms &&
-		! dkms status ksmdev/$ver 2>/dev/null | grep -q . &&
-		test ! -e /usr/src/ksmdev-$ver && ! command -v ksmctl &&
-		! ls /lib/modules/*/updates/dkms/ksmdev.ko* 2>/dev/null"
-	flock -u 9
-	exec 9>&-
+	# What the packages would put on a machine, read from the .debs: they
+	# are not installed here (dpkg -i would register ksmdev with the host's
+	# DKMS, and replace a user's own ksmdev).
+	result_cmd "deb: contents (the DKMS sources, ksmctl and its man page, the library, the header, the udev rule)" \
+		"$logs/contents.log" deb_contents_check "$dir" "$ver"
+}
+
+# deb_contents_check DIR VER: the files each package must ship.
+deb_contents_check() {
+	local dir=$1 ver=$2 arch f bad=0 list
+	arch=$(dpkg --print-architecture)
+	list=$(dpkg-deb -c "$dir/ksmdev-dkms_${ver}_all.deb"
+	       dpkg-deb -c "$dir/ksmdev-tools_${ver}_$arch.deb") || return 1
+	for f in "./usr/src/ksmdev-$ver/dkms.conf" "./usr/src/ksmdev-$ver/Kbuild" \
+		 ./usr/sbin/ksmctl ./usr/share/man/man8/ksmctl.8.gz \
+		 "./usr/lib/$(gcc -print-multiarch)/libksmdev-preload.so" \
+		 ./usr/include/linux/ksmdev.h ./usr/lib/udev/rules.d/60-ksmdev.rules; do
+		grep -qE " $f( |\$)" <<< "$list" && continue
+		echo "missing from the packages: $f"
+		bad=1
+	done
+	return $bad
 }
 
 # run_guest KVER: initramfs, boot, results.
@@ -338,6 +332,31 @@ run_guest() {
 	parse_results "$kver"
 }
 
+# Where a user's machine keeps kernels and modules: a run must leave them
+# as they were (it writes only to .cache/ and build/).
+HOST_DIRS="/boot /lib/modules /var/lib/dkms /usr/src"
+
+# host_packages: kernel, headers and busybox packages installed on the host.
+host_packages() {
+	# dpkg-query fails when a pattern matches no package at all.
+	{ dpkg-query -W -f='${db:Status-Abbrev} ${Package}\n' 'linux-image-*' \
+		'linux-headers-*' 'linux-kbuild-*' 'busybox*' 2>/dev/null || true; } |
+		awk '$1 ~ /^.i/ { print $2 }' | LC_ALL=C sort
+}
+
+# host_check STAMP PACKAGES: nothing under HOST_DIRS is newer than STAMP,
+# and no package of host_packages is new since PACKAGES (a file).
+host_check() {
+	local stamp=$1 before=$2 newer added
+	# shellcheck disable=SC2086
+	newer=$(find $HOST_DIRS -newer "$stamp" 2>/dev/null | head -n 20)
+	added=$(comm -13 "$before" <(host_packages))
+	[ -z "$newer" ] && [ -z "$added" ] && return 0
+	[ -z "$newer" ] || printf 'changed on the host:\n%s\n' "$newer"
+	[ -z "$added" ] || printf 'installed on the host:\n%s\n' "$added"
+	return 1
+}
+
 # on_exit: whatever stopped the run, the last line is the count.
 on_exit() {
 	local rc=$?
@@ -357,8 +376,12 @@ main() {
 	rm -rf "$BUILD/logs" "$BUILD/tests"
 	result_init
 	trap on_exit EXIT
+	host_packages > "$BUILD/host-packages.before"
 	log "setup"
 	bash "$QEMU_DIR/setup.sh"
+	# Tool packages may add to /usr/src (linux-source-6.12); from here on
+	# the run must write nothing there, nor to the other HOST_DIRS.
+	touch "$BUILD/host.stamp"
 	resolve_kernels "$KERNELS"
 	SELECTED=$(test_names)
 	log "kernels: ${KVERS[*]}; tests: ${SELECTED//$'\n'/ }"
@@ -375,6 +398,9 @@ main() {
 		run_guest "$kver"
 	done
 	[ -n "${TESTS:-}" ] || package_checks
+	result_cmd "host: $HOST_DIRS unchanged, no kernel, headers or busybox package installed" \
+		"$BUILD/logs/host.log" host_check "$BUILD/host.stamp" \
+		"$BUILD/host-packages.before" || true
 	log "done in $(((SECONDS - START) / 60))m$(((SECONDS - START) % 60))s"
 	result_summary || rc=1
 	SUMMARY_DONE=1

@@ -15,9 +15,13 @@ MODULE_FILES="Kbuild Makefile dkms.conf src include uapi"
 
 # Packages the harness needs on the host; kernel headers are added per kernel.
 # shellcheck disable=SC2034 # used by setup.sh
-HOST_PACKAGES="qemu-system-x86 busybox-static kmod dkms sparse cpio gcc make
-	xz-utils libc6-dev perl linux-source-6.1 linux-source-6.12
-	dpkg-dev debhelper dh-dkms groff-base"
+# Kernel headers and busybox are not among them: installing a backport's
+# headers package pulls in its kernel image (the host's next boot kernel),
+# and busybox-static replaces a host's busybox. setup.sh fetches both with
+# `apt-get download` and unpacks them into .cache/ instead.
+HOST_PACKAGES="qemu-system-x86 kmod dkms sparse cpio gcc make
+	xz-utils libc6-dev perl linux-source-6.12
+	dpkg-dev debhelper dh-dkms groff-base dwarves"
 # What building a kernel from linux-source-6.12 needs on top (the debug
 # kernel of check-debug.sh, the inner guests' kernel of tests/hypervisor.c).
 # shellcheck disable=SC2034 # used by setup.sh
@@ -82,7 +86,13 @@ resolve_kernels() {
 
 kernel_dir() { echo "$CACHE/kernels/$1"; }
 kernel_image() { echo "$CACHE/kernels/$1/boot/vmlinuz-$1"; }
-kernel_headers() { echo "/lib/modules/$1/build"; }
+# The headers of KVER, unpacked by setup.sh (fetch_headers) with the
+# kbuild tools they link to; never installed on the host.
+headers_root() { echo "$CACHE/headers/$1"; }
+kernel_headers() { echo "$CACHE/headers/$1/usr/src/linux-headers-$1"; }
+
+# busybox for the guests, unpacked from busybox-static by setup.sh.
+BUSYBOX=$CACHE/busybox/bin/busybox
 
 # The pieces of Debian's linux-source-6.12 the harness uses, never copied
 # into the repository.
@@ -185,43 +195,49 @@ result_summary() {
 # ---------------------------------------------------------------------------
 # Building.
 
-# dkms_install_all KVER...: register the current sources with DKMS and build
-# and install them for every kernel (nothing is loaded: DKMS only compiles
-# and copies). One result per kernel. What DKMS installed is kept in
-# build/modules/KVER/ at once: /lib/modules is shared with other runs.
+# DKMS with trees of this run's own (build/dkms/), so that the host's
+# /var/lib/dkms, /usr/src and /lib/modules stay as they are: a DKMS tree
+# there would rebuild ksmdev for every kernel the host installs later.
+# Kernel headers come from .cache/headers/ (--kernelsourcedir); with no
+# sign-file of the host's at hand, DKMS neither signs nor makes a key.
+DKMS_DIR=$BUILD/dkms
+ksm_dkms() {
+	dkms --dkmstree "$DKMS_DIR/tree" --sourcetree "$DKMS_DIR/source" \
+		--installtree "$DKMS_DIR/install" "$@"
+}
+
+# dkms_install_all KVER...: register the current sources with the run's
+# DKMS and build and install them for every kernel (nothing is loaded:
+# DKMS only compiles and copies). One result per kernel. What DKMS
+# installed is kept in build/modules/KVER/.
 dkms_install_all() {
-	local ver src kver mod mk
+	local ver kver mod mk
 	ver=$(module_version)
 	[ -n "$ver" ] || die "no PACKAGE_VERSION in dkms.conf"
-	src=/usr/src/ksmdev-$ver
-	log "DKMS: ksmdev/$ver from $src"
-	rm -rf "$BUILD/modules"
-	# /usr/src and the DKMS tree are global: one run at a time.
-	exec 9> /var/lock/ksmdev-dkms.lock
-	if ! flock -n 9; then
-		log "waiting for another run's DKMS step"
-		flock 9
-	fi
-	if dkms status ksmdev/"$ver" 2>/dev/null | grep -q .; then
-		run dkms remove ksmdev/"$ver" --all >/dev/null 2>&1 || true
-	fi
-	rm -rf /var/lib/dkms/ksmdev/"$ver"
-	copy_module_tree "$src"
-	run dkms add ksmdev/"$ver"
+	log "DKMS: ksmdev/$ver from $DKMS_DIR/source (private trees)"
+	rm -rf "$BUILD/modules" "$DKMS_DIR"
+	mkdir -p "$DKMS_DIR/tree" "$DKMS_DIR/install"
+	copy_module_tree "$DKMS_DIR/source/ksmdev-$ver"
+	run ksm_dkms add ksmdev/"$ver"
 	for kver in "$@"; do
-		rm -f /lib/modules/"$kver"/updates/dkms/ksmdev.ko*
 		if result_cmd "dkms $kver" "$BUILD/logs/$kver/dkms.log" \
-			sh -c "dkms build ksmdev/$ver -k $kver && dkms install ksmdev/$ver -k $kver --force" &&
+			ksm_dkms_build_install "$ver" "$kver" &&
 		   mod=$(dkms_module "$kver"); then
 			mkdir -p "$BUILD/modules/$kver"
 			cp "$mod" "$BUILD/modules/$kver/"
 		else
-			mk=/var/lib/dkms/ksmdev/$ver/build/make.log
+			mk=$DKMS_DIR/tree/ksmdev/$ver/build/make.log
 			[ -f "$mk" ] && sed 's/^/    | /' "$mk" | tail -n 60
 		fi
 	done
-	flock -u 9
-	exec 9>&-
+}
+
+# ksm_dkms_build_install VER KVER
+ksm_dkms_build_install() {
+	local k=(-k "$2" --kernelsourcedir "$(kernel_headers "$2")")
+	mkdir -p "$DKMS_DIR/install/$2"
+	ksm_dkms build ksmdev/"$1" "${k[@]}" &&
+	ksm_dkms install ksmdev/"$1" "${k[@]}" --force --no-depmod
 }
 
 # single_kernel_setup WHAT [SETUP_ARGS...]: setup.sh (with SETUP_ARGS), the
@@ -243,7 +259,7 @@ single_kernel_setup() {
 # dkms_module KVER: path of the module DKMS installed for KVER (may be .xz).
 dkms_module() {
 	local m
-	for m in /lib/modules/"$1"/updates/dkms/ksmdev.ko*; do
+	for m in "$DKMS_DIR/install/$1"/updates/dkms/ksmdev.ko*; do
 		[ -f "$m" ] && { echo "$m"; return 0; }
 	done
 	return 1
@@ -479,7 +495,7 @@ build_inner_initramfs() {
 	local root=$BUILD/inner-initramfs
 	rm -rf "$root"
 	mkdir -p "$root/bin"
-	cp /bin/busybox "$root/bin/busybox"
+	cp "$BUSYBOX" "$root/bin/busybox"
 	install -m 0755 "$QEMU_DIR/inner-init.sh" "$root/init"
 	(cd "$root" && find . -print0 | LC_ALL=C sort -z |
 		cpio --null -o -H newc --quiet --owner=0:0) > "$1"
@@ -555,8 +571,8 @@ build_initramfs() {
 	kmods=$(kernel_dir "$kver")/lib/modules/$kver
 	rm -rf "$root"
 	mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,run,root,tests}
-	cp /bin/busybox "$root/bin/busybox"
-	for a in $(/bin/busybox --list-full); do
+	cp "$BUSYBOX" "$root/bin/busybox"
+	for a in $("$BUSYBOX" --list-full); do
 		[ "$a" = bin/busybox ] && continue
 		ln -sf /bin/busybox "$root/$a"
 	done

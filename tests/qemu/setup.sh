@@ -3,10 +3,16 @@
 #
 # Prepare this machine for the QEMU harness; safe to run again (it only does
 # what is missing):
-#  - the Debian packages the harness needs (with what building a kernel from
-#    linux-source-6.12 takes: tests/hypervisor.c boots a small one), and the
-#    headers of each kernel;
-#  - the unsigned Debian kernel images, extracted into .cache/kernels/<kver>/;
+#  - the Debian tool packages the harness needs (with what building a kernel
+#    from linux-source-6.12 takes: tests/hypervisor.c boots a small one);
+#  - the headers of each kernel (with their -common and kbuild packages) and
+#    the unsigned Debian kernel images, fetched with `apt-get download` and
+#    unpacked with `dpkg -x` into .cache/headers/<kver>/ and
+#    .cache/kernels/<kver>/. Never `apt-get install linux-headers-*`: a
+#    backport's headers package depends on its kernel image, which would
+#    become the host's next boot kernel;
+#  - busybox for the guests, unpacked from busybox-static into
+#    .cache/busybox/ (installing it would replace the host's busybox);
 #  - kselftest*.h and checkpatch.pl from linux-source-6.12, into .cache/.
 # KERNELS selects the series ("6.1 6.12" by default).
 # `setup.sh --debug-kernel` (check-debug.sh) prepares for building a kernel
@@ -41,6 +47,15 @@ apt_install() {
 		--no-install-recommends "${missing[@]}"
 }
 
+# apt_fetch DIR PKG...: download PKGs (the candidate versions) into DIR.
+apt_fetch() {
+	local dir=$1
+	shift
+	mkdir -p "$dir"
+	(cd "$dir" && apt-get "${APT_OPTS[@]}" -o APT::Sandbox::User=root \
+		download -q "$@")
+}
+
 # fetch_kernel KVER: the unsigned image, extracted into .cache/kernels/KVER.
 fetch_kernel() {
 	local kver=$1 dir dl deb
@@ -48,16 +63,67 @@ fetch_kernel() {
 	[ -f "$dir/.done" ] && [ -f "$(kernel_image "$kver")" ] && return 0
 	log "downloading linux-image-$kver-unsigned"
 	dl=$CACHE/kernels/deb
-	mkdir -p "$dl"
-	(cd "$dl" && rm -f linux-image-"$kver"-unsigned_*.deb &&
-		apt-get "${APT_OPTS[@]}" -o APT::Sandbox::User=root download -q "linux-image-$kver-unsigned")
+	rm -rf "$dl"
+	apt_fetch "$dl" "linux-image-$kver-unsigned"
 	deb=$(ls "$dl"/linux-image-"$kver"-unsigned_*.deb)
 	rm -rf "$dir"
 	mkdir -p "$dir"
 	dpkg -x "$deb" "$dir"
 	[ -f "$(kernel_image "$kver")" ] || die "no vmlinuz in $deb"
-	rm -f "$deb"
+	rm -rf "$dl"
 	touch "$dir/.done"
+}
+
+# depends_on PKG PATTERN: the package of PKG's Depends that matches PATTERN.
+depends_on() {
+	apt-cache show --no-all-versions "$1" |
+		sed -n 's/^Depends: //p' | tr ',|' '\n\n' |
+		sed -e 's/^ *//' -e 's/ .*//' | grep -E -m 1 "$2"
+}
+
+# fetch_headers KVER: linux-headers-KVER, its -common package and the
+# kbuild tools it links to, unpacked together into .cache/headers/KVER
+# (their relative links then resolve). The one absolute path, the arch
+# package's "include /usr/src/linux-headers-...-common/Makefile", is made
+# to point into the same tree.
+fetch_headers() {
+	local kver=$1 dir dl pkgs deb mk
+	dir=$(headers_root "$kver")
+	[ -f "$dir/.done" ] && [ -f "$(kernel_headers "$kver")/Makefile" ] && return 0
+	pkgs=("linux-headers-$kver")
+	pkgs+=("$(depends_on "linux-headers-$kver" '^linux-headers-.*-common$')") ||
+		die "linux-headers-$kver: no -common package among its Depends"
+	pkgs+=("$(depends_on "linux-headers-$kver" '^linux-kbuild-')") ||
+		die "linux-headers-$kver: no linux-kbuild package among its Depends"
+	log "downloading ${pkgs[*]}"
+	dl=$CACHE/headers/deb
+	rm -rf "$dl" "$dir"
+	apt_fetch "$dl" "${pkgs[@]}"
+	mkdir -p "$dir"
+	for deb in "$dl"/*.deb; do
+		dpkg -x "$deb" "$dir"
+	done
+	rm -rf "$dl"
+	mk=$(kernel_headers "$kver")/Makefile
+	[ -f "$mk" ] || die "no $mk in ${pkgs[*]}"
+	sed -i "s|^include /usr/src/|include $dir/usr/src/|" "$mk"
+	grep -q "^include $dir/" "$mk" || die "$mk: unexpected content: $(cat "$mk")"
+	touch "$dir/.done"
+}
+
+# fetch_busybox: busybox-static's binary, unpacked into .cache/busybox/.
+fetch_busybox() {
+	local dir=$CACHE/busybox dl=$CACHE/busybox.deb
+	[ -x "$BUSYBOX" ] && return 0
+	log "downloading busybox-static"
+	rm -rf "$dir" "$dl"
+	apt_fetch "$dl" busybox-static
+	mkdir -p "$dir"
+	dpkg -x "$dl"/busybox-static_*.deb "$dir/root"
+	mkdir -p "$dir/bin"
+	mv "$dir/root/bin/busybox" "$BUSYBOX"
+	rm -rf "$dir/root" "$dl"
+	"$BUSYBOX" true || die "$BUSYBOX does not run"
 }
 
 # fetch_source_parts: kselftest headers and checkpatch from linux-source-6.12.
@@ -77,14 +143,15 @@ fetch_source_parts() {
 }
 
 main() {
-	local kver headers=()
-	[ "$(id -u)" -eq 0 ] || die "run as root (apt-get, dkms)"
+	local kver
+	[ "$(id -u)" -eq 0 ] || die "run as root (apt-get)"
 	mkdir -p "$CACHE"
 	apt_update_if_stale
 	# shellcheck disable=SC2086
 	apt_install $HOST_PACKAGES $KERNEL_BUILD_PACKAGES
 	[ -f "$KERNEL_SOURCE_TARBALL" ] ||
 		die "no $KERNEL_SOURCE_TARBALL (is linux-source-6.12 installed?)"
+	fetch_busybox
 	if [ "${1:-}" = --debug-kernel ]; then
 		fetch_source_parts
 		return 0
@@ -93,15 +160,12 @@ main() {
 	[ "${1:-}" = --bench ] && apt_install $BENCH_PACKAGES
 	resolve_kernels "$KERNELS"
 	for kver in "${KVERS[@]}"; do
-		headers+=("linux-headers-$kver")
-	done
-	apt_install "${headers[@]}"
-	for kver in "${KVERS[@]}"; do
+		fetch_headers "$kver"
 		fetch_kernel "$kver"
 	done
 	fetch_source_parts
 	for kver in "${KVERS[@]}"; do
-		log "kernel $kver: $(kernel_image "$kver")"
+		log "kernel $kver: $(kernel_image "$kver"), headers $(kernel_headers "$kver")"
 	done
 }
 
