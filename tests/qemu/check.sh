@@ -258,6 +258,8 @@ package_checks() {
 	log "the man page, make install and uninstall (DESTDIR), Debian packages"
 	result_cmd "ksmctl.8: renders, names every counter and setting" \
 		"$logs/man.log" man_page_check || true
+	result_cmd "dkms.conf: BUILD_EXCLUSIVE_CONFIG is Kbuild's list of needed options" \
+		"$logs/dkms-conf.log" dkms_config_check || true
 	result_cmd "make install DESTDIR=..., make uninstall" "$logs/make-install.log" \
 		sh -c "cd '$src' && d=\$(mktemp -d) &&
 		make install DESTDIR=\$d INSTALL_DKMS=0 &&
@@ -276,6 +278,22 @@ package_checks() {
 	# DKMS, and replace a user's own ksmdev).
 	result_cmd "deb: contents (the DKMS sources, ksmctl and its man page, the library, the header, the udev rule)" \
 		"$logs/contents.log" deb_contents_check "$dir" "$ver"
+}
+
+# dkms_config_check: dkms.conf's BUILD_EXCLUSIVE_CONFIG names every option
+# Kbuild's ksmdev-need does, so that DKMS refuses a kernel that lacks one
+# with a message that names it, before any compile error.
+dkms_config_check() {
+	local need excl
+	need=$(sed -n '/^ksmdev-need :=/,/[^\\]$/p' "$KSMDEV_ROOT/Kbuild" |
+		grep -oE 'CONFIG_[A-Z0-9_]+' | LC_ALL=C sort -u)
+	excl=$(sed -n 's/^BUILD_EXCLUSIVE_CONFIG="\(.*\)"$/\1/p' "$KSMDEV_ROOT/dkms.conf" |
+		tr ' ' '\n' | grep . | LC_ALL=C sort -u)
+	[ -n "$need" ] || { echo "no ksmdev-need in Kbuild"; return 1; }
+	[ "$need" = "$excl" ] && return 0
+	echo "Kbuild needs: $need"
+	echo "dkms.conf BUILD_EXCLUSIVE_CONFIG: $excl"
+	return 1
 }
 
 # deb_contents_check DIR VER: the files each package must ship.
