@@ -29,6 +29,9 @@ KVER ?= $(shell uname -r)
 VERSION := $(shell sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' dkms.conf)
 PREFIX ?= /usr
 LIBDIR ?= $(PREFIX)/lib/$(shell $(CC) -print-multiarch 2>/dev/null)
+# The preload library has no SONAME (nothing links against it, LD_PRELOAD
+# names its path): a private directory, not the public library one.
+PRELOADDIR ?= $(LIBDIR)/ksmdev
 DOCDIR ?= $(PREFIX)/share/doc/ksmdev
 MANDIR ?= $(PREFIX)/share/man
 INSTALL_DKMS ?= 1
@@ -81,16 +84,21 @@ ksmctl: tools/ksmctl
 
 preload: tools/libksmdev-preload.so
 
+# CFLAGS, CPPFLAGS and LDFLAGS from the environment (dpkg-buildflags, in
+# the Debian packages: hardening and debug information).
+CFLAGS ?= -O2 -g
+TOOL_CFLAGS = $(CPPFLAGS) $(CFLAGS) -Wall -Wextra -I uapi
+
 tools/libksmdev-preload.so: tools/ksmdev-preload.c uapi/linux/ksmdev.h
-	$(CC) -shared -fPIC -O2 -Wall -Wextra -I uapi -o $@ $<
+	$(CC) -shared -fPIC $(TOOL_CFLAGS) $(LDFLAGS) -o $@ $<
 
 tools/ksmctl: tools/ksmctl.c uapi/linux/ksmdev.h
-	$(CC) -O2 -Wall -Wextra -I uapi -o $@ $<
+	$(CC) $(TOOL_CFLAGS) $(LDFLAGS) -o $@ $<
 
 # What make install writes (below DESTDIR), for uninstall.
 INSTALLED = $(PREFIX)/include/linux/ksmdev.h $(PREFIX)/sbin/ksmctl \
 	$(MANDIR)/man8/ksmctl.8 \
-	$(LIBDIR)/libksmdev-preload.so $(PREFIX)/lib/udev/rules.d/60-ksmdev.rules \
+	$(PRELOADDIR)/libksmdev-preload.so $(PREFIX)/lib/udev/rules.d/60-ksmdev.rules \
 	$(DOCDIR)/examples/modules-load.d/ksmdev.conf \
 	$(DOCDIR)/examples/modprobe.d/ksmdev.conf
 
@@ -98,7 +106,7 @@ install: tools/ksmctl tools/libksmdev-preload.so
 	install -D -m 0644 uapi/linux/ksmdev.h $(DESTDIR)$(PREFIX)/include/linux/ksmdev.h
 	install -D -m 0755 tools/ksmctl $(DESTDIR)$(PREFIX)/sbin/ksmctl
 	install -D -m 0644 tools/ksmctl.8 $(DESTDIR)$(MANDIR)/man8/ksmctl.8
-	install -D -m 0644 tools/libksmdev-preload.so $(DESTDIR)$(LIBDIR)/libksmdev-preload.so
+	install -D -m 0644 tools/libksmdev-preload.so $(DESTDIR)$(PRELOADDIR)/libksmdev-preload.so
 	install -D -m 0644 packaging/60-ksmdev.rules \
 		$(DESTDIR)$(PREFIX)/lib/udev/rules.d/60-ksmdev.rules
 	install -D -m 0644 packaging/modules-load.conf \

@@ -251,7 +251,7 @@ package_checks() {
 	src=$dir/ksmdev-$ver
 	rm -rf "$dir"
 	mkdir -p "$src" "$logs"
-	for f in Kbuild Makefile dkms.conf LICENSE README.md src include uapi \
+	for f in Kbuild Makefile dkms.conf LICENSE README.md NEWS src include uapi \
 		 tools packaging debian; do
 		cp -a "$KSMDEV_ROOT/$f" "$src/"
 	done
@@ -267,7 +267,7 @@ package_checks() {
 		test -f \$d/usr/share/man/man8/ksmctl.8 &&
 		test -f \$d/usr/lib/udev/rules.d/60-ksmdev.rules &&
 		test -f \$d/usr/src/ksmdev-$ver/dkms.conf &&
-		ls \$d/usr/lib/*/libksmdev-preload.so &&
+		ls \$d/usr/lib/*/ksmdev/libksmdev-preload.so &&
 		ls \$d/usr/share/doc/ksmdev/examples/*/ksmdev.conf &&
 		make uninstall DESTDIR=\$d && ! find \$d -type f | grep . &&
 		make clean > /dev/null && rm -rf \$d"
@@ -278,6 +278,19 @@ package_checks() {
 	# DKMS, and replace a user's own ksmdev).
 	result_cmd "deb: contents (the DKMS sources, ksmctl and its man page, the library, the header, the udev rule)" \
 		"$logs/contents.log" deb_contents_check "$dir" "$ver"
+	# Every tag, pedantic and informational ones too; an override needs
+	# its reason in debian/*.lintian-overrides.
+	result_cmd "deb: lintian -I --pedantic finds nothing" "$logs/lintian.log" \
+		lintian_check "$dir"/ksmdev_"$ver"_*.changes
+}
+
+# lintian_check CHANGES: no tag at all (lintian says it runs as root).
+lintian_check() {
+	local out
+	out=$(lintian -I --pedantic "$1" 2>&1 | grep -v '^running with root') || true
+	[ -z "$out" ] && return 0
+	echo "$out"
+	return 1
 }
 
 # dkms_config_check: dkms.conf's BUILD_EXCLUSIVE_CONFIG names every option
@@ -304,7 +317,7 @@ deb_contents_check() {
 	       dpkg-deb -c "$dir/ksmdev-tools_${ver}_$arch.deb") || return 1
 	for f in "./usr/src/ksmdev-$ver/dkms.conf" "./usr/src/ksmdev-$ver/Kbuild" \
 		 ./usr/sbin/ksmctl ./usr/share/man/man8/ksmctl.8.gz \
-		 "./usr/lib/$(gcc -print-multiarch)/libksmdev-preload.so" \
+		 "./usr/lib/$(gcc -print-multiarch)/ksmdev/libksmdev-preload.so" \
 		 ./usr/include/linux/ksmdev.h ./usr/lib/udev/rules.d/60-ksmdev.rules; do
 		grep -qE " $f( |\$)" <<< "$list" && continue
 		echo "missing from the packages: $f"
