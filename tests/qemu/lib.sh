@@ -198,12 +198,32 @@ result_summary() {
 # DKMS with trees of this run's own (build/dkms/), so that the host's
 # /var/lib/dkms, /usr/src and /lib/modules stay as they are: a DKMS tree
 # there would rebuild ksmdev for every kernel the host installs later.
-# Kernel headers come from .cache/headers/ (--kernelsourcedir); with no
-# sign-file of the host's at hand, DKMS neither signs nor makes a key.
+# Kernel headers come from .cache/headers/ (--kernelsourcedir).
 DKMS_DIR=$BUILD/dkms
 ksm_dkms() {
 	dkms --dkmstree "$DKMS_DIR/tree" --sourcetree "$DKMS_DIR/source" \
 		--installtree "$DKMS_DIR/install" "$@"
+}
+
+# ksm_dkms_signing KVER CMD...: CMD (a ksm_dkms call) with DKMS signing as
+# it does on a user's machine, where Debian's dkms signs every module with
+# /var/lib/dkms/mok.key (made on first use) for Secure Boot, but with a key
+# of this run's own (build/dkms/mok.*) and KVER's sign-file from
+# .cache/headers/. DKMS reads these settings only from
+# /etc/dkms/framework.conf.d/, so that directory is replaced by ours in a
+# private mount namespace (unshare -m): the host's stays as it is.
+ksm_dkms_signing() {
+	local kver=$1 conf=$DKMS_DIR/framework-$1.d sign
+	shift
+	sign=$(ls "$(headers_root "$kver")"/usr/lib/linux-kbuild-*/scripts/sign-file)
+	mkdir -p "$conf"
+	cat > "$conf/ksmdev-test.conf" <<-EOF
+	sign_file="$sign"
+	mok_signing_key="$DKMS_DIR/mok.key"
+	mok_certificate="$DKMS_DIR/mok.pub"
+	EOF
+	unshare -m sh -c 'mount --bind "$1" /etc/dkms/framework.conf.d && shift && exec "$@"' \
+		sh "$conf" bash -c '. "$1"; shift; "$@"' sh "$QEMU_DIR/lib.sh" "$@"
 }
 
 # dkms_install_all KVER...: register the current sources with the run's
@@ -225,6 +245,8 @@ dkms_install_all() {
 		   mod=$(dkms_module "$kver"); then
 			mkdir -p "$BUILD/modules/$kver"
 			cp "$mod" "$BUILD/modules/$kver/"
+			result_cmd "dkms $kver: the module carries the signature of DKMS's key (Secure Boot)" \
+				"$BUILD/logs/$kver/dkms-signed.log" module_signed_by_dkms "$mod" || true
 		else
 			mk=$DKMS_DIR/tree/ksmdev/$ver/build/make.log
 			[ -f "$mk" ] && sed 's/^/    | /' "$mk" | tail -n 60
@@ -232,11 +254,21 @@ dkms_install_all() {
 	done
 }
 
+# module_signed_by_dkms KO: KO ends in a module signature made with the key
+# DKMS generates ("DKMS module signing key").
+module_signed_by_dkms() {
+	local signer
+	signer=$(modinfo -F signer "$1") || return 1
+	echo "signer: ${signer:-none}"
+	[ "$signer" = "DKMS module signing key" ] &&
+	[ "$(tail -c 28 "$1")" = "~Module signature appended~" ]
+}
+
 # ksm_dkms_build_install VER KVER
 ksm_dkms_build_install() {
 	local k=(-k "$2" --kernelsourcedir "$(kernel_headers "$2")")
 	mkdir -p "$DKMS_DIR/install/$2"
-	ksm_dkms build ksmdev/"$1" "${k[@]}" &&
+	ksm_dkms_signing "$2" ksm_dkms build ksmdev/"$1" "${k[@]}" &&
 	ksm_dkms install ksmdev/"$1" "${k[@]}" --force --no-depmod
 }
 
