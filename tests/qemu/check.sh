@@ -281,7 +281,77 @@ package_checks() {
 	# Every tag, pedantic and informational ones too; an override needs
 	# its reason in debian/*.lintian-overrides.
 	result_cmd "deb: lintian -I --pedantic finds nothing" "$logs/lintian.log" \
-		lintian_check "$dir"/ksmdev_"$ver"_*.changes
+		lintian_check "$dir"/ksmdev_"$ver"_*.changes || true
+	result_cmd "deb: dpkg -i in a throwaway root builds and signs the module for every kernel; dpkg -r leaves nothing" \
+		"$logs/install.log" package_install_check "$dir" "$ver"
+}
+
+# The throwaway root the packages are installed into: Debian 12 with dkms
+# and a compiler, made with mmdebstrap and kept in .cache/ for a week.
+PKGROOT_TAR=$CACHE/pkgroot/bookworm-dkms.tar
+
+pkgroot_base() {
+	local dir
+	dir=$(dirname "$PKGROOT_TAR")
+	[ -n "$(find "$PKGROOT_TAR" -mtime -7 2>/dev/null)" ] && return 0
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	mmdebstrap --format=tar --variant=apt --include=dkms,gcc,make,kmod,libc6-dev,dwarves,libelf-dev,openssl \
+		bookworm "$PKGROOT_TAR.tmp" "deb http://deb.debian.org/debian bookworm main" \
+		"deb http://deb.debian.org/debian-security bookworm-security main" &&
+	mv "$PKGROOT_TAR.tmp" "$PKGROOT_TAR"
+}
+
+# in_pkgroot ROOT CMD: CMD (sh -e: write no "! cmd", which -e ignores) in
+# the chroot ROOT, with /proc, /sys and /dev
+# mounted in a private mount namespace (gone when CMD ends).
+in_pkgroot() {
+	unshare -m --fork sh -c 'mount -t proc proc "$1/proc" &&
+		mount --rbind /sys "$1/sys" && mount --rbind /dev "$1/dev" &&
+		exec chroot "$1" sh -ec "$2"' sh "$1" "$2"
+}
+
+# package_install_check DIR VER: install the packages of DIR into a
+# throwaway Debian 12 root that has the headers of the kernels under test
+# (copied from .cache/headers/, as linux-headers-* would install them),
+# as a user would; their postinst builds the module with DKMS for every
+# kernel (autoinstall_all_kernels: the chroot does not run those kernels),
+# signed with the key DKMS makes; then dpkg -r must leave nothing.
+package_install_check() {
+	local dir=$1 ver=$2 root=$BUILD/pkgroot kver cmd
+	pkgroot_base || return 1
+	rm -rf --one-file-system "$root"
+	mkdir -p "$root"
+	tar -C "$root" -xf "$PKGROOT_TAR" || return 1
+	for kver in "${KVERS[@]}"; do
+		cp -a "$(headers_root "$kver")/usr/." "$root/usr/"
+		sed -i 's|^include .*/usr/src/|include /usr/src/|' \
+			"$root/usr/src/linux-headers-$kver/Makefile"
+		mkdir -p "$root/lib/modules/$kver"
+		ln -sfn "/usr/src/linux-headers-$kver" "$root/lib/modules/$kver/build"
+	done
+	echo 'autoinstall_all_kernels="yes"' > "$root/etc/dkms/framework.conf.d/all-kernels.conf"
+	cp "$dir"/ksmdev-dkms_"$ver"_all.deb "$dir"/ksmdev-tools_"$ver"_*.deb "$root/tmp/"
+	cmd="dpkg -i /tmp/ksmdev-dkms_*.deb /tmp/ksmdev-tools_*.deb
+		ksmctl --help > /dev/null
+		test -f /usr/share/man/man8/ksmctl.8.gz
+		test -f /usr/lib/*/ksmdev/libksmdev-preload.so
+		test -f /usr/include/linux/ksmdev.h
+		test -f /usr/lib/udev/rules.d/60-ksmdev.rules"
+	for kver in "${KVERS[@]}"; do
+		cmd="$cmd
+		dkms status ksmdev/$ver -k $kver | grep installed
+		modinfo -F signer /lib/modules/$kver/updates/dkms/ksmdev.ko* | grep -x 'DKMS module signing key'"
+	done
+	cmd="$cmd
+		dpkg -r ksmdev-tools ksmdev-dkms
+		test -z \"\$(dkms status ksmdev/$ver)\"
+		test ! -e /usr/src/ksmdev-$ver
+		test ! -e /usr/sbin/ksmctl
+		test -z \"\$(ls /lib/modules/*/updates/dkms/ksmdev.ko* 2> /dev/null)\"
+		echo 'installed, built for ${KVERS[*]}, removed'"
+	in_pkgroot "$root" "$cmd" || return 1
+	rm -rf --one-file-system "$root"
 }
 
 # lintian_check CHANGES: no tag at all (lintian says it runs as root).

@@ -21,7 +21,7 @@ MODULE_FILES="Kbuild Makefile dkms.conf src include uapi"
 # `apt-get download` and unpacks them into .cache/ instead.
 HOST_PACKAGES="qemu-system-x86 kmod dkms sparse cpio gcc make
 	xz-utils libc6-dev perl linux-source-6.12
-	dpkg-dev debhelper dh-dkms groff-base dwarves lintian"
+	dpkg-dev debhelper dh-dkms groff-base dwarves lintian mmdebstrap"
 # What building a kernel from linux-source-6.12 needs on top (the debug
 # kernel of check-debug.sh, the inner guests' kernel of tests/hypervisor.c).
 # shellcheck disable=SC2034 # used by setup.sh
