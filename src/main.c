@@ -195,4 +195,4 @@ module_exit(ksmdev_exit);
 MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("Kernel Samepage Merging for any process, through /dev/ksm");
 MODULE_AUTHOR("The ksmdev developers");
-MODULE_VERSION("0.1.0");
+MODULE_VERSION(KSMDEV_VERSION);

@@ -260,6 +260,8 @@ package_checks() {
 		"$logs/man.log" man_page_check || true
 	result_cmd "dkms.conf: BUILD_EXCLUSIVE_CONFIG is Kbuild's list of needed options" \
 		"$logs/dkms-conf.log" dkms_config_check || true
+	result_cmd "one version: dkms.conf's, debian/changelog's and the module's" \
+		"$logs/version.log" version_check || true
 	result_cmd "make install DESTDIR=..., make uninstall" "$logs/make-install.log" \
 		sh -c "cd '$src' && d=\$(mktemp -d) &&
 		make install DESTDIR=\$d INSTALL_DKMS=0 &&
@@ -377,6 +379,17 @@ dkms_config_check() {
 	echo "Kbuild needs: $need"
 	echo "dkms.conf BUILD_EXCLUSIVE_CONFIG: $excl"
 	return 1
+}
+
+# version_check: one version number, dkms.conf's: the Debian changelog's
+# and the built module's (Kbuild passes it on) are the same.
+version_check() {
+	local ver deb mod
+	ver=$(module_version)
+	deb=$(dpkg-parsechangelog -l "$KSMDEV_ROOT/debian/changelog" -S Version)
+	mod=$(modinfo -F version "$(built_module "${KVERS[0]}")")
+	echo "dkms.conf: $ver, debian/changelog: $deb, modinfo: $mod"
+	[ -n "$ver" ] && [ "$ver" = "$deb" ] && [ "$ver" = "$mod" ]
 }
 
 # deb_contents_check DIR VER: the files each package must ship.
