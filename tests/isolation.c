@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 
 #include "ksmdev_test.h"
@@ -78,6 +79,19 @@ static long rss_anon_kb(pid_t pid)
 	return kb;
 }
 
+/*
+ * fork(), the child dying with the test (a failed assertion must not leave
+ * a process holding /dev/ksm open: the module could not be unloaded).
+ */
+static pid_t fork_child(void)
+{
+	pid_t pid = fork();
+
+	if (pid == 0 && prctl(PR_SET_PDEATHSIG, SIGKILL))
+		_exit(99);
+	return pid;
+}
+
 /* @npages pages filled with @c. */
 static char *map_filled(size_t npages, char c)
 {
@@ -101,7 +115,7 @@ enum unmerger_mode {
 static pid_t start_unmerger(size_t npages, enum unmerger_mode mode,
 			    int ready, int go)
 {
-	pid_t pid = fork();
+	pid_t pid = fork_child();
 	struct ksm_mm_stats ms;
 	char c;
 	int fd;
@@ -127,7 +141,7 @@ static pid_t start_unmerger(size_t npages, enum unmerger_mode mode,
 /* Process B: SMALL_PAGES registered pages; says so on @ready, then waits. */
 static pid_t start_victim(int ready)
 {
-	pid_t pid = fork();
+	pid_t pid = fork_child();
 	int fd;
 	char *p;
 
@@ -146,7 +160,7 @@ static pid_t start_victim(int ready)
 /* Process C: sets run=2 (unmerge everything); exit code 0 on success. */
 static pid_t start_run_unmerge(void)
 {
-	pid_t pid = fork();
+	pid_t pid = fork_child();
 	int fd;
 
 	if (pid)
