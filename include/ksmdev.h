@@ -5,16 +5,39 @@
  *
  * Locking, in the order in which locks are taken:
  *
- *   ksmdev_lock (mutex)
- *     -> mm->mmap_lock (read)
- *       -> page table lock
+ *   ksmdev_config_lock (mutex, main.c)
+ *     -> ksmdev_ctx.lock (mutex, one context's at a time)
+ *       -> mm->mmap_lock (read, of that context's mm)
+ *         -> ksmdev_lock (mutex)
+ *           -> [mm->mmap_lock of any mm: mmap_read_trylock() only]
+ *             -> page table lock
  *
- * ksmdev_lock protects the list of contexts, every context's region tree,
- * the per-page scan state of every region, the scan cursor and the counters
- * in ksmdev_stats (written only under it; read without it by whoever accepts
- * a momentarily stale value). The scanner holds it for one batch at a time
- * and lets go early when somebody waits for it (ksmdev_lock_waiters), so an
- * ioctl never waits longer than a page's worth of work.
+ * ksmdev_lock protects the shared state: the list of contexts, the stable
+ * and unstable trees, the per-page scan state (slots) of every region and
+ * the counters that go with them (ksmdev_stats, written only under it; read
+ * without it by whoever accepts a momentarily stale value), the scan and
+ * unmerge cursors. It is held only for work bounded in time: never across a
+ * page fault or GUP, never across a blocking mmap_read_lock() (only
+ * mmap_read_trylock() under it), never while waiting for a ksmdev_ctx.lock
+ * (only mutex_trylock() under it). The scanner holds it for one batch at a
+ * time and lets go early when somebody waits for it (ksmdev_lock_waiters),
+ * so nobody waits for it longer than a page's worth of work. This is what
+ * keeps one process's long unmerge from stalling another's exit, close,
+ * register or stats (hardening issue, item 6).
+ *
+ * ksmdev_ctx.lock serializes what changes one context's region tree
+ * (register, unregister, close, an unmerge-all at work on it) and is the
+ * lock held across that context's long work: checking its VMAs, faulting
+ * its pages to unmerge them. The region tree changes only under both it and
+ * ksmdev_lock, so either one is enough to read it.
+ *
+ * ksmdev_config_lock serializes configuration changes, run=2 (which unmerges
+ * every context, one ctx->lock at a time, without ksmdev_lock) included.
+ *
+ * mmap_lock is taken before ksmdev_lock, never after: the scanner holds
+ * ksmdev_lock and only tries the mmap lock; when that fails for the mm it
+ * is about to scan, it lets go of ksmdev_lock, waits for the mmap lock, and
+ * takes ksmdev_lock again (ksmdev_scan_ctx()).
  *
  * Nothing ksmdev does ever runs from inside the kernel's own mm paths (fault,
  * fork, exit): the kernel never calls back into the module. Process exit is
@@ -29,6 +52,7 @@
 #include <linux/list.h>
 #include <linux/rbtree.h>
 #include <linux/mutex.h>
+#include <linux/refcount.h>
 #include <linux/mm_types.h>
 #include <linux/ksmdev.h>
 
@@ -141,8 +165,13 @@ struct ksmdev_chunk {
  * @dir:     leaves of chunk pointers, each covering KSMDEV_LEAF_CHUNKS
  *           chunks (1 GiB of address space); leaves and chunks are
  *           allocated on first use
+ * @going:   being unmerged by KSM_UNREGISTER_REGION: the scanner leaves it
+ *           alone (merges nothing into it, changes none of its slots), so
+ *           that the unmerge, which runs without ksmdev_lock, does not race
+ *           with new merges; cleared again if the unmerge fails
  *
- * Protected by ksmdev_lock.
+ * The tree links are protected by ksmdev_lock and the context's lock
+ * together (see struct ksmdev_ctx); the slots and @going by ksmdev_lock.
  */
 struct ksmdev_region {
 	struct rb_node node;
@@ -151,6 +180,7 @@ struct ksmdev_region {
 	u64 flags;
 	unsigned long nr_dir;
 	struct ksmdev_chunk ***dir;
+	bool going;
 };
 
 /**
@@ -168,9 +198,22 @@ struct ksmdev_region {
  * @nr_pages:  pages they cover
  * @nr_merging: pages that map a merged page or a merged zero page
  * @nr_zero:   of those, zero-page mappings
- * @exited:    the mm's users dropped to zero: regions were dropped
+ * @exited:    the regions were dropped for good: the mm's users dropped to
+ *             zero, or the context was closed
+ * @lock:      serializes changes of @regions (register, unregister, close,
+ *             an unmerge-all working on this context) and is held across
+ *             this context's long work (VMA checks, unmerging), without
+ *             ksmdev_lock; see the lock order at the top of this file
+ * @ref:       one for the open file, one for an unmerge-all that works on
+ *             the context without ksmdev_lock; the last put frees it
+ *             (ksmdev_ctx_put(), under ksmdev_lock)
+ * @closing:   set (without any lock) by the last close() before it waits
+ *             for @lock: an unmerge-all at work here stops at its next
+ *             chunk instead of unmerging memory nobody registers any more
  *
- * The list link and everything below it are protected by ksmdev_lock.
+ * The list link and everything from @unstable to @exited are protected by
+ * ksmdev_lock; @regions, @nr_regions, @nr_pages and @exited change only
+ * under @lock as well, so that @lock alone is enough to read them.
  */
 struct ksmdev_ctx {
 	struct list_head list;
@@ -184,6 +227,9 @@ struct ksmdev_ctx {
 	unsigned long nr_merging;
 	unsigned long nr_zero;
 	bool exited;
+	struct mutex lock;	/* see @lock above, and the lock order */
+	refcount_t ref;
+	bool closing;
 };
 
 /* main.c: configuration and the global lock */
@@ -236,6 +282,8 @@ extern struct list_head ksmdev_ctx_list;
 
 struct ksmdev_ctx *ksmdev_ctx_create(void);
 void ksmdev_ctx_destroy(struct ksmdev_ctx *ctx);
+void ksmdev_ctx_put(struct ksmdev_ctx *ctx);
+bool ksmdev_ctx_abandoned(struct ksmdev_ctx *ctx);
 int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r);
 int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r);
 struct ksmdev_region *ksmdev_region_next(struct ksmdev_ctx *ctx,

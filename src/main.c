@@ -18,11 +18,23 @@
 DEFINE_MUTEX(ksmdev_lock);
 /* Tasks waiting for ksmdev_lock: the scanner lets go early when non-zero. */
 atomic_t ksmdev_lock_waiters = ATOMIC_INIT(0);
+/*
+ * Serializes configuration changes (KSM_SET_CONFIG, module parameters),
+ * taken before any other ksmdev lock. Held across run=2's unmerge of every
+ * context, which holds no ksmdev_lock while it faults: so a second run=2, or
+ * any other configuration change, waits for the first to end (killably),
+ * while everything else goes on.
+ */
+static DEFINE_MUTEX(ksmdev_config_lock);
 
 /* Before load completes, max_kernel_pages holds this: "a quarter of RAM". */
 #define KSMDEV_MAX_KERNEL_PAGES_DEFAULT	U64_MAX
 
-/* Written under ksmdev_lock; the scanner reads single fields locklessly. */
+/*
+ * Written under ksmdev_config_lock and ksmdev_lock (so run is stable for
+ * whoever holds either); the scanner and KSM_GET_CONFIG read single fields
+ * locklessly.
+ */
 struct ksm_config ksmdev_config = {
 	.run = KSM_RUN_MERGE,
 	.pages_to_scan = 100,
@@ -64,20 +76,28 @@ static int ksmdev_config_apply(const struct ksm_config *cfg)
 {
 	int err;
 
-	lockdep_assert_held(&ksmdev_lock);
+	lockdep_assert_held(&ksmdev_config_lock);
 	if (cfg->run == KSM_RUN_UNMERGE && ksmdev_config.run != KSM_RUN_UNMERGE) {
-		/* The scanner stays stopped while everything is unmerged. */
+		/*
+		 * The scanner stays stopped while everything is unmerged: it
+		 * reads run under ksmdev_lock before every window, and only
+		 * this function (under ksmdev_config_lock) changes it.
+		 */
+		ksmdev_lock_acquire();
 		WRITE_ONCE(ksmdev_config.run, KSM_RUN_STOP);
+		mutex_unlock(&ksmdev_lock);
 		err = ksmdev_unmerge_all();
 		if (err)
 			return err;
 	}
+	ksmdev_lock_acquire();
 	WRITE_ONCE(ksmdev_config.run, cfg->run);
 	WRITE_ONCE(ksmdev_config.pages_to_scan, cfg->pages_to_scan);
 	WRITE_ONCE(ksmdev_config.sleep_millisecs, cfg->sleep_millisecs);
 	WRITE_ONCE(ksmdev_config.max_kernel_pages, cfg->max_kernel_pages);
 	WRITE_ONCE(ksmdev_config.use_zero_pages, cfg->use_zero_pages);
 	WRITE_ONCE(ksmdev_config.scan_all_pages, cfg->scan_all_pages);
+	mutex_unlock(&ksmdev_lock);
 	return 0;
 }
 
@@ -85,7 +105,8 @@ static int ksmdev_config_apply(const struct ksm_config *cfg)
  * ksmdev_config_set - validate and install a whole scanner configuration
  * @cfg: the new configuration
  *
- * Return: 0, -EINVAL for a value out of range (nothing changes), or the
+ * Return: 0, -EINVAL for a value out of range (nothing changes), -EINTR (a
+ * fatal signal while waiting for another configuration change), or the
  * error of the unmerge that run=2 asks for.
  */
 int ksmdev_config_set(const struct ksm_config *cfg)
@@ -94,9 +115,10 @@ int ksmdev_config_set(const struct ksm_config *cfg)
 
 	if (err)
 		return err;
-	ksmdev_lock_acquire();
+	if (mutex_lock_killable(&ksmdev_config_lock))
+		return -EINTR;
 	err = ksmdev_config_apply(cfg);
-	mutex_unlock(&ksmdev_lock);
+	mutex_unlock(&ksmdev_config_lock);
 	ksmdev_scan_wake();
 	return err;
 }
@@ -113,7 +135,8 @@ static int ksmdev_param_set(const char *val, const struct kernel_param *kp)
 	if (err)
 		return err;
 
-	ksmdev_lock_acquire();
+	if (mutex_lock_killable(&ksmdev_config_lock))
+		return -EINTR;
 	cfg = ksmdev_config;
 	/* Parameters given to modprobe are set before ksmdev_init(). */
 	if (cfg.max_kernel_pages == KSMDEV_MAX_KERNEL_PAGES_DEFAULT)
@@ -122,7 +145,7 @@ static int ksmdev_param_set(const char *val, const struct kernel_param *kp)
 	err = ksmdev_config_check(&cfg);
 	if (!err)
 		err = ksmdev_config_apply(&cfg);
-	mutex_unlock(&ksmdev_lock);
+	mutex_unlock(&ksmdev_config_lock);
 	ksmdev_scan_wake();
 	return err;
 }

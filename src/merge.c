@@ -329,27 +329,40 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
 			ksmdev_slot_set(ctx, slot, 0);
 }
 
+/* Merged pages found under ksmdev_lock at a time, then faulted without it. */
+#define KSMDEV_UNMERGE_CHUNK	64
+
 /**
  * ksmdev_unmerge_region - give every merged page of @region a private copy
  * @ctx:    the region's context
  * @region: the region
  *
- * Called with ksmdev_lock held, a reference on ctx->mm and its mmap lock
- * held for read (GUP keeps it held). Returns promptly on failure; what was
- * unmerged stays unmerged, and the call can be repeated.
+ * Called with ctx->lock held, a reference on ctx->mm and its mmap lock held
+ * for read (GUP keeps it held), and without ksmdev_lock: the page faults
+ * run without it, so that nobody else waits for them. It is taken for a
+ * moment per chunk, to find the next merged pages (their slots say which
+ * zero pages are ours), and at the end to forget that the region's pages
+ * were merged. Nothing merges into @region meanwhile: it is going (the
+ * scanner leaves it alone), or run is stopped (unmerge-all).
+ *
+ * Returns promptly on failure; what was unmerged stays unmerged, and the
+ * call can be repeated.
  *
  * Return: 0, -ENOMEM (a memory cgroup limit, or no memory), -ERESTARTSYS
- * (a signal: EINTR for the caller, or a restart), or another error of the
- * fault.
+ * (a signal: EINTR for the caller, or a restart), -ESRCH (the context is
+ * being closed, or its process is gone: ksmdev_ctx_abandoned()), or another
+ * error of the fault.
  */
 int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 {
+	unsigned long addr = region->start, end, chunk[KSMDEV_UNMERGE_CHUNK];
 	struct mm_struct *mm = ctx->mm;
-	unsigned long addr = region->start, end;
 	struct vm_area_struct *vma;
+	unsigned int i, nr;
 	long ret;
 
-	lockdep_assert_held(&ksmdev_lock);
+	lockdep_assert_held(&ctx->lock);
+	lockdep_assert_not_held(&ksmdev_lock);
 	mmap_assert_locked(mm);
 	while (addr < region->end) {
 		vma = find_vma(mm, addr);
@@ -361,7 +374,7 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 			addr = end;
 			continue;
 		}
-		for (;;) {
+		while (addr < end) {
 			/*
 			 * A signal, or task work (io_uring): restart the call
 			 * after it, or return EINTR to a handler that asked
@@ -369,24 +382,44 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 			 */
 			if (signal_pending(current))
 				return -ERESTARTSYS;
-			addr = ksmdev_next_merged(vma, region, addr, end);
-			if (addr >= end)
-				break;
-			ret = ksmdev_fault_write(mm, addr);
-			/*
-			 * PROT_NONE: nothing can read or write the page; a
-			 * later mprotect() makes it copy-on-write again.
-			 */
-			if (ret == -EFAULT &&
-			    !(vma->vm_flags & (VM_READ | VM_WRITE | VM_EXEC)))
-				ret = 0;
-			if (ret < 0)
-				return ret;
-			ksmdev_event(&ksmdev_events.unmerges);
-			addr += PAGE_SIZE;
-			cond_resched();
+			if (ksmdev_ctx_abandoned(ctx))
+				return -ESRCH;
+			ksmdev_lock_acquire();
+			for (nr = 0; nr < KSMDEV_UNMERGE_CHUNK; nr++) {
+				addr = ksmdev_next_merged(vma, region, addr, end);
+				if (addr >= end)
+					break;
+				chunk[nr] = addr;
+				addr += PAGE_SIZE;
+			}
+			mutex_unlock(&ksmdev_lock);
+
+			for (i = 0; i < nr; i++) {
+				if (signal_pending(current))
+					return -ERESTARTSYS;
+				ret = ksmdev_fault_write(mm, chunk[i]);
+				/*
+				 * PROT_NONE: nothing can read or write the
+				 * page; a later mprotect() makes it
+				 * copy-on-write again.
+				 */
+				if (ret == -EFAULT &&
+				    !(vma->vm_flags & (VM_READ | VM_WRITE | VM_EXEC)))
+					ret = 0;
+				if (ret < 0)
+					return ret;
+				cond_resched();
+			}
+			if (nr) {
+				ksmdev_lock_acquire();
+				WRITE_ONCE(ksmdev_events.unmerges,
+					   ksmdev_events.unmerges + nr);
+				mutex_unlock(&ksmdev_lock);
+			}
 		}
 	}
+	ksmdev_lock_acquire();
 	ksmdev_region_unmerged(ctx, region);
+	mutex_unlock(&ksmdev_lock);
 	return 0;
 }

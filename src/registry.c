@@ -7,8 +7,12 @@
  * the overlap check of a registration and the scanner's "where next", in
  * O(log n) for thousands of regions.
  *
- * Every function here runs with ksmdev_lock held, except the allocation
- * and freeing of objects nobody else can see yet (or any more).
+ * Locking (include/ksmdev.h): the region tree of a context changes only
+ * under both its ctx->lock and ksmdev_lock, so either is enough to read it.
+ * Register and unregister hold ctx->lock throughout, and ksmdev_lock only
+ * for the short steps that touch shared state: the VMA checks and the
+ * unmerge (page faults) run without it, so that another process's exit,
+ * close, register or stats never waits for them.
  */
 #include <linux/mm.h>
 #include <linux/sched/mm.h>
@@ -42,6 +46,8 @@ struct ksmdev_ctx *ksmdev_ctx_create(void)
 	ctx->mm = current->mm;
 	mmgrab(ctx->mm);
 	ctx->pid = task_tgid_nr(current);
+	mutex_init(&ctx->lock);
+	refcount_set(&ctx->ref, 1);
 	ctx->regions = RB_ROOT;
 	ctx->trees.stable = RB_ROOT;
 	ctx->trees.unstable = RB_ROOT;
@@ -52,23 +58,64 @@ struct ksmdev_ctx *ksmdev_ctx_create(void)
 	return ctx;
 }
 
+/**
+ * ksmdev_ctx_put - drop a reference to @ctx, freeing it with the last
+ * @ctx: a context, already off the list if this is the last reference
+ *
+ * Called with ksmdev_lock held (the metadata counters change).
+ */
+void ksmdev_ctx_put(struct ksmdev_ctx *ctx)
+{
+	lockdep_assert_held(&ksmdev_lock);
+	if (!refcount_dec_and_test(&ctx->ref))
+		return;
+	mmdrop(ctx->mm);
+	mutex_destroy(&ctx->lock);
+	ksmdev_meta_free(ctx, sizeof(*ctx));
+}
+
 /*
  * Called at the last close(): the regions are dropped without unmerging
  * (ABI.md, "Close and exit"); merged pages stay mapped copy-on-write.
+ *
+ * No ioctl of this context can be running (it holds a reference to the
+ * file), so ctx->lock is held, if at all, by an unmerge-all working on this
+ * context, which sees ctx->closing and lets go at its next chunk. No other
+ * context's work is ever waited for: ksmdev_lock is only held briefly.
  */
 void ksmdev_ctx_destroy(struct ksmdev_ctx *ctx)
 {
+	WRITE_ONCE(ctx->closing, true);
+	mutex_lock(&ctx->lock);
 	ksmdev_lock_acquire();
 	ksmdev_scan_forget_ctx(ctx);
 	ksmdev_ctx_drop_regions(ctx);
+	ctx->exited = true;
 	/* Its pages were its unstable nodes' and its stable pages' only users. */
 	WARN_ON_ONCE(!list_empty(&ctx->unstable) ||
 		     !RB_EMPTY_ROOT(&ctx->trees.stable));
 	list_del(&ctx->list);
 	WRITE_ONCE(ksmdev_stats.mms, ksmdev_stats.mms - 1);
-	mmdrop(ctx->mm);
-	ksmdev_meta_free(ctx, sizeof(*ctx));
+	mutex_unlock(&ctx->lock);
+	ksmdev_ctx_put(ctx);
 	mutex_unlock(&ksmdev_lock);
+}
+
+/**
+ * ksmdev_ctx_abandoned - an unmerge of @ctx should stop: nobody needs it
+ * @ctx: the context being unmerged (ctx->lock held)
+ *
+ * True when the context is being closed, or when its process is gone and
+ * the caller (an unmerge-all in another process) holds the mm's last user.
+ * The owner's own unregister never abandons: its process is alive.
+ */
+bool ksmdev_ctx_abandoned(struct ksmdev_ctx *ctx)
+{
+	lockdep_assert_held(&ctx->lock);
+	if (READ_ONCE(ctx->closing))
+		return true;
+	return current->mm != ctx->mm &&
+	       atomic_read(&ctx->mm->mm_users) <= 1;
 }
 
 static unsigned long ksmdev_region_pages(const struct ksmdev_region *region)
@@ -246,7 +293,8 @@ struct ksmdev_region *ksmdev_region_next(struct ksmdev_ctx *ctx,
 	struct rb_node *node = ctx->regions.rb_node;
 	struct ksmdev_region *found = NULL;
 
-	lockdep_assert_held(&ksmdev_lock);
+	lockdep_assert(lockdep_is_held(&ksmdev_lock) ||
+		       lockdep_is_held(&ctx->lock));
 	while (node) {
 		struct ksmdev_region *region;
 
@@ -310,7 +358,9 @@ int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 	struct ksmdev_region *region, *next;
 	int err;
 
-	ksmdev_lock_acquire();
+	if (mutex_lock_killable(&ctx->lock))
+		return -EINTR;
+	/* ctx->lock alone keeps the region tree as it is (see ksmdev.h). */
 	next = ksmdev_region_next(ctx, start);
 	if (next && next->start < end) {
 		err = -EEXIST;
@@ -320,15 +370,17 @@ int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 		err = -ENOSPC;
 		goto out;
 	}
+	/* The mmap lock, without ksmdev_lock: it may wait for a writer. */
 	err = ksmdev_check_vmas(ctx->mm, start, end);
 	if (err)
 		goto out;
+
+	ksmdev_lock_acquire();
 	region = ksmdev_region_alloc(start, end, r->flags);
 	if (!region) {
 		err = -ENOMEM;
-		goto out;
+		goto unlock;
 	}
-
 	link = &ctx->regions.rb_node;
 	while (*link) {
 		parent = *link;
@@ -343,8 +395,10 @@ int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 	ctx->nr_pages += ksmdev_region_pages(region);
 	ksmdev_stats_add(1, ksmdev_region_pages(region));
 	ksmdev_scan_wake();
-out:
+unlock:
 	mutex_unlock(&ksmdev_lock);
+out:
+	mutex_unlock(&ctx->lock);
 	return err;
 }
 
@@ -360,6 +414,22 @@ static void ksmdev_region_drop(struct ksmdev_ctx *ctx,
 	ksmdev_region_free(region);
 }
 
+/* The regions of @ctx from @first that lie before @end: mark them going. */
+static void ksmdev_regions_set_going(struct ksmdev_region *first,
+				     unsigned long end, bool going)
+{
+	struct ksmdev_region *region;
+	struct rb_node *node;
+
+	lockdep_assert_held(&ksmdev_lock);
+	for (node = &first->node; node; node = rb_next(node)) {
+		region = rb_entry(node, struct ksmdev_region, node);
+		if (region->start >= end)
+			break;
+		region->going = going;
+	}
+}
+
 /**
  * ksmdev_region_remove - unmerge and unregister the regions inside a range
  * @ctx: the caller's context (ctx->mm == current->mm)
@@ -368,6 +438,13 @@ static void ksmdev_region_drop(struct ksmdev_ctx *ctx,
  * Every region is unmerged before any is removed: if unmerging fails, all
  * stay registered, what was unmerged stays correct, and the call can be
  * repeated.
+ *
+ * Locking: ctx->lock throughout, so that the regions stay (nothing else
+ * removes them: close cannot run during an ioctl of the same file, the
+ * scanner drops an exited context's regions only with a trylock of
+ * ctx->lock). The regions are marked going under ksmdev_lock, so that the
+ * scanner leaves them alone, then unmerged without ksmdev_lock (the unmerge
+ * takes it for a moment per chunk), then removed under it again.
  *
  * Return: 0, -EINVAL (the range cuts a region), -ENOENT (no region in it),
  * -ENOMEM or -EINTR (unmerging failed).
@@ -379,7 +456,8 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 	struct rb_node *node;
 	int err = 0;
 
-	ksmdev_lock_acquire();
+	if (mutex_lock_killable(&ctx->lock))
+		return -EINTR;
 	first = ksmdev_region_next(ctx, start);
 	if (!first || first->start >= end) {
 		err = -ENOENT;
@@ -395,20 +473,28 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 			goto out;
 		}
 	}
+	ksmdev_lock_acquire();
+	ksmdev_regions_set_going(first, end, true);
+	mutex_unlock(&ksmdev_lock);
+
 	if (mmap_read_lock_killable(ctx->mm)) {
 		err = -EINTR;
-		goto out;
+	} else {
+		for (node = &first->node; node && !err; node = rb_next(node)) {
+			region = rb_entry(node, struct ksmdev_region, node);
+			if (region->start >= end)
+				break;
+			err = ksmdev_unmerge_region(ctx, region);
+		}
+		mmap_read_unlock(ctx->mm);
 	}
-	for (node = &first->node; node && !err; node = rb_next(node)) {
-		region = rb_entry(node, struct ksmdev_region, node);
-		if (region->start >= end)
-			break;
-		err = ksmdev_unmerge_region(ctx, region);
-	}
-	mmap_read_unlock(ctx->mm);
-	if (err)
-		goto out;
 
+	ksmdev_lock_acquire();
+	if (err) {
+		/* Registered as before; the scanner counts what changed. */
+		ksmdev_regions_set_going(first, end, false);
+		goto unlock;
+	}
 	node = &first->node;
 	while (node) {
 		region = rb_entry(node, struct ksmdev_region, node);
@@ -418,17 +504,23 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 		rb_erase(&region->node, &ctx->regions);
 		ksmdev_region_drop(ctx, region);
 	}
-out:
+unlock:
 	mutex_unlock(&ksmdev_lock);
+out:
+	mutex_unlock(&ctx->lock);
 	return err;
 }
 
-/* Forget every region of @ctx, without unmerging (close, or exit). */
+/*
+ * Forget every region of @ctx, without unmerging (close, or exit). Called
+ * with both ksmdev_lock and ctx->lock held.
+ */
 void ksmdev_ctx_drop_regions(struct ksmdev_ctx *ctx)
 {
 	struct ksmdev_region *region, *tmp;
 
 	lockdep_assert_held(&ksmdev_lock);
+	lockdep_assert_held(&ctx->lock);
 	rbtree_postorder_for_each_entry_safe(region, tmp, &ctx->regions, node)
 		ksmdev_region_drop(ctx, region);
 	ctx->regions = RB_ROOT;

@@ -22,6 +22,14 @@
  * region costs time in proportion to its present pages. Absent pages are
  * never faulted in, and only present anonymous pages of suitable VMAs are
  * read.
+ *
+ * The scanner holds ksmdev_lock through a window, so it never waits for an
+ * mmap lock while holding it (include/ksmdev.h): it tries the lock, and if
+ * that fails, lets go of ksmdev_lock, waits for the mmap lock, then takes
+ * ksmdev_lock again and checks that the cursor still points at the same
+ * context. A contended mm is thus scanned late, never skipped for good.
+ * Regions being unregistered (region->going) are left alone: their unmerge
+ * runs without ksmdev_lock and must not race with new merges.
  */
 #include <linux/bitfield.h>
 #include <linux/jiffies.h>
@@ -78,16 +86,32 @@ static bool ksmdev_must_yield(struct mm_struct *mm)
 	       atomic_read(&mm->mm_users) <= 1 || kthread_should_stop();
 }
 
-/* Called with ksmdev_lock held by whoever is about to free @ctx. */
+/*
+ * The context an unmerge-all (run=2) works on, or goes to next (under
+ * ksmdev_lock; NULL when none runs or it reached the list's end).
+ */
+static struct ksmdev_ctx *ksmdev_unmerge_cursor;
+
+/* The context after @ctx on the list, or NULL. */
+static struct ksmdev_ctx *ksmdev_ctx_next(struct ksmdev_ctx *ctx)
+{
+	if (list_is_last(&ctx->list, &ksmdev_ctx_list))
+		return NULL;
+	return list_next_entry(ctx, list);
+}
+
+/*
+ * Called with ksmdev_lock held by whoever is about to take @ctx off the
+ * list: the cursors that point at it move on to the next context.
+ */
 void ksmdev_scan_forget_ctx(struct ksmdev_ctx *ctx)
 {
 	lockdep_assert_held(&ksmdev_lock);
+	if (ksmdev_unmerge_cursor == ctx)
+		ksmdev_unmerge_cursor = ksmdev_ctx_next(ctx);
 	if (ksmdev_cursor.ctx != ctx)
 		return;
-	if (list_is_last(&ctx->list, &ksmdev_ctx_list))
-		ksmdev_cursor.ctx = NULL;
-	else
-		ksmdev_cursor.ctx = list_next_entry(ctx, list);
+	ksmdev_cursor.ctx = ksmdev_ctx_next(ctx);
 	ksmdev_cursor.addr = 0;
 }
 
@@ -231,7 +255,9 @@ static bool ksmdev_merge_unstable(struct ksmdev_scan *s, unsigned long addr,
 	u64 *qslot;
 
 	qregion = ksmdev_region_find(qctx, qaddr);
-	if (!qregion || ksmdev_trees_of(qctx, qregion) != un->trees) {
+	/* A region being unregistered is being unmerged: merge nothing in. */
+	if (!qregion || qregion->going ||
+	    ksmdev_trees_of(qctx, qregion) != un->trees) {
 		ksmdev_unstable_erase(un);
 		return false;
 	}
@@ -504,21 +530,44 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 	if (ctx->exited || !mmget_not_zero(mm)) {
 		/*
 		 * The process is gone (its fd lives on elsewhere): nothing
-		 * can be merged there any more, so its bookkeeping goes now.
+		 * can be merged there any more, so its bookkeeping goes now,
+		 * unless somebody holds ctx->lock this instant (then at the
+		 * next pass): we never wait for it under ksmdev_lock.
 		 */
-		if (!ctx->exited) {
+		if (!ctx->exited && mutex_trylock(&ctx->lock)) {
 			ctx->exited = true;
 			ksmdev_ctx_drop_regions(ctx);
+			mutex_unlock(&ctx->lock);
 		}
 		ksmdev_cursor.addr = ULONG_MAX;
 		return 0;
 	}
-	mmap_read_lock(mm);
+	if (!mmap_read_trylock(mm)) {
+		/*
+		 * Never wait for an mmap lock under ksmdev_lock (see
+		 * ksmdev.h): wait without it. Meanwhile the context may be
+		 * closed (the cursor then moves on) or the scanner stopped.
+		 */
+		mutex_unlock(&ksmdev_lock);
+		mmap_read_lock(mm);
+		mutex_lock(&ksmdev_lock);
+		if (ksmdev_cursor.ctx != ctx || ctx->mm != mm ||
+		    !ksmdev_should_run() || kthread_should_stop()) {
+			mmap_read_unlock(mm);
+			mmput_async(mm);
+			return 0;
+		}
+		addr = ksmdev_cursor.addr;
+	}
 	while (scanned < budget) {
 		s.region = ksmdev_region_next(ctx, addr);
 		if (!s.region) {
 			addr = ULONG_MAX;
 			break;
+		}
+		if (s.region->going) {
+			addr = s.region->end;
+			continue;
 		}
 		addr = max(addr, s.region->start);
 		s.vma = find_vma(mm, addr);
@@ -600,6 +649,9 @@ static void ksmdev_scan_batch(void)
 		}
 		ctx = ksmdev_cursor.ctx;
 		budget -= min(budget, ksmdev_scan_ctx(ctx, budget));
+		/* Closed while the scanner waited for its mm: moved on. */
+		if (ksmdev_cursor.ctx != ctx)
+			continue;
 
 		if (ksmdev_cursor.addr == ULONG_MAX) {
 			if (list_is_last(&ctx->list, &ksmdev_ctx_list)) {
@@ -657,43 +709,80 @@ static int ksmdev_scan_thread(void *unused)
 }
 
 /*
+ * Unmerge every merged page of @ctx, holding ctx->lock (so that its regions
+ * stay) but not ksmdev_lock. A context being closed, or whose process is
+ * gone, is not unmerged but dropped: nobody needs its pages private.
+ */
+static int ksmdev_unmerge_ctx(struct ksmdev_ctx *ctx)
+{
+	struct ksmdev_region *region;
+	struct rb_node *node;
+	int err = 0;
+
+	mutex_lock(&ctx->lock);
+	if (ctx->exited)
+		goto out;
+	if (!mmget_not_zero(ctx->mm)) {
+		err = -ESRCH;
+		goto drop;
+	}
+	if (mmap_read_lock_killable(ctx->mm)) {
+		mmput_async(ctx->mm);
+		err = -EINTR;
+		goto out;
+	}
+	for (node = rb_first(&ctx->regions); node && !err;
+	     node = rb_next(node)) {
+		region = rb_entry(node, struct ksmdev_region, node);
+		err = ksmdev_unmerge_region(ctx, region);
+	}
+	mmap_read_unlock(ctx->mm);
+	mmput_async(ctx->mm);
+drop:
+	if (err == -ESRCH) {
+		ksmdev_lock_acquire();
+		ctx->exited = true;
+		ksmdev_ctx_drop_regions(ctx);
+		mutex_unlock(&ksmdev_lock);
+		err = 0;
+	}
+out:
+	mutex_unlock(&ctx->lock);
+	return err;
+}
+
+/*
  * Unmerge every merged page of every context (run=2). Called with
- * ksmdev_lock held and run at KSM_RUN_STOP, so that nothing merges anew;
- * contexts opened meanwhile wait for ksmdev_lock, and go to the list's
- * tail (seed 004). Stops at the first error (-ENOMEM, -EINTR), which the
+ * ksmdev_config_lock held and run at KSM_RUN_STOP, so that nothing merges
+ * anew, and without ksmdev_lock: the contexts are unmerged one at a time,
+ * under their own lock, while other contexts are opened, used and closed.
+ * The unmerge cursor walks the list; a context closed meanwhile moves it
+ * on (ksmdev_scan_forget_ctx()), and a reference keeps the one being
+ * unmerged. Contexts opened meanwhile go to the list's tail, so none is
+ * missed (seed 004). Stops at the first error (-ENOMEM, -EINTR), which the
  * caller returns.
  */
 int ksmdev_unmerge_all(void)
 {
-	struct ksmdev_region *region;
 	struct ksmdev_ctx *ctx;
-	struct rb_node *node;
 	int err = 0;
 
-	lockdep_assert_held(&ksmdev_lock);
-	list_for_each_entry(ctx, &ksmdev_ctx_list, list) {
-		if (ctx->exited)
-			continue;
-		if (!mmget_not_zero(ctx->mm)) {
-			ctx->exited = true;
-			ksmdev_ctx_drop_regions(ctx);
-			continue;
-		}
-		if (mmap_read_lock_killable(ctx->mm)) {
-			mmput_async(ctx->mm);
-			return -EINTR;
-		}
-		for (node = rb_first(&ctx->regions); node && !err;
-		     node = rb_next(node)) {
-			region = rb_entry(node, struct ksmdev_region, node);
-			err = ksmdev_unmerge_region(ctx, region);
-		}
-		mmap_read_unlock(ctx->mm);
-		mmput_async(ctx->mm);
-		if (err)
-			return err;
+	ksmdev_lock_acquire();
+	ksmdev_unmerge_cursor = list_first_entry_or_null(&ksmdev_ctx_list,
+							 struct ksmdev_ctx,
+							 list);
+	while (!err && (ctx = ksmdev_unmerge_cursor)) {
+		refcount_inc(&ctx->ref);
+		mutex_unlock(&ksmdev_lock);
+		err = ksmdev_unmerge_ctx(ctx);
+		ksmdev_lock_acquire();
+		if (ksmdev_unmerge_cursor == ctx)
+			ksmdev_unmerge_cursor = ksmdev_ctx_next(ctx);
+		ksmdev_ctx_put(ctx);
 	}
-	return 0;
+	ksmdev_unmerge_cursor = NULL;
+	mutex_unlock(&ksmdev_lock);
+	return err;
 }
 
 int ksmdev_scan_init(void)
