@@ -303,6 +303,32 @@ build_test() {
 		-o "$BUILD/tests/$name" "$KSMDEV_ROOT/tests/$name.c"
 }
 
+# build_test_kmods KVER: the test suite's own modules (tests/kmod/, GPL),
+# built with W=1 against KVER's build tree in a copy (nothing lands in the
+# worktree), into build/testmods/KVER/; build_initramfs puts them in the
+# guest's /tests/, where the programs that need one load it. A warning fails.
+build_test_kmods() {
+	local kver=$1 tree=$BUILD/testmods/$1/src
+	rm -rf "$BUILD/testmods/$kver"
+	mkdir -p "$tree"
+	cp -a "$KSMDEV_ROOT/tests/kmod/." "$tree/"
+	make -C "$(kernel_headers "$kver")" M="$tree" W=1 modules 2>&1 |
+		tee "$tree.log"
+	[ "${PIPESTATUS[0]}" -eq 0 ] || return 1
+	! grep -q 'warning:' "$tree.log" || return 1
+	cp "$tree"/*.ko "$BUILD/testmods/$kver/"
+}
+
+# add_test_kmods ROOT KVER: what build_test_kmods built for KVER, into the
+# guest's /tests/ (loaded there by the tests, never on the host).
+add_test_kmods() {
+	local f
+	for f in "$BUILD/testmods/$2"/*.ko; do
+		[ -f "$f" ] && cp "$f" "$1/tests/"
+	done
+	return 0
+}
+
 # build_tool NAME: tools/NAME.c (a userspace helper) into build/tests/NAME
 # (static), with every warning an error.
 build_tool() {
@@ -592,6 +618,7 @@ build_initramfs() {
 	for f in "$@" $GUEST_TOOLS; do
 		[ -f "$BUILD/tests/$f" ] && cp "$BUILD/tests/$f" "$root/tests/"
 	done
+	add_test_kmods "$root" "$kver"
 	# The dynamic ones (fakevm, the preload library) need libc and ld.so.
 	copy_dynamic_libs "$root" "$root"/tests/*
 	case " $* " in
