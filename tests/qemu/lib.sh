@@ -382,7 +382,7 @@ build_w1() {
 CHECKPATCH_IGNORE=FILE_PATH_CHANGES,SPDX_LICENSE_TAG,LINUX_VERSION_CODE
 
 # style_checkpatch: checkpatch --strict --no-tree on every file of src/,
-# include/ and uapi/. The files are checked where they would sit in the
+# include/ and uapi/, and of the test suite's kernel modules (tests/kmod/). The files are checked where they would sit in the
 # kernel tree (uapi/ as include/uapi/), so that checkpatch applies the rules
 # it has for uapi headers (no BIT() there, for one); its messages are shown
 # with our own paths.
@@ -393,7 +393,9 @@ style_checkpatch() {
 	cp -a "$KSMDEV_ROOT/src" "$tree/src"
 	cp -a "$KSMDEV_ROOT/include/." "$tree/include/"
 	cp -a "$KSMDEV_ROOT/uapi" "$tree/include/uapi"
-	files=$(cd "$tree" && find src include -type f \
+	mkdir -p "$tree/tests"
+	cp -a "$KSMDEV_ROOT/tests/kmod" "$tree/tests/kmod"
+	files=$(cd "$tree" && find src include tests/kmod -type f \
 		\( -name '*.c' -o -name '*.h' \) | LC_ALL=C sort)
 	[ -n "$files" ] || { echo "no source files in src/ include/ uapi/"; return 1; }
 	# shellcheck disable=SC2086
