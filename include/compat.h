@@ -24,9 +24,16 @@
 #include <linux/mmu_notifier.h>
 #include <linux/pgtable.h>
 
-/* The static calls of include/symbols.h. */
+#ifdef CONFIG_LOCKDEP
+/* The map that mmu_notifier_invalidate_range_start() takes (symbols.h). */
+extern struct lockdep_map *ksmdev_mmu_start_map;
+#endif
+
+/* The static calls of include/symbols.h, and the types of its variables. */
 #define KSMDEV_SYMBOL(sym)	DECLARE_STATIC_CALL(ksmdev_sc_##sym, sym)
+#define KSMDEV_DATA_SYMBOL(var, sym)	static_assert(__same_type(&(sym), var))
 #include "symbols.h"
+#undef KSMDEV_DATA_SYMBOL
 #undef KSMDEV_SYMBOL
 
 /* Found first, through a kprobe: the key to all the others. */
@@ -161,15 +168,43 @@ static inline void ksmdev_mmu_range_init(struct mmu_notifier_range *range,
 #endif
 }
 
-/* The inline mmu_notifier_invalidate_range_start/end(), resolved. */
-static inline void ksmdev_mmu_invalidate_start(struct mmu_notifier_range *range)
+/*
+ * The kernel's inline mmu_notifier_invalidate_range_start(), with the error
+ * returned: secondary MMUs (KVM, and interval-notifier subscribers such as
+ * GPU userptr, RDMA ODP or Xen gntdev, which refuse a range that may not
+ * sleep) drop their mappings of [range->start, range->end) before it
+ * returns 0. The range is blockable, as in the kernel's own callers: an
+ * interval notifier that had to refuse it would keep mapping the page that
+ * the merge then frees. Only a subscriber that breaks the rules (the kernel
+ * WARNs) fails a blockable range; then, as after a failed
+ * mmu_notifier_invalidate_range_start_nonblock(), the caller must not call
+ * ksmdev_mmu_invalidate_end() (it would end the invalidation twice and
+ * leave the mm's interval tree "invalidating" for ever): it gives up.
+ *
+ * The lockdep map is the one the kernel's wrapper takes, even when the mm
+ * has no notifiers, so that the debug kernel checks our locks against every
+ * subscriber's. Call with no spinlock held and not under RCU: it may sleep.
+ */
+static inline int __must_check
+ksmdev_mmu_invalidate_start(struct mmu_notifier_range *range)
 {
-	if (mm_has_notifiers(range->mm))
-		static_call(ksmdev_sc___mmu_notifier_invalidate_range_start)(range);
+	int err = 0;
+
+	might_sleep();
+	lock_map_acquire(ksmdev_mmu_start_map);
+	if (mm_has_notifiers(range->mm)) {
+		range->flags |= MMU_NOTIFIER_RANGE_BLOCKABLE;
+		err = static_call(ksmdev_sc___mmu_notifier_invalidate_range_start)(range);
+	}
+	lock_map_release(ksmdev_mmu_start_map);
+	return err;
 }
 
+/* The inline mmu_notifier_invalidate_range_end(), after a start that was 0. */
 static inline void ksmdev_mmu_invalidate_end(struct mmu_notifier_range *range)
 {
+	if (mmu_notifier_range_blockable(range))
+		might_sleep();
 	if (!mm_has_notifiers(range->mm))
 		return;
 #ifdef KSMDEV_HAVE_MMU_END_ONLY_END

@@ -3,8 +3,11 @@
  * Every kernel function ksmdev resolves at load, and the only place that
  * names them. No include guard: the includer defines KSMDEV_SYMBOL(sym)
  * first, to declare, define or resolve the static call ksmdev_sc_<sym>,
- * whose type is that of the kernel's own declaration of <sym>. Loading
- * fails, naming each one missing, unless all of them are found.
+ * whose type is that of the kernel's own declaration of <sym>; and
+ * KSMDEV_DATA_SYMBOL(var, sym), for a kernel variable (data is never
+ * called): the pointer <var>, declared in compat.h, is set to <sym>, whose
+ * type it must have. Loading fails, naming each one missing, unless all of
+ * them are found.
  */
 KSMDEV_SYMBOL(ptep_clear_flush);
 KSMDEV_SYMBOL(__mmu_notifier_invalidate_range_start);
@@ -24,4 +27,9 @@ KSMDEV_SYMBOL(split_huge_page_to_list);
 #endif
 #ifdef KSMDEV_HAVE_PTE_MAP_LOCK_FN
 KSMDEV_SYMBOL(__pte_offset_map_lock);
+#endif
+#ifdef CONFIG_LOCKDEP
+/* What the kernel's inline mmu_notifier_invalidate_range_start() takes. */
+KSMDEV_DATA_SYMBOL(ksmdev_mmu_start_map,
+		   __mmu_notifier_invalidate_range_start_map);
 #endif

@@ -14,9 +14,14 @@
 #include "ksmdev.h"
 
 #define KSMDEV_SYMBOL(sym)	DEFINE_STATIC_CALL_NULL(ksmdev_sc_##sym, sym)
+#define KSMDEV_DATA_SYMBOL(var, sym)	static_assert(__same_type(&(sym), var))
 #include "symbols.h"
+#undef KSMDEV_DATA_SYMBOL
 #undef KSMDEV_SYMBOL
 DEFINE_STATIC_CALL_NULL(ksmdev_sc_kallsyms_lookup_name, kallsyms_lookup_name);
+#ifdef CONFIG_LOCKDEP
+struct lockdep_map *ksmdev_mmu_start_map __ro_after_init;
+#endif
 
 /*
  * For the test suite only: one more symbol to resolve, so that a load that
@@ -68,7 +73,10 @@ int ksmdev_compat_init(void)
 
 	/* All or nothing: look every one up before installing any. */
 #define KSMDEV_SYMBOL(sym)	(missing += !ksmdev_lookup(#sym))
+#define KSMDEV_DATA_SYMBOL(var, sym)					\
+	(missing += !(var = (typeof(var))ksmdev_lookup(#sym)))
 #include "symbols.h"
+#undef KSMDEV_DATA_SYMBOL
 #undef KSMDEV_SYMBOL
 	if (test_missing_symbol && !ksmdev_lookup(test_missing_symbol))
 		missing++;
@@ -80,7 +88,10 @@ int ksmdev_compat_init(void)
 
 #define KSMDEV_SYMBOL(sym)						\
 	static_call_update(ksmdev_sc_##sym, (void *)ksmdev_lookup(#sym))
+#define KSMDEV_DATA_SYMBOL(var, sym)					\
+	(var = (typeof(var))ksmdev_lookup(#sym))
 #include "symbols.h"
+#undef KSMDEV_DATA_SYMBOL
 #undef KSMDEV_SYMBOL
 	return 0;
 }

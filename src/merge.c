@@ -200,8 +200,12 @@ static bool ksmdev_page_unpinned(struct page *page)
  * @page:  an order-0 anonymous page; the caller holds a reference
  * @kpage: a stable page with @page's content, or NULL for the zero page
  *
+ * Called with ksmdev_lock and the mmap lock held (see below), and nothing
+ * else: the invalidation of secondary MMUs may sleep.
+ *
  * Return: 0, or -EAGAIN if the PTE changed, the page is pinned or in the
- * swap cache, or its content is no longer that of @kpage.
+ * swap cache, its content is no longer that of @kpage, or a secondary MMU
+ * refused to drop its mapping of @page.
  */
 int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 			struct page *page, struct page *kpage)
@@ -220,9 +224,28 @@ int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 	if (!pmd)
 		return -EAGAIN;
 
-	/* A secondary MMU (KVM's EPT) must drop the old page first. */
+	/*
+	 * A secondary MMU (KVM's EPT, a device mapping user memory through an
+	 * interval notifier) must drop the old page first, and may sleep to
+	 * do so (wait for its own lock, or for DMA in flight to end). That
+	 * is safe with what we hold, ksmdev_lock and the mmap read lock (of
+	 * one or two mms, see ksmdev_merge_unstable()): mm/ksm.c's
+	 * write_protect_page() and replace_page() do the same under
+	 * ksm_thread_mutex and the mmap read lock; munmap invalidates under
+	 * the mmap write lock, reclaim from inside any allocation. So no
+	 * subscriber may wait, in its invalidate callback, for anything that
+	 * needs an mmap lock or allocates memory (lockdep's
+	 * mmu_notifier_invalidate_range_start map, which we take too, checks
+	 * that), and none can wait for ksmdev_lock: only the scanner and
+	 * /dev/ksm's callers take it, and no kernel path that a subscriber
+	 * holds a lock across (faults, GUP, reclaim) ever calls into ksmdev.
+	 * A subscriber's invalidate that sleeps long (GPU fences) holds up
+	 * the scanner and, behind it, the ioctls: not a deadlock.
+	 * A start that fails has not started: nothing to end, no merge.
+	 */
 	ksmdev_mmu_range_init(&range, vma, addr, addr + PAGE_SIZE);
-	ksmdev_mmu_invalidate_start(&range);
+	if (ksmdev_mmu_invalidate_start(&range))
+		return -EAGAIN;
 	ptep = ksmdev_pte_map_lock(mm, pmd, addr, &ptl);
 	if (!ptep) {
 		ksmdev_pte_map_failed(ptl);

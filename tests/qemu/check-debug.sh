@@ -180,6 +180,7 @@ main() {
 		grep 'warning:' "$BUILD/logs/$DKVER/build.log" || true
 	fi
 	build_tests
+	build_test_kmods_all
 	KERNEL_EXTRA_CMDLINE="${KERNEL_EXTRA_CMDLINE:-} $DEBUG_CMDLINE"
 	log "guest: -m $GUEST_MEM, per test ${TEST_TIMEOUT}s, extra command line: $KERNEL_EXTRA_CMDLINE"
 	run_guest "$DKVER"

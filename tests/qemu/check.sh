@@ -67,6 +67,17 @@ build_tests() {
 		"$BUILD/logs/tests/bench.build.log" build_test bench || true
 }
 
+# build_test_kmods_all: the test suite's modules (tests/kmod/) for every
+# kernel of KVERS.
+build_test_kmods_all() {
+	local kver
+	for kver in "${KVERS[@]}"; do
+		log "test modules (tests/kmod/) against $kver"
+		result_cmd "build tests/kmod $kver" \
+			"$BUILD/logs/$kver/testmods.log" build_test_kmods "$kver" || true
+	done
+}
+
 # tap_count FILE: print "pass fail skip plan" for the TAP lines in FILE.
 tap_count() {
 	awk '
@@ -508,6 +519,7 @@ main() {
 			build_w1 "$kver" || true
 	done
 	build_tests
+	build_test_kmods_all
 	for kver in "${KVERS[@]}"; do
 		run_guest "$kver"
 	done

@@ -335,6 +335,32 @@ build_test() {
 		-o "$BUILD/tests/$name" "$KSMDEV_ROOT/tests/$name.c"
 }
 
+# build_test_kmods KVER: the test suite's own modules (tests/kmod/, GPL),
+# built with W=1 against KVER's build tree in a copy (nothing lands in the
+# worktree), into build/testmods/KVER/; build_initramfs puts them in the
+# guest's /tests/, where the programs that need one load it. A warning fails.
+build_test_kmods() {
+	local kver=$1 tree=$BUILD/testmods/$1/src
+	rm -rf "$BUILD/testmods/$kver"
+	mkdir -p "$tree"
+	cp -a "$KSMDEV_ROOT/tests/kmod/." "$tree/"
+	make -C "$(kernel_headers "$kver")" M="$tree" W=1 modules 2>&1 |
+		tee "$tree.log"
+	[ "${PIPESTATUS[0]}" -eq 0 ] || return 1
+	! grep -q 'warning:' "$tree.log" || return 1
+	cp "$tree"/*.ko "$BUILD/testmods/$kver/"
+}
+
+# add_test_kmods ROOT KVER: what build_test_kmods built for KVER, into the
+# guest's /tests/ (loaded there by the tests, never on the host).
+add_test_kmods() {
+	local f
+	for f in "$BUILD/testmods/$2"/*.ko; do
+		[ -f "$f" ] && cp "$f" "$1/tests/"
+	done
+	return 0
+}
+
 # build_tool NAME: tools/NAME.c (a userspace helper) into build/tests/NAME
 # (static), with every warning an error.
 build_tool() {
@@ -388,7 +414,7 @@ build_w1() {
 CHECKPATCH_IGNORE=FILE_PATH_CHANGES,SPDX_LICENSE_TAG,LINUX_VERSION_CODE
 
 # style_checkpatch: checkpatch --strict --no-tree on every file of src/,
-# include/ and uapi/. The files are checked where they would sit in the
+# include/ and uapi/, and of the test suite's kernel modules (tests/kmod/). The files are checked where they would sit in the
 # kernel tree (uapi/ as include/uapi/), so that checkpatch applies the rules
 # it has for uapi headers (no BIT() there, for one); its messages are shown
 # with our own paths.
@@ -399,7 +425,9 @@ style_checkpatch() {
 	cp -a "$KSMDEV_ROOT/src" "$tree/src"
 	cp -a "$KSMDEV_ROOT/include/." "$tree/include/"
 	cp -a "$KSMDEV_ROOT/uapi" "$tree/include/uapi"
-	files=$(cd "$tree" && find src include -type f \
+	mkdir -p "$tree/tests"
+	cp -a "$KSMDEV_ROOT/tests/kmod" "$tree/tests/kmod"
+	files=$(cd "$tree" && find src include tests/kmod -type f \
 		\( -name '*.c' -o -name '*.h' \) | LC_ALL=C sort)
 	[ -n "$files" ] || { echo "no source files in src/ include/ uapi/"; return 1; }
 	# shellcheck disable=SC2086
@@ -624,6 +652,7 @@ build_initramfs() {
 	for f in "$@" $GUEST_TOOLS; do
 		[ -f "$BUILD/tests/$f" ] && cp "$BUILD/tests/$f" "$root/tests/"
 	done
+	add_test_kmods "$root" "$kver"
 	# The dynamic ones (fakevm, the preload library) need libc and ld.so.
 	copy_dynamic_libs "$root" "$root"/tests/*
 	case " $* " in
