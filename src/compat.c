@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Resolution of the kernel-internal functions ksmdev needs (the list is
- * KSMDEV_SYMBOLS in include/compat.h).
+ * Resolution of the kernel-internal symbols ksmdev needs (the list is
+ * include/symbols.h: functions, and the odd variable).
  *
  * kallsyms_lookup_name() has not been exported since 5.7; a kprobe on it
  * tells its address. Every address found is installed into a static call,
@@ -81,7 +81,7 @@ int ksmdev_compat_init(void)
 	if (test_missing_symbol && !ksmdev_lookup(test_missing_symbol))
 		missing++;
 	if (missing) {
-		pr_err("this kernel lacks %d function(s) ksmdev needs; not loading\n",
+		pr_err("this kernel lacks %d symbol(s) ksmdev needs; not loading\n",
 		       missing);
 		return -ENOENT;
 	}
