@@ -198,8 +198,10 @@ void ksmdev_region_forget(struct ksmdev_ctx *ctx,
  * @region: a region of a live context
  * @addr:   an address inside @region
  *
- * Allocates the leaf and the chunk on first use. Returns NULL when memory
- * runs out: the page is then simply not tracked this time.
+ * Allocates the leaf and the chunk on first use, charged to the active
+ * memory cgroup (the scanner's window sets the context's, see scan.c).
+ * Returns NULL when memory runs out, or at the cgroup's limit: the page is
+ * then simply not tracked this time.
  */
 u64 *ksmdev_region_slot(struct ksmdev_region *region, unsigned long addr)
 {
@@ -211,13 +213,14 @@ u64 *ksmdev_region_slot(struct ksmdev_region *region, unsigned long addr)
 	lockdep_assert_held(&ksmdev_lock);
 	if (!*leafp) {
 		*leafp = ksmdev_meta_alloc(KSMDEV_LEAF_CHUNKS * sizeof(**leafp),
-					   GFP_KERNEL);
+					   GFP_KERNEL_ACCOUNT);
 		if (!*leafp)
 			return NULL;
 	}
 	chunkp = &(*leafp)[chunk & (KSMDEV_LEAF_CHUNKS - 1)];
 	if (!*chunkp) {
-		*chunkp = ksmdev_meta_alloc(sizeof(**chunkp), GFP_KERNEL);
+		*chunkp = ksmdev_meta_alloc(sizeof(**chunkp),
+					    GFP_KERNEL_ACCOUNT);
 		if (!*chunkp)
 			return NULL;
 	}
@@ -295,24 +298,46 @@ static int ksmdev_check_vmas(struct mm_struct *mm, unsigned long start,
 	return err;
 }
 
+/*
+ * A region of any live context of @mm overlaps [start, end): each page of
+ * an mm is registered through one context only, or it would be counted
+ * (and its merges) once per context.
+ */
+static bool ksmdev_mm_overlaps(struct mm_struct *mm, unsigned long start,
+			       unsigned long end)
+{
+	struct ksmdev_region *next;
+	struct ksmdev_ctx *ctx;
+
+	lockdep_assert_held(&ksmdev_lock);
+	list_for_each_entry(ctx, &ksmdev_ctx_list, list) {
+		if (ctx->mm != mm || ctx->exited)
+			continue;
+		next = ksmdev_region_next(ctx, start);
+		if (next && next->start < end)
+			return true;
+	}
+	return false;
+}
+
 /**
  * ksmdev_region_add - register [r->addr, r->addr + r->len) of the caller
  * @ctx: the caller's context (ctx->mm == current->mm)
  * @r:   the range, already validated for alignment, size and flags
  *
- * Return: 0, -EEXIST (overlap), -ENOSPC (max_regions), -ENOMEM (hole in the
- * mapping, or no memory), -EINVAL (unsuitable mapping), -EINTR.
+ * Return: 0, -EEXIST (overlap with a region of any context of this mm),
+ * -ENOSPC (max_regions), -ENOMEM (hole in the mapping, or no memory),
+ * -EINVAL (unsuitable mapping), -EINTR.
  */
 int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 {
 	unsigned long start = r->addr, end = r->addr + r->len;
 	struct rb_node **link, *parent = NULL;
-	struct ksmdev_region *region, *next;
+	struct ksmdev_region *region;
 	int err;
 
 	ksmdev_lock_acquire();
-	next = ksmdev_region_next(ctx, start);
-	if (next && next->start < end) {
+	if (ksmdev_mm_overlaps(ctx->mm, start, end)) {
 		err = -EEXIST;
 		goto out;
 	}
