@@ -283,16 +283,17 @@ TEST_F_TIMEOUT(tenant, memcg_attack_bounded, 900)
 	EXPECT_LT(0, a->rounds);
 	/* Every merged page it holds is an orphan: its contexts are closed. */
 	EXPECT_LE((uint64_t)a->rounds * ATTACK_PAGES / 2, orphaned);
-	EXPECT_LE(merged, file);
+	/* RssFile counts mappings: two per merged page of a pair. */
+	EXPECT_LE(2 * merged, file);
 	/* Charged to the group: in memory.current, as kernel memory. */
 	EXPECT_LE(merged, cur);
 	if (kernel >= 0)
 		EXPECT_LE(merged, kernel);
 	/* And so bounded by memory.max: the attack stopped early. */
-	EXPECT_GE(ATTACK_MAX, file);
+	EXPECT_GE(ATTACK_MAX, merged);
 	EXPECT_GT(ATTACK_ROUNDS, a->rounds + a->refused)
 		TH_LOG("all %d rounds merged: %ld KiB held under a 16 MiB limit",
-		       ATTACK_ROUNDS, file >> 10);
+		       ATTACK_ROUNDS, merged >> 10);
 
 	/* Its exit frees them, and their charge, within a bound. */
 	close(hold[1]);
@@ -382,8 +383,8 @@ TEST_F_TIMEOUT(tenant, orphans_count_against_max_kernel_pages, 600)
 /*
  * Item 2, bookkeeping: what the scanner allocates for a context (slots,
  * unstable nodes) is charged to the context's cgroup: its slab grows by at
- * least half of what metadata_bytes grew by (the rest: the ctx and region,
- * rounding, per-CPU stocks).
+ * least half of what metadata_bytes grew by (the margin: per-CPU stat
+ * batching). Before, only the context and region (about 1 KiB) were.
  */
 TEST_F_TIMEOUT(tenant, bookkeeping_charged, 600)
 {
@@ -445,7 +446,11 @@ TEST_F_TIMEOUT(tenant, bookkeeping_charged, 600)
 	} while (ksm_now_ms() < end);
 	TH_LOG("metadata_bytes +%ld KiB, the group's slab +%ld KiB",
 	       meta >> 10, slab >> 10);
-	EXPECT_LT((long)(npages * 64), meta);
+	/*
+	 * At least the slots (8 bytes a page): the unstable nodes come and
+	 * go with each pass, the chunks stay.
+	 */
+	EXPECT_LE((long)(npages * 8), meta);
 	EXPECT_LE(meta / 2, slab);
 	close(go[1]);
 	EXPECT_EQ(0, ksm_waitpid_timeout(pid, &status, 30));

@@ -157,6 +157,7 @@ static void print_status(const struct ksm_stats *s, const struct ksm_config *c)
 		"pages",
 		"merges refused at max_kernel_pages",
 		"bytes",
+		"pages  merged, mapped by no registered page",
 	};
 	size_t i;
 
