@@ -102,19 +102,27 @@ struct ksmdev_trees {
 /**
  * struct ksmdev_stable - a merged page
  * @node:    in ksmdev_trees.stable, by @hash then address
- * @trees:   the trees @node is in
+ * @orphan:  instead, once orphaned: in the list of orphans (tree.c)
+ * @trees:   the trees @node is in; NULL for an orphan
  * @hash:    xxh64 of the content (which never changes)
  * @kpage:   the page: order 0, allocated by ksmdev, never anonymous, never
- *           on the LRU; this node holds one reference, each PTE another.
- *           While the node lives, @kpage's private field points back to it
- *           (with PG_owner_priv_1 set): ksmdev_stable_of()
- * @sharers: slots that map @kpage (KSMDEV_SLOT_STABLE); at zero the node is
- *           freed and its reference dropped, the PTEs keep the page alive
+ *           on the LRU, charged (kmem) to the memory cgroup of the process
+ *           whose page it first replaced; this node holds one reference,
+ *           each PTE another. While the node lives, @kpage's private field
+ *           points back to it (with PG_owner_priv_1 set): ksmdev_stable_of()
+ * @sharers: slots that map @kpage (KSMDEV_SLOT_STABLE). At zero, the node
+ *           is freed if nothing else holds the page; otherwise it leaves
+ *           its tree and becomes an orphan (pages_orphaned), still counted
+ *           against max_kernel_pages, until the page's other holders are
+ *           gone (ksmdev_orphans_reap())
  *
  * Protected by ksmdev_lock.
  */
 struct ksmdev_stable {
-	struct rb_node node;
+	union {
+		struct rb_node node;
+		struct list_head orphan;
+	};
 	struct ksmdev_trees *trees;
 	u64 hash;
 	struct page *kpage;
@@ -322,6 +330,7 @@ void ksmdev_unstable_erase(struct ksmdev_unstable *un);
 void ksmdev_unstable_forget(struct ksmdev_ctx *ctx, unsigned long start,
 			    unsigned long end);
 void ksmdev_unstable_reset(struct ksmdev_trees *trees);
+void ksmdev_orphans_reap(void);
 int ksmdev_trees_init(void);
 void ksmdev_trees_exit(void);
 

@@ -245,8 +245,10 @@ void ksmdev_region_forget(struct ksmdev_ctx *ctx,
  * @region: a region of a live context
  * @addr:   an address inside @region
  *
- * Allocates the leaf and the chunk on first use. Returns NULL when memory
- * runs out: the page is then simply not tracked this time.
+ * Allocates the leaf and the chunk on first use, charged to the active
+ * memory cgroup (the scanner's window sets the context's, see scan.c).
+ * Returns NULL when memory runs out, or at the cgroup's limit: the page is
+ * then simply not tracked this time.
  */
 u64 *ksmdev_region_slot(struct ksmdev_region *region, unsigned long addr)
 {
@@ -258,13 +260,14 @@ u64 *ksmdev_region_slot(struct ksmdev_region *region, unsigned long addr)
 	lockdep_assert_held(&ksmdev_lock);
 	if (!*leafp) {
 		*leafp = ksmdev_meta_alloc(KSMDEV_LEAF_CHUNKS * sizeof(**leafp),
-					   GFP_KERNEL);
+					   GFP_KERNEL_ACCOUNT);
 		if (!*leafp)
 			return NULL;
 	}
 	chunkp = &(*leafp)[chunk & (KSMDEV_LEAF_CHUNKS - 1)];
 	if (!*chunkp) {
-		*chunkp = ksmdev_meta_alloc(sizeof(**chunkp), GFP_KERNEL);
+		*chunkp = ksmdev_meta_alloc(sizeof(**chunkp),
+					    GFP_KERNEL_ACCOUNT);
 		if (!*chunkp)
 			return NULL;
 	}
@@ -343,29 +346,52 @@ static int ksmdev_check_vmas(struct mm_struct *mm, unsigned long start,
 	return err;
 }
 
+/*
+ * A region of any live context of @mm overlaps [start, end): each page of
+ * an mm is registered through one context only, or it would be counted
+ * (and its merges) once per context.
+ */
+static bool ksmdev_mm_overlaps(struct mm_struct *mm, unsigned long start,
+			       unsigned long end)
+{
+	struct ksmdev_region *next;
+	struct ksmdev_ctx *ctx;
+
+	lockdep_assert_held(&ksmdev_lock);
+	list_for_each_entry(ctx, &ksmdev_ctx_list, list) {
+		if (ctx->mm != mm || ctx->exited)
+			continue;
+		next = ksmdev_region_next(ctx, start);
+		if (next && next->start < end)
+			return true;
+	}
+	return false;
+}
+
 /**
  * ksmdev_region_add - register [r->addr, r->addr + r->len) of the caller
  * @ctx: the caller's context (ctx->mm == current->mm)
  * @r:   the range, already validated for alignment, size and flags
  *
- * Return: 0, -EEXIST (overlap), -ENOSPC (max_regions), -ENOMEM (hole in the
- * mapping, or no memory), -EINVAL (unsuitable mapping), -EINTR.
+ * Return: 0, -EEXIST (overlap with a region of any context of this mm),
+ * -ENOSPC (max_regions), -ENOMEM (hole in the mapping, or no memory),
+ * -EINVAL (unsuitable mapping), -EINTR.
  */
 int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 {
 	unsigned long start = r->addr, end = r->addr + r->len;
 	struct rb_node **link, *parent = NULL;
-	struct ksmdev_region *region, *next;
+	struct ksmdev_region *region;
 	int err;
 
 	if (mutex_lock_killable(&ctx->lock))
 		return -EINTR;
-	/* ctx->lock alone keeps the region tree as it is (see ksmdev.h). */
-	next = ksmdev_region_next(ctx, start);
-	if (next && next->start < end) {
-		err = -EEXIST;
+	/* A first look, so that an overlap is EEXIST whatever is mapped. */
+	ksmdev_lock_acquire();
+	err = ksmdev_mm_overlaps(ctx->mm, start, end) ? -EEXIST : 0;
+	mutex_unlock(&ksmdev_lock);
+	if (err)
 		goto out;
-	}
 	if (ctx->nr_regions >= READ_ONCE(ksmdev_max_regions)) {
 		err = -ENOSPC;
 		goto out;
@@ -376,6 +402,15 @@ int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 		goto out;
 
 	ksmdev_lock_acquire();
+	/*
+	 * Again, under the lock that the insertion holds too: another context
+	 * of this mm may have registered the range meanwhile (ctx->lock only
+	 * keeps this context's regions as they are).
+	 */
+	if (ksmdev_mm_overlaps(ctx->mm, start, end)) {
+		err = -EEXIST;
+		goto unlock;
+	}
 	region = ksmdev_region_alloc(start, end, r->flags);
 	if (!region) {
 		err = -ENOMEM;

@@ -39,6 +39,7 @@
 #include <linux/sched/mm.h>
 #include <linux/xxhash.h>
 #include <linux/slab.h>
+#include <linux/memcontrol.h>
 
 #include "ksmdev.h"
 
@@ -526,6 +527,7 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 	struct ksmdev_scan s = { .ctx = ctx };
 	struct mm_struct *mm = ctx->mm;
 	unsigned long addr = ksmdev_cursor.addr, scanned = 0, end;
+	struct mem_cgroup *memcg, *old_memcg;
 
 	if (ctx->exited || !mmget_not_zero(mm)) {
 		/*
@@ -559,6 +561,14 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 		}
 		addr = ksmdev_cursor.addr;
 	}
+	/*
+	 * What the window allocates with __GFP_ACCOUNT (slots, nodes, and the
+	 * stable pages that first replace a page of this mm) is charged to
+	 * the mm's memory cgroup, as of now: a process that moves takes its
+	 * future charges with it.
+	 */
+	memcg = get_mem_cgroup_from_mm(mm);
+	old_memcg = set_active_memcg(memcg);
 	while (scanned < budget) {
 		s.region = ksmdev_region_next(ctx, addr);
 		if (!s.region) {
@@ -595,6 +605,8 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 			break;
 	}
 	mmap_read_unlock(mm);
+	set_active_memcg(old_memcg);
+	mem_cgroup_put(memcg);
 	/* If the process exited meanwhile, its teardown runs in a worker. */
 	mmput_async(mm);
 	ksmdev_cursor.addr = addr;

@@ -90,6 +90,7 @@ static const struct {
 	KSMDEV_STAT(registered_pages),
 	KSMDEV_STAT(stable_nodes_limit_hits),
 	KSMDEV_STAT(metadata_bytes),
+	KSMDEV_STAT(pages_orphaned),
 };
 
 static_assert(ARRAY_SIZE(ksmdev_stat_files) * sizeof(u64) ==

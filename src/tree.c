@@ -14,9 +14,31 @@
  * the unstable tree cannot be corrupted by writes, as mm/ksm.c's can.
  *
  * The unstable tree is emptied at the start of every full scan. A stable
- * node lives while a slot counts it as mapped (its sharers); at zero it is
- * freed and drops its page reference, and PTEs that still map the page
- * (after close, or in a forked child) keep it alive until they go.
+ * node is in its tree while a slot counts it as mapped (its sharers). At
+ * zero, if nothing else holds the page, the node is freed with its page.
+ * If something does (PTEs left after a close, in a forked child, or moved
+ * out of every region by mremap; a pin), the node becomes an *orphan*: it
+ * leaves its tree (which may be a closed context's, and no candidate may
+ * find a page that no registered page maps) and waits on the orphan list,
+ * counted in pages_orphaned and against max_kernel_pages, keeping its page
+ * reference, until the page has no other holder (ksmdev_orphans_reap(),
+ * from a delayed work while orphans exist). Otherwise a tenant could close
+ * its contexts and merge again, round after round, to hold any number of
+ * merged pages outside the limit. An orphan is never used again for a new
+ * merge: its content is merged into a new stable page if found again, so
+ * that a scope's tree only ever holds pages of that scope's live sharers.
+ * run=2 cannot unmerge orphans (no registered page maps them): they stay
+ * counted until freed.
+ *
+ * Memory cgroups: a stable page is allocated with __GFP_ACCOUNT while the
+ * scanner works on the context whose page it first replaces (scan.c sets
+ * the active memcg to that mm's for each window), so it is charged, as
+ * kernel memory, to that process's cgroup, and uncharged by the kernel
+ * when it is freed (mem_cgroup_uncharge() handles kmem-charged pages on the
+ * __folio_put() path; folio_memcg() of a kmem page is its objcg's memcg,
+ * so the NR_FILE_MAPPED updates of the file rmap go to that cgroup too).
+ * If the charge fails (memory.max), the merge is not done. Nodes and slots
+ * are charged the same way (__GFP_ACCOUNT).
  *
  * A slot that maps a stable page holds the page's PFN; the node is found
  * from the page itself: while the node lives, its page carries
@@ -36,6 +58,7 @@
  */
 #include <linux/highmem.h>
 #include <linux/slab.h>
+#include <linux/workqueue.h>
 
 #include "ksmdev.h"
 
@@ -53,7 +76,19 @@ struct ksmdev_trees ksmdev_global_trees = {
 static struct kmem_cache *ksmdev_unstable_cache;
 static struct kmem_cache *ksmdev_stable_cache;
 
+/* Stable nodes alive, orphans included: what max_kernel_pages limits. */
 static unsigned long ksmdev_nr_stable;
+/* Orphaned stable nodes (struct ksmdev_stable.orphan). */
+static LIST_HEAD(ksmdev_orphans);
+
+static void ksmdev_reap_fn(struct work_struct *work);
+static DECLARE_DELAYED_WORK(ksmdev_reap_work, ksmdev_reap_fn);
+/*
+ * How often orphans are looked at: a read of each orphan's page count,
+ * under ksmdev_lock. An orphan's page (and its memcg charge) outlives its
+ * last mapping by at most this long.
+ */
+#define KSMDEV_REAP_INTERVAL	(HZ / 2)
 /* Slots with KSMDEV_SLOT_SEEN: candidates being tracked. */
 static unsigned long ksmdev_nr_tracked;
 
@@ -70,15 +105,68 @@ static void ksmdev_stat_add(u64 *counter, long delta)
 	WRITE_ONCE(*counter, *counter + delta);
 }
 
+/* Free @stable, out of its tree or orphan list already, and drop its page. */
 static void ksmdev_stable_free(struct ksmdev_stable *stable)
 {
-	rb_erase(&stable->node, &stable->trees->stable);
 	ksmdev_nr_stable--;
 	/* No longer ours: PTEs that still map the page keep it alive. */
 	clear_bit(PG_owner_priv_1, &stable->kpage->flags);
 	set_page_private(stable->kpage, 0);
 	put_page(stable->kpage);
 	ksmdev_meta_cache_free(ksmdev_stable_cache, stable);
+}
+
+/*
+ * @stable lost its last sharer (or never had one): free it, or orphan it if
+ * something else still holds its page. A reference taken in passing (a
+ * speculative get_page_unless_zero() of a PFN walker, GUP-fast) only
+ * makes it an orphan that the next reap frees.
+ */
+static void ksmdev_stable_retire(struct ksmdev_stable *stable)
+{
+	rb_erase(&stable->node, &stable->trees->stable);
+	stable->trees = NULL;
+	if (page_count(stable->kpage) == 1) {
+		ksmdev_stable_free(stable);
+		return;
+	}
+	list_add_tail(&stable->orphan, &ksmdev_orphans);
+	ksmdev_stat_add(&ksmdev_stats.pages_orphaned, 1);
+	/* Does nothing if already pending. */
+	schedule_delayed_work(&ksmdev_reap_work, KSMDEV_REAP_INTERVAL);
+}
+
+/**
+ * ksmdev_orphans_reap - free the orphans whose page nobody else holds
+ *
+ * Called with ksmdev_lock held. A page count of one is our reference
+ * alone: no PTE maps the page and nobody pins it, and nobody can map it
+ * again (only a PTE copied from another could, and there is none).
+ */
+void ksmdev_orphans_reap(void)
+{
+	struct ksmdev_stable *stable, *tmp;
+
+	lockdep_assert_held(&ksmdev_lock);
+	list_for_each_entry_safe(stable, tmp, &ksmdev_orphans, orphan) {
+		if (page_count(stable->kpage) != 1)
+			continue;
+		list_del(&stable->orphan);
+		ksmdev_stat_add(&ksmdev_stats.pages_orphaned, -1);
+		ksmdev_stable_free(stable);
+	}
+}
+
+static void ksmdev_reap_fn(struct work_struct *work)
+{
+	bool more;
+
+	ksmdev_lock_acquire();
+	ksmdev_orphans_reap();
+	more = !list_empty(&ksmdev_orphans);
+	mutex_unlock(&ksmdev_lock);
+	if (more)
+		schedule_delayed_work(&ksmdev_reap_work, KSMDEV_REAP_INTERVAL);
 }
 
 static void ksmdev_stable_get(struct ksmdev_stable *stable)
@@ -96,14 +184,14 @@ static void ksmdev_stable_put(struct ksmdev_stable *stable)
 		return;
 	}
 	ksmdev_stat_add(&ksmdev_stats.pages_shared, -1);
-	ksmdev_stable_free(stable);
+	ksmdev_stable_retire(stable);
 }
 
-/* Free @stable if nobody came to map it after all. */
+/* Retire @stable if nobody came to map it after all. */
 void ksmdev_stable_release(struct ksmdev_stable *stable)
 {
 	if (!stable->sharers)
-		ksmdev_stable_free(stable);
+		ksmdev_stable_retire(stable);
 }
 
 /**
@@ -257,7 +345,11 @@ struct ksmdev_stable *ksmdev_stable_search(struct ksmdev_trees *trees,
  * The node has no sharer yet: give it some with ksmdev_slot_set(), then
  * ksmdev_stable_release() it, which frees it if none came.
  *
- * Return: the node, or NULL at max_kernel_pages or without memory.
+ * The page is charged to the active memory cgroup (see DOC): at that
+ * cgroup's memory.max, no page, no merge.
+ *
+ * Return: the node, or NULL at max_kernel_pages (orphans included) or
+ * without memory.
  */
 struct ksmdev_stable *ksmdev_stable_create(struct ksmdev_trees *trees,
 					   u64 hash, struct page *page)
@@ -269,11 +361,17 @@ struct ksmdev_stable *ksmdev_stable_create(struct ksmdev_trees *trees,
 		ksmdev_stat_add(&ksmdev_stats.stable_nodes_limit_hits, 1);
 		return NULL;
 	}
-	stable = ksmdev_meta_cache_alloc(ksmdev_stable_cache, GFP_KERNEL);
+	stable = ksmdev_meta_cache_alloc(ksmdev_stable_cache,
+					 GFP_KERNEL_ACCOUNT);
 	if (!stable)
 		return NULL;
-	/* Not movable, not on the LRU: the kernel never migrates it. */
-	stable->kpage = alloc_page(GFP_HIGHUSER | __GFP_NOWARN);
+	/*
+	 * Not movable, not on the LRU: the kernel never migrates it. At the
+	 * cgroup's limit, one try at reclaim and no OOM kill (__GFP_NORETRY):
+	 * a merge is never worth killing a task of the tenant for.
+	 */
+	stable->kpage = alloc_page(GFP_HIGHUSER | __GFP_ACCOUNT |
+				   __GFP_NORETRY | __GFP_NOWARN);
 	if (!stable->kpage) {
 		ksmdev_meta_cache_free(ksmdev_stable_cache, stable);
 		return NULL;
@@ -320,7 +418,8 @@ int ksmdev_unstable_insert(struct ksmdev_trees *trees, u64 hash,
 {
 	struct ksmdev_unstable *un;
 
-	un = ksmdev_meta_cache_alloc(ksmdev_unstable_cache, GFP_KERNEL);
+	un = ksmdev_meta_cache_alloc(ksmdev_unstable_cache,
+				     GFP_KERNEL_ACCOUNT);
 	if (!un)
 		return -ENOMEM;
 	un->trees = trees;
@@ -378,9 +477,23 @@ int ksmdev_trees_init(void)
 	return 0;
 }
 
-/* Every context is gone, and the scanner stopped: no node is left. */
+/*
+ * Every context is gone, and the scanner stopped: only orphans are left.
+ * Their pages stay alive as long as their mappings, no longer ours (see
+ * ksmdev_stable_free()); their charge goes with them.
+ */
 void ksmdev_trees_exit(void)
 {
+	struct ksmdev_stable *stable, *tmp;
+
+	cancel_delayed_work_sync(&ksmdev_reap_work);
+	mutex_lock(&ksmdev_lock);
+	list_for_each_entry_safe(stable, tmp, &ksmdev_orphans, orphan) {
+		list_del(&stable->orphan);
+		ksmdev_stat_add(&ksmdev_stats.pages_orphaned, -1);
+		ksmdev_stable_free(stable);
+	}
+	mutex_unlock(&ksmdev_lock);
 	kmem_cache_destroy(ksmdev_stable_cache);
 	kmem_cache_destroy(ksmdev_unstable_cache);
 }

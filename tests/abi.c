@@ -679,6 +679,7 @@ static const char *const stat_names[] = {
 	"pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
 	"full_scans", "pages_scanned", "ksm_zero_pages", "regions", "mms",
 	"registered_pages", "stable_nodes_limit_hits", "metadata_bytes",
+	"pages_orphaned",
 };
 
 static bool debugfs_ready(void)
@@ -716,7 +717,7 @@ TEST_F(abi, debugfs_counters)
 	size_t n = ARRAY_SIZE(stat_names);
 	size_t ps = self->ps;
 	struct ksm_stats s1, s2;
-	uint64_t v[12];
+	uint64_t v[ARRAY_SIZE(stat_names)];
 	char path[256];
 	struct stat st;
 	char *p;

@@ -42,6 +42,7 @@ static const struct field {
 	STAT(pages_volatile), STAT(full_scans), STAT(pages_scanned),
 	STAT(ksm_zero_pages), STAT(regions), STAT(mms), STAT(registered_pages),
 	STAT(stable_nodes_limit_hits), STAT(metadata_bytes),
+	STAT(pages_orphaned),
 };
 
 #undef STAT
@@ -156,6 +157,7 @@ static void print_status(const struct ksm_stats *s, const struct ksm_config *c)
 		"pages",
 		"merges refused at max_kernel_pages",
 		"bytes",
+		"pages  merged, mapped by no registered page",
 	};
 	size_t i;
 

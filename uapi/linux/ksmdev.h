@@ -15,6 +15,13 @@
  *  - KSM_REGISTER_REGION and KSM_UNREGISTER_REGION only work from the mm that
  *    opened the file (EPERM otherwise); the other ioctls work from any holder
  *    of the file descriptor. KSM_SET_CONFIG needs CAP_SYS_ADMIN.
+ *  - A range overlapping a region already registered in any context of the
+ *    same mm (another open() by the same process) is refused with EEXIST:
+ *    each page of an mm is counted, and merged, through one context only.
+ *  - Every merged page is charged to the memory cgroup of the process whose
+ *    page it first replaced, and the module's bookkeeping for a context to
+ *    that context's process: merging never lets a process hold more than
+ *    its memory.max.
  */
 #ifndef _UAPI_LINUX_KSMDEV_H
 #define _UAPI_LINUX_KSMDEV_H
@@ -57,6 +64,15 @@ struct ksm_region {
  * @registered_pages:        pages covered by registered regions
  * @stable_nodes_limit_hits: merges refused because max_kernel_pages was reached
  * @metadata_bytes:          memory the module holds for its own bookkeeping
+ * @pages_orphaned:          merged pages that no registered page maps any
+ *                           more (their context closed, or they were moved
+ *                           out of every region) but that some mapping or
+ *                           pin still holds. They count against
+ *                           max_kernel_pages until freed, stay charged to
+ *                           the memory cgroup of the process whose page
+ *                           each first replaced, and outlive run=2 (pages
+ *                           outside every region cannot be unmerged).
+ *                           Added at the end for version 2.
  */
 struct ksm_stats {
 	__u64 pages_shared;
@@ -71,6 +87,7 @@ struct ksm_stats {
 	__u64 registered_pages;
 	__u64 stable_nodes_limit_hits;
 	__u64 metadata_bytes;
+	__u64 pages_orphaned;
 };
 
 /**
