@@ -49,6 +49,23 @@ bool ksmdev_vma_mergeable(struct vm_area_struct *vma)
 	       !(vma->vm_flags & VM_LOCKED);
 }
 
+/**
+ * ksmdev_page_candidate - may the scanner take @page for merging?
+ * @page: a page mapped in a mergeable VMA (a reference held)
+ *
+ * Only anonymous pages are, and not all of them. The in-kernel KSM's
+ * merged pages are anonymous too (PageKsm: PAGE_MAPPING_KSM has the anon
+ * bit), but their mapping points to ksmd's stable node and rmap walks go
+ * through mm/ksm.c: in a range that is also MADV_MERGEABLE, ksmd's pages
+ * are ksmd's. ZONE_DEVICE pages (device-coherent memory that a driver
+ * migrated in) are the driver's to migrate back.
+ */
+bool ksmdev_page_candidate(struct page *page)
+{
+	return PageAnon(page) && !folio_test_ksm(page_folio(page)) &&
+	       !is_zone_device_page(page);
+}
+
 /*
  * The pmd that maps @addr, or NULL with *@next set past the empty (or huge
  * or bad) upper level entry that stands in the way. Needs the mmap lock.
@@ -117,7 +134,7 @@ static pmd_t *ksmdev_table_pmd(struct mm_struct *mm, unsigned long addr)
 }
 
 /**
- * ksmdev_get_anon_page - the anonymous page mapped at @addr, referenced
+ * ksmdev_get_anon_page - the candidate page mapped at @addr, referenced
  * @vma:  a mergeable VMA (mmap lock held)
  * @addr: an address in it
  *
@@ -141,7 +158,10 @@ struct page *ksmdev_get_anon_page(struct vm_area_struct *vma,
 		if (pmd_trans_huge(*pmd) && PageAnon(pmd_page(*pmd))) {
 			page = nth_page(pmd_page(*pmd),
 					(addr & ~PMD_MASK) >> PAGE_SHIFT);
-			get_page(page);
+			if (ksmdev_page_candidate(page))
+				get_page(page);
+			else
+				page = NULL;
 		}
 		spin_unlock(ptl);
 		return page;
@@ -157,7 +177,7 @@ struct page *ksmdev_get_anon_page(struct vm_area_struct *vma,
 	pte = ptep_get(ptep);
 	if (pte_present(pte) && !pte_special(pte) && pfn_valid(pte_pfn(pte))) {
 		page = pfn_to_page(pte_pfn(pte));
-		if (PageAnon(page))
+		if (ksmdev_page_candidate(page))
 			get_page(page);
 		else
 			page = NULL;
@@ -197,11 +217,13 @@ static bool ksmdev_page_unpinned(struct page *page)
  * ksmdev_replace_page - map @kpage at @addr instead of @page
  * @vma:   a mergeable VMA; its mmap lock held for read
  * @addr:  where @page is mapped
- * @page:  an order-0 anonymous page; the caller holds a reference
+ * @page:  an order-0 candidate page (ksmdev_page_candidate()); the caller
+ *         holds a reference
  * @kpage: a stable page with @page's content, or NULL for the zero page
  *
- * Return: 0, or -EAGAIN if the PTE changed, the page is pinned or in the
- * swap cache, or its content is no longer that of @kpage.
+ * Return: 0, or -EAGAIN if the PTE changed, the page is locked, pinned or
+ * in the swap cache, is no longer a candidate (ksmd took it), or its
+ * content is no longer that of @kpage.
  */
 int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 			struct page *page, struct page *kpage)
@@ -219,6 +241,16 @@ int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 	pmd = ksmdev_table_pmd(mm, addr);
 	if (!pmd)
 		return -EAGAIN;
+	/*
+	 * ksmd makes a mapped page PageKsm in place, under the page lock
+	 * (try_to_merge_one_page()): holding it, the test below stays true.
+	 */
+	if (!trylock_page(page))
+		return -EAGAIN;
+	if (!ksmdev_page_candidate(page)) {
+		unlock_page(page);
+		return -EAGAIN;
+	}
 
 	/* A secondary MMU (KVM's EPT) must drop the old page first. */
 	ksmdev_mmu_range_init(&range, vma, addr, addr + PAGE_SIZE);
@@ -266,6 +298,7 @@ unlock:
 	pte_unmap_unlock(ptep, ptl);
 out:
 	ksmdev_mmu_invalidate_end(&range);
+	unlock_page(page);
 	return err;
 }
 

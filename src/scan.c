@@ -440,15 +440,19 @@ static unsigned int ksmdev_scan_pages(struct ksmdev_scan *s,
 						*slot & KSMDEV_SLOT_ZERO);
 		} else {
 			slot = ksmdev_region_slot(s->region, at);
-			if (slot && PageAnon(page)) {
+			if (slot && ksmdev_page_candidate(page)) {
 				if (ksmdev_smart_skip(s->ctx, slot)) {
 					put_page(page);
 					skipped++;
 					continue;
 				}
 				ksmdev_cmp_and_merge(s, at, page, slot);
-			} else if (slot) {
+			} else if (slot && !PageAnon(page)) {
 				ksmdev_scan_kpage(s, page, slot);
+			} else if (slot) {
+				/* ksmd's, or a device's: not ours to track. */
+				ksmdev_region_forget(s->ctx, s->region, at,
+						     addr);
 			}
 		}
 		if (page) {
