@@ -17,10 +17,12 @@
  * io_uring would show as one more: then the PTE is put back), and the
  * content must still be identical. Only then is the new PTE installed.
  *
- * Unmerging lets the kernel copy: each address that maps a stable page or a
- * zero page we put there is faulted for write (FOLL_FORCE, so read-only
- * mappings unmerge too). Out of memory and signals come back as errors, at
- * once, never as a retry loop (seed 001).
+ * Unmerging copies as mm/ksm.c's break_ksm() does: each address that maps
+ * a stable page or a zero page we put there takes an unshare fault
+ * (ksmdev_unshare()), which gives it an exclusive anonymous copy, read-only
+ * until written, keeping the PTE's uffd-wp and soft-dirty bits; a write
+ * fault would be userfaultfd's to handle. Out of memory and signals come
+ * back as errors, at once, never as a retry loop (seed 001).
  */
 #include <linux/highmem.h>
 #include <linux/pagemap.h>
@@ -118,7 +120,7 @@ bool ksmdev_page_is_zero(struct page *page)
 }
 
 /* A pmd that points to a page table (not empty, huge or bad). */
-static pmd_t *ksmdev_table_pmd(struct mm_struct *mm, unsigned long addr)
+pmd_t *ksmdev_table_pmd(struct mm_struct *mm, unsigned long addr)
 {
 	unsigned long next;
 	pmd_t *pmd = ksmdev_walk_to_pmd(mm, addr, addr + PAGE_SIZE, &next);
@@ -368,12 +370,13 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
  * @region: the region
  *
  * Called with ksmdev_lock held, a reference on ctx->mm and its mmap lock
- * held for read (GUP keeps it held). Returns promptly on failure; what was
+ * held for read (the fault runs without FAULT_FLAG_ALLOW_RETRY, so keeps
+ * it held). Returns promptly on failure; what was
  * unmerged stays unmerged, and the call can be repeated.
  *
  * Return: 0, -ENOMEM (a memory cgroup limit, or no memory), -ERESTARTSYS
- * (a signal: EINTR for the caller, or a restart), or another error of the
- * fault.
+ * (a signal: EINTR for the caller, or a restart), or -EFAULT (the fault
+ * failed otherwise: not seen).
  */
 int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 {
@@ -390,7 +393,8 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 			break;
 		addr = max(addr, vma->vm_start);
 		end = min(vma->vm_end, region->end);
-		if (!vma_is_anonymous(vma)) {
+		/* Only a COW mapping has pages to unshare. */
+		if (!vma_is_anonymous(vma) || !is_cow_mapping(vma->vm_flags)) {
 			addr = end;
 			continue;
 		}
@@ -405,18 +409,15 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 			addr = ksmdev_next_merged(vma, region, addr, end);
 			if (addr >= end)
 				break;
-			ret = ksmdev_fault_write(mm, addr);
 			/*
-			 * PROT_NONE: nothing can read or write the page; a
-			 * later mprotect() makes it copy-on-write again.
+			 * Not addr += PAGE_SIZE: if the PTE changed under the
+			 * fault, the page is looked at again (it may still
+			 * be merged), as break_ksm() loops.
 			 */
-			if (ret == -EFAULT &&
-			    !(vma->vm_flags & (VM_READ | VM_WRITE | VM_EXEC)))
-				ret = 0;
+			ret = ksmdev_unshare(vma, addr);
 			if (ret < 0)
 				return ret;
 			ksmdev_event(&ksmdev_events.unmerges);
-			addr += PAGE_SIZE;
 			cond_resched();
 		}
 	}
