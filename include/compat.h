@@ -29,6 +29,11 @@
 #include "symbols.h"
 #undef KSMDEV_SYMBOL
 
+/* 6.11 added MAP_DROPPABLE; before it, no VMA is droppable. */
+#ifndef KSMDEV_HAVE_VM_DROPPABLE
+#define VM_DROPPABLE	VM_NONE
+#endif
+
 /* Found first, through a kprobe: the key to all the others. */
 DECLARE_STATIC_CALL(ksmdev_sc_kallsyms_lookup_name, kallsyms_lookup_name);
 
@@ -142,6 +147,12 @@ static inline int ksmdev_unshare(struct vm_area_struct *vma,
 			      NULL);
 	if (ret & VM_FAULT_OOM)
 		return -ENOMEM;
+	/*
+	 * A machine check in the copy: the page is being marked poisoned
+	 * (memory_failure_queue()); looking again, the caller unmaps it.
+	 */
+	if (ret & VM_FAULT_HWPOISON)
+		return 0;
 	if (ret & VM_FAULT_ERROR)
 		return -EFAULT;
 	return 0;

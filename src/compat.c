@@ -12,6 +12,7 @@
 #include <linux/moduleparam.h>
 #include <linux/highmem.h>
 #include <linux/memcontrol.h>
+#include <linux/mm.h>
 
 #include "ksmdev.h"
 
@@ -162,10 +163,18 @@ int ksmdev_unshare_copy(struct vm_area_struct *vma, unsigned long addr)
 		err = -ENOMEM;
 		goto out;
 	}
-	if (old)
-		copy_user_highpage(new, old, addr, vma);
-	else
+	if (!old) {
 		clear_user_highpage(new, addr);
+	} else if (copy_mc_user_highpage(new, old, addr, vma)) {
+		/*
+		 * A machine check in the copy (what 6.1's wp_page_copy()
+		 * does too): have the page marked poisoned, and look again;
+		 * the caller then unmaps it (ksmdev_unmerge_poisoned()).
+		 */
+		memory_failure_queue(page_to_pfn(old), 0);
+		put_page(new);
+		goto out;
+	}
 	if (ksmdev_memcg_charge(new, mm)) {
 		put_page(new);
 		err = -ENOMEM;

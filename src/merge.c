@@ -28,15 +28,21 @@
 #include <linux/pagemap.h>
 #include <linux/userfaultfd_k.h>
 #include <linux/sched/signal.h>
+#include <linux/swapops.h>
 
 #include "ksmdev.h"
 
-/* Private anonymous memory: the scanner may read its pages. */
+/*
+ * Private anonymous memory: the scanner may read its pages. Not
+ * VM_DROPPABLE memory (MAP_DROPPABLE, 6.11): its pages are there for the
+ * kernel to free under pressure, which a merged page can never be.
+ */
 bool ksmdev_vma_scannable(struct vm_area_struct *vma)
 {
 	return vma_is_anonymous(vma) &&
 	       !(vma->vm_flags & (VM_SHARED | VM_MAYSHARE | VM_PFNMAP |
-				  VM_MIXEDMAP | VM_HUGETLB | VM_IO));
+				  VM_MIXEDMAP | VM_HUGETLB | VM_IO |
+				  VM_DROPPABLE));
 }
 
 /* Merging is done only in VMAs where the kernel will do the rest right. */
@@ -60,12 +66,14 @@ bool ksmdev_vma_mergeable(struct vm_area_struct *vma)
  * bit), but their mapping points to ksmd's stable node and rmap walks go
  * through mm/ksm.c: in a range that is also MADV_MERGEABLE, ksmd's pages
  * are ksmd's. ZONE_DEVICE pages (device-coherent memory that a driver
- * migrated in) are the driver's to migrate back.
+ * migrated in) are the driver's to migrate back. A page marked poisoned
+ * (memory_failure()) must not be read again: on real hardware that is a
+ * machine check.
  */
 bool ksmdev_page_candidate(struct page *page)
 {
 	return PageAnon(page) && !folio_test_ksm(page_folio(page)) &&
-	       !is_zone_device_page(page);
+	       !is_zone_device_page(page) && !PageHWPoison(page);
 }
 
 /*
@@ -350,6 +358,72 @@ static unsigned long ksmdev_next_merged(struct vm_area_struct *vma,
 	return end;
 }
 
+/*
+ * If @addr maps a merged page marked poisoned, unmap it as memory_failure()
+ * unmaps a poisoned anonymous page (try_to_unmap_one() with TTU_HWPOISON):
+ * a hwpoison entry takes the PTE's place, so that the next access gets
+ * SIGBUS, as with any lost page, and nothing reads the page again (a copy
+ * would: memory_failure() leaves a page it does not know, like ours,
+ * mapped). Returns true if it did.
+ */
+static bool ksmdev_unmerge_poisoned(struct vm_area_struct *vma,
+				    unsigned long addr)
+{
+	struct mm_struct *mm = vma->vm_mm;
+	struct mmu_notifier_range range;
+	struct page *page = NULL;
+	spinlock_t *ptl;	/* the page table's lock */
+	pte_t *ptep, pte;
+	bool done = false;
+	pmd_t *pmd;
+
+	pmd = ksmdev_table_pmd(mm, addr);
+	if (!pmd)
+		return false;
+	ptep = ksmdev_pte_map_lock(mm, pmd, addr, &ptl);
+	if (!ptep) {
+		ksmdev_pte_map_failed(ptl);
+		return false;
+	}
+	pte = ptep_get(ptep);
+	if (pte_present(pte) && !pte_special(pte) && pfn_valid(pte_pfn(pte))) {
+		page = pfn_to_page(pte_pfn(pte));
+		if (!PageAnon(page) && PageHWPoison(page))
+			get_page(page);
+		else
+			page = NULL;
+	}
+	pte_unmap_unlock(ptep, ptl);
+	if (!page)
+		return false;
+
+	/* make_hwpoison_entry() wants it locked, as memory_failure() has it. */
+	lock_page(page);
+	ksmdev_mmu_range_init(&range, vma, addr, addr + PAGE_SIZE);
+	ksmdev_mmu_invalidate_start(&range);
+	ptep = ksmdev_pte_map_lock(mm, pmd, addr, &ptl);
+	if (!ptep) {
+		ksmdev_pte_map_failed(ptl);
+		goto out;
+	}
+	if (pte_same(ptep_get(ptep), pte)) {
+		ksmdev_ptep_clear_flush(vma, addr, ptep);
+		set_pte_at(mm, addr, ptep,
+			   swp_entry_to_pte(make_hwpoison_entry(page)));
+		ksmdev_page_remove_rmap(page, vma);
+		ksmdev_add_mm_counter(mm, MM_FILEPAGES, -1);
+		/* The PTE's reference; ours goes below. */
+		put_page(page);
+		done = true;
+	}
+	pte_unmap_unlock(ptep, ptl);
+out:
+	ksmdev_mmu_invalidate_end(&range);
+	unlock_page(page);
+	put_page(page);
+	return done;
+}
+
 /* Forget that pages of @region were merged: they were all unmerged. */
 static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
 				   struct ksmdev_region *region)
@@ -414,7 +488,10 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 			 * fault, the page is looked at again (it may still
 			 * be merged), as break_ksm() loops.
 			 */
-			ret = ksmdev_unshare(vma, addr);
+			if (ksmdev_unmerge_poisoned(vma, addr))
+				ret = 0;
+			else
+				ret = ksmdev_unshare(vma, addr);
 			if (ret < 0)
 				return ret;
 			ksmdev_event(&ksmdev_events.unmerges);

@@ -300,10 +300,12 @@ static void ksmdev_scan_kpage(struct ksmdev_scan *s, struct page *page,
 		return;
 	/*
 	 * Moved here (mremap) or not counted yet: count it, unless it is a
-	 * stable page of another scope (then leave it alone) or none of ours.
+	 * stable page of another scope (then leave it alone), none of ours, or
+	 * poisoned (no new sharer for it: unmerging will unmap it).
 	 */
 	stable = ksmdev_stable_of(page);
-	if (stable && stable->trees == ksmdev_trees_of(s->ctx, s->region))
+	if (stable && stable->trees == ksmdev_trees_of(s->ctx, s->region) &&
+	    !PageHWPoison(page))
 		ksmdev_slot_set(s->ctx, slot, mapped);
 	else if (*slot)
 		ksmdev_slot_set(s->ctx, slot, 0);

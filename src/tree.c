@@ -242,6 +242,9 @@ struct ksmdev_stable *ksmdev_stable_search(struct ksmdev_trees *trees,
 		stable = rb_entry(node, struct ksmdev_stable, node);
 		if (stable->hash != hash)
 			break;
+		/* Poisoned: never read again, never given a sharer. */
+		if (PageHWPoison(stable->kpage))
+			continue;
 		if (ksmdev_pages_identical(stable->kpage, page))
 			return stable;
 	}
@@ -378,9 +381,30 @@ int ksmdev_trees_init(void)
 	return 0;
 }
 
-/* Every context is gone, and the scanner stopped: no node is left. */
+/*
+ * Insurance at unload: every node should have gone with its last sharer,
+ * but one left behind must not leave PG_owner_priv_1 and page->private on
+ * a page that outlives the module (mapped still), where a reload's
+ * ksmdev_stable_of() would follow a pointer into freed memory.
+ */
+static void ksmdev_stable_scrub(struct ksmdev_trees *trees)
+{
+	struct ksmdev_stable *stable, *tmp;
+
+	rbtree_postorder_for_each_entry_safe(stable, tmp, &trees->stable,
+					     node) {
+		clear_bit(PG_owner_priv_1, &stable->kpage->flags);
+		set_page_private(stable->kpage, 0);
+		put_page(stable->kpage);
+		ksmdev_meta_cache_free(ksmdev_stable_cache, stable);
+	}
+	trees->stable = RB_ROOT;
+}
+
+/* Every context is gone, and the scanner stopped. */
 void ksmdev_trees_exit(void)
 {
+	ksmdev_stable_scrub(&ksmdev_global_trees);
 	kmem_cache_destroy(ksmdev_stable_cache);
 	kmem_cache_destroy(ksmdev_unstable_cache);
 }
