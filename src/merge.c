@@ -347,7 +347,9 @@ static unsigned long ksmdev_next_merged(struct vm_area_struct *vma,
 					break;
 				continue;
 			}
-			if (!pte_special(pte) && pfn_valid(pte_pfn(pte)) &&
+			/* Merged PTEs are never writable (nor unshared). */
+			if (!pte_write(pte) && !pte_special(pte) &&
+			    pfn_valid(pte_pfn(pte)) &&
 			    !PageAnon(pfn_to_page(pte_pfn(pte))))
 				break;
 		}
@@ -438,6 +440,9 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
 			ksmdev_slot_set(ctx, slot, 0);
 }
 
+/* Faults at one address that may back out before it is passed by. */
+#define KSMDEV_UNSHARE_TRIES	16
+
 /**
  * ksmdev_unmerge_region - give every merged page of @region a private copy
  * @ctx:    the region's context
@@ -454,9 +459,10 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
  */
 int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 {
+	unsigned long addr = region->start, end, last = 0;
 	struct mm_struct *mm = ctx->mm;
-	unsigned long addr = region->start, end;
 	struct vm_area_struct *vma;
+	unsigned int tries = 0;
 	long ret;
 
 	lockdep_assert_held(&ksmdev_lock);
@@ -486,8 +492,15 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 			/*
 			 * Not addr += PAGE_SIZE: if the PTE changed under the
 			 * fault, the page is looked at again (it may still
-			 * be merged), as break_ksm() loops.
+			 * be merged), as break_ksm() loops; but not forever,
+			 * should it be something the fault cannot unshare.
 			 */
+			tries = addr == last ? tries + 1 : 0;
+			last = addr;
+			if (tries > KSMDEV_UNSHARE_TRIES) {
+				addr += PAGE_SIZE;
+				continue;
+			}
 			if (ksmdev_unmerge_poisoned(vma, addr))
 				ret = 0;
 			else
