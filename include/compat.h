@@ -36,6 +36,11 @@ extern struct lockdep_map *ksmdev_mmu_start_map;
 #undef KSMDEV_DATA_SYMBOL
 #undef KSMDEV_SYMBOL
 
+/* 6.11 added MAP_DROPPABLE; before it, no VMA is droppable. */
+#ifndef KSMDEV_HAVE_VM_DROPPABLE
+#define VM_DROPPABLE	VM_NONE
+#endif
+
 /* Found first, through a kprobe: the key to all the others. */
 DECLARE_STATIC_CALL(ksmdev_sc_kallsyms_lookup_name, kallsyms_lookup_name);
 
@@ -118,17 +123,56 @@ static inline int ksmdev_page_mapcount(struct page *page)
 #endif
 }
 
-/* Fault @addr of @mm for write, breaking copy-on-write even if read-only. */
-static inline long ksmdev_fault_write(struct mm_struct *mm, unsigned long addr)
+/*
+ * ksmdev_unshare - give @addr of @vma (mmap lock held) a private copy of
+ * the merged page or merged zero page it maps, as mm/ksm.c's break_ksm()
+ * does: the copy is an exclusive anonymous page, still read-only (the next
+ * write reuses it), with the PTE's uffd-wp and soft-dirty bits kept.
+ *
+ * Not a write fault: under userfaultfd write protection a write fault is
+ * the monitor's (handle_userfault(), VM_FAULT_SIGBUS without
+ * FAULT_FLAG_ALLOW_RETRY), and it would drop the uffd-wp bit if it copied.
+ *
+ * 6.2 ("mm: extend FAULT_FLAG_UNSHARE support to anything in a COW
+ * mapping") made an unshare fault copy any page of a private mapping
+ * (6.12 do_wp_page(): "Private mapping: create an exclusive anonymous page
+ * copy if reuse is impossible"; wp_page_copy() keeps both bits "if
+ * (unlikely(unshare))"). Before, it returns at a page that is not
+ * anonymous (6.1 do_wp_page(): "No anonymous page -> nothing to do"), so
+ * compat.c makes the same copy the same way (ksmdev_unshare_copy()).
+ *
+ * Return: 0 (unshared, or the PTE changed meanwhile: look again), -ENOMEM,
+ * or -EFAULT.
+ */
+#ifdef KSMDEV_HAVE_UNSHARE_COW
+static inline int ksmdev_unshare(struct vm_area_struct *vma,
+				 unsigned long addr)
 {
-#ifdef KSMDEV_HAVE_GUP_VMAS
-	return get_user_pages_remote(mm, addr, 1, FOLL_WRITE | FOLL_FORCE,
-				     NULL, NULL, NULL);
-#else
-	return get_user_pages_remote(mm, addr, 1, FOLL_WRITE | FOLL_FORCE,
-				     NULL, NULL);
-#endif
+	vm_fault_t ret;
+
+	ret = handle_mm_fault(vma, addr, FAULT_FLAG_UNSHARE | FAULT_FLAG_REMOTE,
+			      NULL);
+	if (ret & VM_FAULT_OOM)
+		return -ENOMEM;
+	/*
+	 * A machine check in the copy: the page is being marked poisoned
+	 * (memory_failure_queue()); looking again, the caller unmaps it.
+	 */
+	if (ret & VM_FAULT_HWPOISON)
+		return 0;
+	if (ret & VM_FAULT_ERROR)
+		return -EFAULT;
+	return 0;
 }
+#else
+int ksmdev_unshare_copy(struct vm_area_struct *vma, unsigned long addr);
+
+static inline int ksmdev_unshare(struct vm_area_struct *vma,
+				 unsigned long addr)
+{
+	return ksmdev_unshare_copy(vma, addr);
+}
+#endif
 
 /* Split the locked huge page @page into order-0 pages. */
 static inline int ksmdev_split_huge_page(struct page *page)

@@ -33,3 +33,10 @@ KSMDEV_SYMBOL(__pte_offset_map_lock);
 KSMDEV_DATA_SYMBOL(ksmdev_mmu_start_map,
 		   __mmu_notifier_invalidate_range_start_map);
 #endif
+#ifndef KSMDEV_HAVE_UNSHARE_COW
+/* ksmdev_unshare_copy(), what an unshare fault does from 6.2 on. */
+KSMDEV_SYMBOL(__anon_vma_prepare);
+KSMDEV_SYMBOL(__mem_cgroup_charge);
+KSMDEV_SYMBOL(page_add_new_anon_rmap);
+KSMDEV_SYMBOL(lru_cache_add_inactive_or_unevictable);
+#endif

@@ -10,6 +10,9 @@
  */
 #include <linux/kprobes.h>
 #include <linux/moduleparam.h>
+#include <linux/highmem.h>
+#include <linux/memcontrol.h>
+#include <linux/mm.h>
 
 #include "ksmdev.h"
 
@@ -95,3 +98,143 @@ int ksmdev_compat_init(void)
 #undef KSMDEV_SYMBOL
 	return 0;
 }
+
+#ifndef KSMDEV_HAVE_UNSHARE_COW
+/* anon_vma_prepare() and mem_cgroup_charge(), which call unexported code. */
+static int ksmdev_anon_vma_prepare(struct vm_area_struct *vma)
+{
+	if (likely(vma->anon_vma))
+		return 0;
+	return static_call(ksmdev_sc___anon_vma_prepare)(vma);
+}
+
+static int ksmdev_memcg_charge(struct page *page, struct mm_struct *mm)
+{
+	if (mem_cgroup_disabled())
+		return 0;
+	return static_call(ksmdev_sc___mem_cgroup_charge)(page_folio(page), mm,
+							  GFP_KERNEL);
+}
+
+/**
+ * ksmdev_unshare_copy - an unshare fault at @addr, for kernels before 6.2
+ * @vma:  a private anonymous VMA, its mmap lock held for read
+ * @addr: an address in it that maps a merged page or the zero page
+ *
+ * The unshare branch of 6.2's wp_page_copy(), for the one case 6.1's
+ * do_wp_page() leaves alone: copy the page into a new anonymous page
+ * (charged to @vma's mm, on the LRU, exclusive), then, under the page
+ * table lock and only if the PTE is still the one read, switch the PTE to
+ * the copy. The new PTE is read-only and carries the old one's uffd-wp and
+ * soft-dirty bits: the switch happens under the lock, so no write can come
+ * between the two that the uffd monitor or soft-dirty tracking would miss.
+ *
+ * Return: 0 (done, or the PTE changed: look again), or -ENOMEM.
+ */
+int ksmdev_unshare_copy(struct vm_area_struct *vma, unsigned long addr)
+{
+	struct mm_struct *mm = vma->vm_mm;
+	struct mmu_notifier_range range;
+	struct page *old = NULL, *new;
+	spinlock_t *ptl;	/* the page table's lock */
+	pte_t *ptep, orig, entry;
+	int err = 0;
+	pmd_t *pmd;
+
+	mmap_assert_locked(mm);
+	if (ksmdev_anon_vma_prepare(vma))
+		return -ENOMEM;
+	pmd = ksmdev_table_pmd(mm, addr);
+	if (!pmd)
+		return 0;
+	ptep = ksmdev_pte_map_lock(mm, pmd, addr, &ptl);
+	if (!ptep) {
+		ksmdev_pte_map_failed(ptl);
+		return 0;
+	}
+	orig = ptep_get(ptep);
+	if (!pte_present(orig) || pte_write(orig)) {
+		pte_unmap_unlock(ptep, ptl);
+		return 0;
+	}
+	if (!is_zero_pfn(pte_pfn(orig))) {
+		if (pte_special(orig) || !pfn_valid(pte_pfn(orig)) ||
+		    PageAnon(pfn_to_page(pte_pfn(orig)))) {
+			/* Not a merged page: nothing to unshare here. */
+			pte_unmap_unlock(ptep, ptl);
+			return 0;
+		}
+		old = pfn_to_page(pte_pfn(orig));
+		get_page(old);
+	}
+	pte_unmap_unlock(ptep, ptl);
+
+	new = alloc_page_vma(GFP_HIGHUSER_MOVABLE, vma, addr);
+	if (!new) {
+		err = -ENOMEM;
+		goto out;
+	}
+	if (!old) {
+		clear_user_highpage(new, addr);
+	} else if (copy_mc_user_highpage(new, old, addr, vma)) {
+		/*
+		 * A machine check in the copy (what 6.1's wp_page_copy()
+		 * does too): have the page marked poisoned, and look again;
+		 * the caller then unmaps it (ksmdev_unmerge_poisoned()).
+		 */
+		memory_failure_queue(page_to_pfn(old), 0);
+		put_page(new);
+		goto out;
+	}
+	if (ksmdev_memcg_charge(new, mm)) {
+		put_page(new);
+		err = -ENOMEM;
+		goto out;
+	}
+	__folio_mark_uptodate(page_folio(new));
+
+	ksmdev_mmu_range_init(&range, vma, addr, addr + PAGE_SIZE);
+	/* Refused (never, for a blockable range): the unmerge looks again. */
+	if (ksmdev_mmu_invalidate_start(&range)) {
+		put_page(new);
+		goto out;
+	}
+	ptep = ksmdev_pte_map_lock(mm, pmd, addr, &ptl);
+	if (!ptep) {
+		ksmdev_pte_map_failed(ptl);
+		put_page(new);
+		goto end;
+	}
+	if (!pte_same(ptep_get(ptep), orig)) {
+		/* Written, unmapped or unshared meanwhile: look again. */
+		pte_unmap_unlock(ptep, ptl);
+		put_page(new);
+		goto end;
+	}
+	entry = pte_sw_mkyoung(mk_pte(new, vma->vm_page_prot));
+	if (pte_soft_dirty(orig))
+		entry = pte_mksoft_dirty(entry);
+	if (pte_uffd_wp(orig))
+		entry = pte_mkuffd_wp(entry);
+	ksmdev_ptep_clear_flush(vma, addr, ptep);
+	static_call(ksmdev_sc_page_add_new_anon_rmap)(new, vma, addr);
+	static_call(ksmdev_sc_lru_cache_add_inactive_or_unevictable)(new, vma);
+	set_pte_at(mm, addr, ptep, entry);
+	update_mmu_cache(vma, addr, ptep);
+	ksmdev_add_mm_counter(mm, MM_ANONPAGES, 1);
+	if (old) {
+		/* As wp_page_copy(): only after the PTE points to the copy. */
+		ksmdev_page_remove_rmap(old, vma);
+		ksmdev_add_mm_counter(mm, MM_FILEPAGES, -1);
+		/* The PTE's reference; ours goes below. */
+		put_page(old);
+	}
+	pte_unmap_unlock(ptep, ptl);
+end:
+	ksmdev_mmu_invalidate_end(&range);
+out:
+	if (old)
+		put_page(old);
+	return err;
+}
+#endif

@@ -17,24 +17,32 @@
  * io_uring would show as one more: then the PTE is put back), and the
  * content must still be identical. Only then is the new PTE installed.
  *
- * Unmerging lets the kernel copy: each address that maps a stable page or a
- * zero page we put there is faulted for write (FOLL_FORCE, so read-only
- * mappings unmerge too). Out of memory and signals come back as errors, at
- * once, never as a retry loop (seed 001).
+ * Unmerging copies as mm/ksm.c's break_ksm() does: each address that maps
+ * a stable page or a zero page we put there takes an unshare fault
+ * (ksmdev_unshare()), which gives it an exclusive anonymous copy, read-only
+ * until written, keeping the PTE's uffd-wp and soft-dirty bits; a write
+ * fault would be userfaultfd's to handle. Out of memory and signals come
+ * back as errors, at once, never as a retry loop (seed 001).
  */
 #include <linux/highmem.h>
 #include <linux/pagemap.h>
 #include <linux/userfaultfd_k.h>
 #include <linux/sched/signal.h>
+#include <linux/swapops.h>
 
 #include "ksmdev.h"
 
-/* Private anonymous memory: the scanner may read its pages. */
+/*
+ * Private anonymous memory: the scanner may read its pages. Not
+ * VM_DROPPABLE memory (MAP_DROPPABLE, 6.11): its pages are there for the
+ * kernel to free under pressure, which a merged page can never be.
+ */
 bool ksmdev_vma_scannable(struct vm_area_struct *vma)
 {
 	return vma_is_anonymous(vma) &&
 	       !(vma->vm_flags & (VM_SHARED | VM_MAYSHARE | VM_PFNMAP |
-				  VM_MIXEDMAP | VM_HUGETLB | VM_IO));
+				  VM_MIXEDMAP | VM_HUGETLB | VM_IO |
+				  VM_DROPPABLE));
 }
 
 /* Merging is done only in VMAs where the kernel will do the rest right. */
@@ -47,6 +55,25 @@ bool ksmdev_vma_mergeable(struct vm_area_struct *vma)
 	 */
 	return ksmdev_vma_scannable(vma) && !userfaultfd_armed(vma) &&
 	       !(vma->vm_flags & VM_LOCKED);
+}
+
+/**
+ * ksmdev_page_candidate - may the scanner take @page for merging?
+ * @page: a page mapped in a mergeable VMA (a reference held)
+ *
+ * Only anonymous pages are, and not all of them. The in-kernel KSM's
+ * merged pages are anonymous too (PageKsm: PAGE_MAPPING_KSM has the anon
+ * bit), but their mapping points to ksmd's stable node and rmap walks go
+ * through mm/ksm.c: in a range that is also MADV_MERGEABLE, ksmd's pages
+ * are ksmd's. ZONE_DEVICE pages (device-coherent memory that a driver
+ * migrated in) are the driver's to migrate back. A page marked poisoned
+ * (memory_failure()) must not be read again: on real hardware that is a
+ * machine check.
+ */
+bool ksmdev_page_candidate(struct page *page)
+{
+	return PageAnon(page) && !folio_test_ksm(page_folio(page)) &&
+	       !is_zone_device_page(page) && !PageHWPoison(page);
 }
 
 /*
@@ -101,7 +128,7 @@ bool ksmdev_page_is_zero(struct page *page)
 }
 
 /* A pmd that points to a page table (not empty, huge or bad). */
-static pmd_t *ksmdev_table_pmd(struct mm_struct *mm, unsigned long addr)
+pmd_t *ksmdev_table_pmd(struct mm_struct *mm, unsigned long addr)
 {
 	unsigned long next;
 	pmd_t *pmd = ksmdev_walk_to_pmd(mm, addr, addr + PAGE_SIZE, &next);
@@ -117,7 +144,7 @@ static pmd_t *ksmdev_table_pmd(struct mm_struct *mm, unsigned long addr)
 }
 
 /**
- * ksmdev_get_anon_page - the anonymous page mapped at @addr, referenced
+ * ksmdev_get_anon_page - the candidate page mapped at @addr, referenced
  * @vma:  a mergeable VMA (mmap lock held)
  * @addr: an address in it
  *
@@ -141,7 +168,10 @@ struct page *ksmdev_get_anon_page(struct vm_area_struct *vma,
 		if (pmd_trans_huge(*pmd) && PageAnon(pmd_page(*pmd))) {
 			page = nth_page(pmd_page(*pmd),
 					(addr & ~PMD_MASK) >> PAGE_SHIFT);
-			get_page(page);
+			if (ksmdev_page_candidate(page))
+				get_page(page);
+			else
+				page = NULL;
 		}
 		spin_unlock(ptl);
 		return page;
@@ -157,7 +187,7 @@ struct page *ksmdev_get_anon_page(struct vm_area_struct *vma,
 	pte = ptep_get(ptep);
 	if (pte_present(pte) && !pte_special(pte) && pfn_valid(pte_pfn(pte))) {
 		page = pfn_to_page(pte_pfn(pte));
-		if (PageAnon(page))
+		if (ksmdev_page_candidate(page))
 			get_page(page);
 		else
 			page = NULL;
@@ -197,15 +227,17 @@ static bool ksmdev_page_unpinned(struct page *page)
  * ksmdev_replace_page - map @kpage at @addr instead of @page
  * @vma:   a mergeable VMA; its mmap lock held for read
  * @addr:  where @page is mapped
- * @page:  an order-0 anonymous page; the caller holds a reference
+ * @page:  an order-0 candidate page (ksmdev_page_candidate()); the caller
+ *         holds a reference
  * @kpage: a stable page with @page's content, or NULL for the zero page
  *
  * Called with ksmdev_lock and the mmap lock held (see below), and nothing
  * else: the invalidation of secondary MMUs may sleep.
  *
- * Return: 0, or -EAGAIN if the PTE changed, the page is pinned or in the
- * swap cache, its content is no longer that of @kpage, or a secondary MMU
- * refused to drop its mapping of @page.
+ * Return: 0, or -EAGAIN if the PTE changed, the page is locked, pinned or
+ * in the swap cache, is no longer a candidate (ksmd took it), its content
+ * is no longer that of @kpage, or a secondary MMU refused to drop its
+ * mapping of @page.
  */
 int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 			struct page *page, struct page *kpage)
@@ -223,6 +255,16 @@ int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 	pmd = ksmdev_table_pmd(mm, addr);
 	if (!pmd)
 		return -EAGAIN;
+	/*
+	 * ksmd makes a mapped page PageKsm in place, under the page lock
+	 * (try_to_merge_one_page()): holding it, the test below stays true.
+	 */
+	if (!trylock_page(page))
+		return -EAGAIN;
+	if (!ksmdev_page_candidate(page)) {
+		unlock_page(page);
+		return -EAGAIN;
+	}
 
 	/*
 	 * A secondary MMU (KVM's EPT, a device mapping user memory through an
@@ -244,8 +286,10 @@ int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 	 * A start that fails has not started: nothing to end, no merge.
 	 */
 	ksmdev_mmu_range_init(&range, vma, addr, addr + PAGE_SIZE);
-	if (ksmdev_mmu_invalidate_start(&range))
+	if (ksmdev_mmu_invalidate_start(&range)) {
+		unlock_page(page);
 		return -EAGAIN;
+	}
 	ptep = ksmdev_pte_map_lock(mm, pmd, addr, &ptl);
 	if (!ptep) {
 		ksmdev_pte_map_failed(ptl);
@@ -289,6 +333,7 @@ unlock:
 	pte_unmap_unlock(ptep, ptl);
 out:
 	ksmdev_mmu_invalidate_end(&range);
+	unlock_page(page);
 	return err;
 }
 
@@ -327,7 +372,9 @@ static unsigned long ksmdev_next_merged(struct vm_area_struct *vma,
 					break;
 				continue;
 			}
-			if (!pte_special(pte) && pfn_valid(pte_pfn(pte)) &&
+			/* Merged PTEs are never writable (nor unshared). */
+			if (!pte_write(pte) && !pte_special(pte) &&
+			    pfn_valid(pte_pfn(pte)) &&
 			    !PageAnon(pfn_to_page(pte_pfn(pte))))
 				break;
 		}
@@ -336,6 +383,75 @@ static unsigned long ksmdev_next_merged(struct vm_area_struct *vma,
 			return addr;
 	}
 	return end;
+}
+
+/*
+ * If @addr maps a merged page marked poisoned, unmap it as memory_failure()
+ * unmaps a poisoned anonymous page (try_to_unmap_one() with TTU_HWPOISON):
+ * a hwpoison entry takes the PTE's place, so that the next access gets
+ * SIGBUS, as with any lost page, and nothing reads the page again (a copy
+ * would: memory_failure() leaves a page it does not know, like ours,
+ * mapped). Returns true if it did.
+ */
+static bool ksmdev_unmerge_poisoned(struct vm_area_struct *vma,
+				    unsigned long addr)
+{
+	struct mm_struct *mm = vma->vm_mm;
+	struct mmu_notifier_range range;
+	struct page *page = NULL;
+	spinlock_t *ptl;	/* the page table's lock */
+	pte_t *ptep, pte;
+	bool done = false;
+	pmd_t *pmd;
+
+	pmd = ksmdev_table_pmd(mm, addr);
+	if (!pmd)
+		return false;
+	ptep = ksmdev_pte_map_lock(mm, pmd, addr, &ptl);
+	if (!ptep) {
+		ksmdev_pte_map_failed(ptl);
+		return false;
+	}
+	pte = ptep_get(ptep);
+	if (pte_present(pte) && !pte_special(pte) && pfn_valid(pte_pfn(pte))) {
+		page = pfn_to_page(pte_pfn(pte));
+		if (!PageAnon(page) && PageHWPoison(page))
+			get_page(page);
+		else
+			page = NULL;
+	}
+	pte_unmap_unlock(ptep, ptl);
+	if (!page)
+		return false;
+
+	/* make_hwpoison_entry() wants it locked, as memory_failure() has it. */
+	lock_page(page);
+	ksmdev_mmu_range_init(&range, vma, addr, addr + PAGE_SIZE);
+	/* Refused (never, for a blockable range): the unmerge looks again. */
+	if (ksmdev_mmu_invalidate_start(&range))
+		goto unlock_page;
+	ptep = ksmdev_pte_map_lock(mm, pmd, addr, &ptl);
+	if (!ptep) {
+		ksmdev_pte_map_failed(ptl);
+		goto out;
+	}
+	if (pte_same(ptep_get(ptep), pte)) {
+		ksmdev_ptep_clear_flush(vma, addr, ptep);
+		set_pte_at(mm, addr, ptep,
+			   swp_entry_to_pte(make_hwpoison_entry(page)));
+		ksmdev_page_remove_rmap(page, vma);
+		ksmdev_add_mm_counter(mm, MM_FILEPAGES, -1);
+		/* The PTE's reference; ours goes below. */
+		put_page(page);
+		done = true;
+	}
+	pte_unmap_unlock(ptep, ptl);
+out:
+	ksmdev_mmu_invalidate_end(&range);
+unlock_page:
+	unlock_page(page);
+	put_page(page);
+	return done;
 }
 
 /* Forget that pages of @region were merged: they were all unmerged. */
@@ -352,8 +468,10 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
 			ksmdev_slot_set(ctx, slot, 0);
 }
 
-/* Merged pages found under ksmdev_lock at a time, then faulted without it. */
+/* Merged pages found under ksmdev_lock at a time, then unshared without it. */
 #define KSMDEV_UNMERGE_CHUNK	64
+/* Rounds in which the first merged page backs out before it is passed by. */
+#define KSMDEV_UNSHARE_TRIES	16
 
 /**
  * ksmdev_unmerge_region - give every merged page of @region a private copy
@@ -361,27 +479,29 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
  * @region: the region
  *
  * Called with ctx->lock held, a reference on ctx->mm and its mmap lock held
- * for read (GUP keeps it held), and without ksmdev_lock: the page faults
- * run without it, so that nobody else waits for them. It is taken for a
- * moment per chunk, to find the next merged pages (their slots say which
- * zero pages are ours), and at the end to forget that the region's pages
- * were merged. Nothing merges into @region meanwhile: it is going (the
- * scanner leaves it alone), or run is stopped (unmerge-all).
+ * for read (the unshare fault runs without FAULT_FLAG_ALLOW_RETRY, so keeps
+ * it held), and without ksmdev_lock: the page faults run without it, so
+ * that nobody else waits for them. It is taken for a moment per chunk, to
+ * find the next merged pages (their slots say which zero pages are ours),
+ * and at the end to forget that the region's pages were merged. Nothing
+ * merges into @region meanwhile: it is going (the scanner leaves it alone),
+ * or run is stopped (unmerge-all).
  *
  * Returns promptly on failure; what was unmerged stays unmerged, and the
  * call can be repeated.
  *
  * Return: 0, -ENOMEM (a memory cgroup limit, or no memory), -ERESTARTSYS
  * (a signal: EINTR for the caller, or a restart), -ESRCH (the context is
- * being closed, or its process is gone: ksmdev_ctx_abandoned()), or another
- * error of the fault.
+ * being closed, or its process is gone: ksmdev_ctx_abandoned()), or -EFAULT
+ * (the fault failed otherwise: not seen).
  */
 int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 {
-	unsigned long addr = region->start, end, chunk[KSMDEV_UNMERGE_CHUNK];
+	unsigned long addr = region->start, end, last = 0;
+	unsigned long chunk[KSMDEV_UNMERGE_CHUNK];
 	struct mm_struct *mm = ctx->mm;
 	struct vm_area_struct *vma;
-	unsigned int i, nr;
+	unsigned int i, nr, tries = 0;
 	long ret;
 
 	lockdep_assert_held(&ctx->lock);
@@ -393,7 +513,8 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 			break;
 		addr = max(addr, vma->vm_start);
 		end = min(vma->vm_end, region->end);
-		if (!vma_is_anonymous(vma)) {
+		/* Only a COW mapping has pages to unshare. */
+		if (!vma_is_anonymous(vma) || !is_cow_mapping(vma->vm_flags)) {
 			addr = end;
 			continue;
 		}
@@ -416,29 +537,43 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 				addr += PAGE_SIZE;
 			}
 			mutex_unlock(&ksmdev_lock);
-
+			if (!nr)
+				break;
+			/*
+			 * The first of a chunk found again, round after round:
+			 * its unshare keeps backing out (the PTE changed under
+			 * the fault, as break_ksm() allows for), or it is
+			 * something the fault cannot unshare. Look again a few
+			 * times, then pass it by rather than loop for ever.
+			 */
+			tries = chunk[0] == last ? tries + 1 : 0;
+			last = chunk[0];
+			if (tries > KSMDEV_UNSHARE_TRIES) {
+				addr = last + PAGE_SIZE;
+				tries = 0;
+				continue;
+			}
 			for (i = 0; i < nr; i++) {
 				if (signal_pending(current))
 					return -ERESTARTSYS;
-				ret = ksmdev_fault_write(mm, chunk[i]);
-				/*
-				 * PROT_NONE: nothing can read or write the
-				 * page; a later mprotect() makes it
-				 * copy-on-write again.
-				 */
-				if (ret == -EFAULT &&
-				    !(vma->vm_flags & (VM_READ | VM_WRITE | VM_EXEC)))
+				if (ksmdev_unmerge_poisoned(vma, chunk[i]))
 					ret = 0;
+				else
+					ret = ksmdev_unshare(vma, chunk[i]);
 				if (ret < 0)
 					return ret;
 				cond_resched();
 			}
-			if (nr) {
-				ksmdev_lock_acquire();
-				WRITE_ONCE(ksmdev_events.unmerges,
-					   ksmdev_events.unmerges + nr);
-				mutex_unlock(&ksmdev_lock);
-			}
+			ksmdev_lock_acquire();
+			WRITE_ONCE(ksmdev_events.unmerges,
+				   ksmdev_events.unmerges + nr);
+			mutex_unlock(&ksmdev_lock);
+			/*
+			 * From the chunk's first page again: what was unshared
+			 * is passed by at once, what backed out is looked at
+			 * again.
+			 */
+			addr = chunk[0];
 		}
 	}
 	ksmdev_lock_acquire();

@@ -327,10 +327,12 @@ static void ksmdev_scan_kpage(struct ksmdev_scan *s, struct page *page,
 		return;
 	/*
 	 * Moved here (mremap) or not counted yet: count it, unless it is a
-	 * stable page of another scope (then leave it alone) or none of ours.
+	 * stable page of another scope (then leave it alone), none of ours, or
+	 * poisoned (no new sharer for it: unmerging will unmap it).
 	 */
 	stable = ksmdev_stable_of(page);
-	if (stable && stable->trees == ksmdev_trees_of(s->ctx, s->region))
+	if (stable && stable->trees == ksmdev_trees_of(s->ctx, s->region) &&
+	    !PageHWPoison(page))
 		ksmdev_slot_set(s->ctx, slot, mapped);
 	else if (*slot)
 		ksmdev_slot_set(s->ctx, slot, 0);
@@ -467,15 +469,19 @@ static unsigned int ksmdev_scan_pages(struct ksmdev_scan *s,
 						*slot & KSMDEV_SLOT_ZERO);
 		} else {
 			slot = ksmdev_region_slot(s->region, at);
-			if (slot && PageAnon(page)) {
+			if (slot && ksmdev_page_candidate(page)) {
 				if (ksmdev_smart_skip(s->ctx, slot)) {
 					put_page(page);
 					skipped++;
 					continue;
 				}
 				ksmdev_cmp_and_merge(s, at, page, slot);
-			} else if (slot) {
+			} else if (slot && !PageAnon(page)) {
 				ksmdev_scan_kpage(s, page, slot);
+			} else if (slot) {
+				/* ksmd's, or a device's: not ours to track. */
+				ksmdev_region_forget(s->ctx, s->region, at,
+						     addr);
 			}
 		}
 		if (page) {

@@ -330,6 +330,9 @@ struct ksmdev_stable *ksmdev_stable_search(struct ksmdev_trees *trees,
 		stable = rb_entry(node, struct ksmdev_stable, node);
 		if (stable->hash != hash)
 			break;
+		/* Poisoned: never read again, never given a sharer. */
+		if (PageHWPoison(stable->kpage))
+			continue;
 		if (ksmdev_pages_identical(stable->kpage, page))
 			return stable;
 	}
@@ -478,9 +481,13 @@ int ksmdev_trees_init(void)
 }
 
 /*
- * Every context is gone, and the scanner stopped: only orphans are left.
- * Their pages stay alive as long as their mappings, no longer ours (see
- * ksmdev_stable_free()); their charge goes with them.
+ * Every context is gone, and the scanner stopped: only orphans are left,
+ * and, as insurance, any node the global tree still holds (each should have
+ * gone with its last sharer). Neither may leave PG_owner_priv_1 and
+ * page->private on a page that outlives the module (mapped still), where a
+ * reload's ksmdev_stable_of() would follow a pointer into freed memory:
+ * ksmdev_stable_free() clears both. Their pages stay alive as long as their
+ * mappings, no longer ours; their charge goes with them.
  */
 void ksmdev_trees_exit(void)
 {
@@ -493,6 +500,10 @@ void ksmdev_trees_exit(void)
 		ksmdev_stat_add(&ksmdev_stats.pages_orphaned, -1);
 		ksmdev_stable_free(stable);
 	}
+	rbtree_postorder_for_each_entry_safe(stable, tmp,
+					     &ksmdev_global_trees.stable, node)
+		ksmdev_stable_free(stable);
+	ksmdev_global_trees.stable = RB_ROOT;
 	mutex_unlock(&ksmdev_lock);
 	kmem_cache_destroy(ksmdev_stable_cache);
 	kmem_cache_destroy(ksmdev_unstable_cache);
