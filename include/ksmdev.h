@@ -56,6 +56,15 @@
 #include <linux/mm_types.h>
 #include <linux/ksmdev.h>
 
+/*
+ * What the scanner allocates in a window on an mm (slots, tree nodes, the
+ * stable page's node), charged to that mm's memory cgroup: never at the
+ * price of an OOM kill, of the tenant's tasks or anyone's (__GFP_NORETRY:
+ * one try at reclaim, then a failure, which every caller survives: the
+ * page is not tracked, or not merged, this time).
+ */
+#define KSMDEV_GFP_SCAN		(GFP_KERNEL_ACCOUNT | __GFP_NORETRY)
+
 /* Per-page scan state is kept in chunks of this many pages. */
 #define KSMDEV_CHUNK_SHIFT	9
 #define KSMDEV_CHUNK_PAGES	BIT(KSMDEV_CHUNK_SHIFT)

@@ -337,21 +337,35 @@ out:
 	return err;
 }
 
+/* Merged pages found under ksmdev_lock at a time, then unshared without it. */
+#define KSMDEV_UNMERGE_CHUNK	64
+/* Page tables (2 MiB each) looked at under ksmdev_lock at a time. */
+#define KSMDEV_UNMERGE_TABLES	16
+/* Slots cleared under ksmdev_lock at a time. */
+#define KSMDEV_UNMERGE_SLOTS	(16 * KSMDEV_CHUNK_PAGES)
+/* Rounds in which the first merged page backs out before it is passed by. */
+#define KSMDEV_UNSHARE_TRIES	16
+
 /*
- * The first address in [addr, end) of @vma that maps a stable page, or the
- * zero page where the slot says we put it; @end if none.
+ * Find, from *@addrp up to @end of @vma, the first address that maps a
+ * stable page, or the zero page where the slot says we put it: true, with
+ * *@addrp set to it. False when there is none before @end, or when
+ * *@tables page tables have been looked at (the caller holds ksmdev_lock
+ * and lets go between rounds, however sparse the merged pages): *@addrp is
+ * then where to look on.
  */
-static unsigned long ksmdev_next_merged(struct vm_area_struct *vma,
-					struct ksmdev_region *region,
-					unsigned long addr, unsigned long end)
+static bool ksmdev_next_merged(struct vm_area_struct *vma,
+			       struct ksmdev_region *region,
+			       unsigned long *addrp, unsigned long end,
+			       unsigned int *tables)
 {
 	struct mm_struct *mm = vma->vm_mm;
-	unsigned long next;
+	unsigned long addr = *addrp, next;
 	spinlock_t *ptl;	/* the page table's lock */
 	pte_t *start_pte, *ptep;
 	pmd_t *pmd;
 
-	for (; addr < end; addr = next) {
+	for (; addr < end && *tables; addr = next, (*tables)--) {
 		pmd = ksmdev_walk_to_pmd(mm, addr, end, &next);
 		if (!pmd || !ksmdev_table_pmd(mm, addr))
 			continue;
@@ -379,10 +393,13 @@ static unsigned long ksmdev_next_merged(struct vm_area_struct *vma,
 				break;
 		}
 		pte_unmap_unlock(start_pte, ptl);
-		if (addr < next)
-			return addr;
+		if (addr < next) {
+			*addrp = addr;
+			return true;
+		}
 	}
-	return end;
+	*addrp = min(addr, end);
+	return false;
 }
 
 /*
@@ -458,20 +475,28 @@ unlock_page:
 static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
 				   struct ksmdev_region *region)
 {
-	unsigned long addr, end = region->end;
+	unsigned long addr = region->start, end = region->end;
+	unsigned int n;
 	u64 *slot;
 
-	for (addr = ksmdev_region_slot_next(region, region->start, end, &slot);
-	     addr < end;
-	     addr = ksmdev_region_slot_next(region, addr + PAGE_SIZE, end, &slot))
-		if (*slot & KSMDEV_SLOT_MERGED)
-			ksmdev_slot_set(ctx, slot, 0);
+	/*
+	 * ksmdev_lock a few thousand slots at a time: the caller's ctx->lock
+	 * keeps the region, and nothing merges into it (see below).
+	 */
+	while (addr < end) {
+		ksmdev_lock_acquire();
+		for (n = 0; n < KSMDEV_UNMERGE_SLOTS; n++) {
+			addr = ksmdev_region_slot_next(region, addr, end, &slot);
+			if (addr >= end)
+				break;
+			if (*slot & KSMDEV_SLOT_MERGED)
+				ksmdev_slot_set(ctx, slot, 0);
+			addr += PAGE_SIZE;
+		}
+		mutex_unlock(&ksmdev_lock);
+		cond_resched();
+	}
 }
-
-/* Merged pages found under ksmdev_lock at a time, then unshared without it. */
-#define KSMDEV_UNMERGE_CHUNK	64
-/* Rounds in which the first merged page backs out before it is passed by. */
-#define KSMDEV_UNSHARE_TRIES	16
 
 /**
  * ksmdev_unmerge_region - give every merged page of @region a private copy
@@ -501,7 +526,7 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 	unsigned long chunk[KSMDEV_UNMERGE_CHUNK];
 	struct mm_struct *mm = ctx->mm;
 	struct vm_area_struct *vma;
-	unsigned int i, nr, tries = 0;
+	unsigned int i, nr, tables, tries = 0;
 	long ret;
 
 	lockdep_assert_held(&ctx->lock);
@@ -528,17 +553,21 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 				return -ERESTARTSYS;
 			if (ksmdev_ctx_abandoned(ctx))
 				return -ESRCH;
+			tables = KSMDEV_UNMERGE_TABLES;
 			ksmdev_lock_acquire();
 			for (nr = 0; nr < KSMDEV_UNMERGE_CHUNK; nr++) {
-				addr = ksmdev_next_merged(vma, region, addr, end);
-				if (addr >= end)
+				if (!ksmdev_next_merged(vma, region, &addr, end,
+							&tables))
 					break;
 				chunk[nr] = addr;
 				addr += PAGE_SIZE;
 			}
 			mutex_unlock(&ksmdev_lock);
-			if (!nr)
-				break;
+			if (!nr) {
+				/* None in this round's page tables: on. */
+				cond_resched();
+				continue;
+			}
 			/*
 			 * The first of a chunk found again, round after round:
 			 * its unshare keeps backing out (the PTE changed under
@@ -576,8 +605,6 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 			addr = chunk[0];
 		}
 	}
-	ksmdev_lock_acquire();
 	ksmdev_region_unmerged(ctx, region);
-	mutex_unlock(&ksmdev_lock);
 	return 0;
 }

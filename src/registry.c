@@ -38,7 +38,9 @@ struct ksmdev_ctx *ksmdev_ctx_create(void)
 		return ERR_PTR(-EINVAL);
 
 	ksmdev_lock_acquire();
-	ctx = ksmdev_meta_alloc(sizeof(*ctx), GFP_KERNEL_ACCOUNT);
+	/* Under ksmdev_lock: one try at reclaim, ENOMEM rather than an OOM. */
+	ctx = ksmdev_meta_alloc(sizeof(*ctx),
+				GFP_KERNEL_ACCOUNT | __GFP_NORETRY);
 	if (!ctx) {
 		mutex_unlock(&ksmdev_lock);
 		return ERR_PTR(-ENOMEM);
@@ -130,7 +132,12 @@ static struct ksmdev_region *ksmdev_region_alloc(unsigned long start,
 	unsigned long chunks = DIV_ROUND_UP(pages, KSMDEV_CHUNK_PAGES);
 	struct ksmdev_region *region;
 
-	region = ksmdev_meta_alloc(sizeof(*region), GFP_KERNEL_ACCOUNT);
+	/*
+	 * Called under ksmdev_lock (metadata_bytes changes under it): one try
+	 * at reclaim, then ENOMEM, so that nobody else waits for an OOM kill.
+	 */
+	region = ksmdev_meta_alloc(sizeof(*region),
+				   GFP_KERNEL_ACCOUNT | __GFP_NORETRY);
 	if (!region)
 		return NULL;
 	region->start = start;
@@ -138,7 +145,7 @@ static struct ksmdev_region *ksmdev_region_alloc(unsigned long start,
 	region->flags = flags;
 	region->nr_dir = DIV_ROUND_UP(chunks, KSMDEV_LEAF_CHUNKS);
 	region->dir = ksmdev_meta_alloc(region->nr_dir * sizeof(*region->dir),
-					GFP_KERNEL_ACCOUNT);
+					GFP_KERNEL_ACCOUNT | __GFP_NORETRY);
 	if (!region->dir) {
 		ksmdev_meta_free(region, sizeof(*region));
 		return NULL;
@@ -260,14 +267,13 @@ u64 *ksmdev_region_slot(struct ksmdev_region *region, unsigned long addr)
 	lockdep_assert_held(&ksmdev_lock);
 	if (!*leafp) {
 		*leafp = ksmdev_meta_alloc(KSMDEV_LEAF_CHUNKS * sizeof(**leafp),
-					   GFP_KERNEL_ACCOUNT);
+					   KSMDEV_GFP_SCAN);
 		if (!*leafp)
 			return NULL;
 	}
 	chunkp = &(*leafp)[chunk & (KSMDEV_LEAF_CHUNKS - 1)];
 	if (!*chunkp) {
-		*chunkp = ksmdev_meta_alloc(sizeof(**chunkp),
-					    GFP_KERNEL_ACCOUNT);
+		*chunkp = ksmdev_meta_alloc(sizeof(**chunkp), KSMDEV_GFP_SCAN);
 		if (!*chunkp)
 			return NULL;
 	}
@@ -437,16 +443,25 @@ out:
 	return err;
 }
 
-/* Count @region out of @ctx and free it; the caller unlinks it. */
-static void ksmdev_region_drop(struct ksmdev_ctx *ctx,
-			       struct ksmdev_region *region)
+/*
+ * Count @region out of @ctx and free it; the caller unlinks it, and has
+ * erased @ctx's unstable nodes that point into it.
+ */
+static void __ksmdev_region_drop(struct ksmdev_ctx *ctx,
+				 struct ksmdev_region *region)
 {
 	ksmdev_region_forget(ctx, region, region->start, region->end);
-	ksmdev_unstable_forget(ctx, region->start, region->end);
 	ctx->nr_regions--;
 	ctx->nr_pages -= ksmdev_region_pages(region);
 	ksmdev_stats_add(-1, -(long)ksmdev_region_pages(region));
 	ksmdev_region_free(region);
+}
+
+static void ksmdev_region_drop(struct ksmdev_ctx *ctx,
+			       struct ksmdev_region *region)
+{
+	ksmdev_unstable_forget(ctx, region->start, region->end);
+	__ksmdev_region_drop(ctx, region);
 }
 
 /* The regions of @ctx from @first that lie before @end: mark them going. */
@@ -556,7 +571,9 @@ void ksmdev_ctx_drop_regions(struct ksmdev_ctx *ctx)
 
 	lockdep_assert_held(&ksmdev_lock);
 	lockdep_assert_held(&ctx->lock);
+	/* Every unstable node of @ctx at once, not a list walk per region. */
+	ksmdev_unstable_forget(ctx, 0, ULONG_MAX);
 	rbtree_postorder_for_each_entry_safe(region, tmp, &ctx->regions, node)
-		ksmdev_region_drop(ctx, region);
+		__ksmdev_region_drop(ctx, region);
 	ctx->regions = RB_ROOT;
 }

@@ -737,7 +737,12 @@ static int ksmdev_unmerge_ctx(struct ksmdev_ctx *ctx)
 	struct rb_node *node;
 	int err = 0;
 
-	mutex_lock(&ctx->lock);
+	/*
+	 * The owner may hold it across its own long unregister: wait, but
+	 * killably (run=2 returns EINTR on a signal, ABI.md).
+	 */
+	if (mutex_lock_killable(&ctx->lock))
+		return -EINTR;
 	if (ctx->exited)
 		goto out;
 	if (!mmget_not_zero(ctx->mm)) {

@@ -364,8 +364,7 @@ struct ksmdev_stable *ksmdev_stable_create(struct ksmdev_trees *trees,
 		ksmdev_stat_add(&ksmdev_stats.stable_nodes_limit_hits, 1);
 		return NULL;
 	}
-	stable = ksmdev_meta_cache_alloc(ksmdev_stable_cache,
-					 GFP_KERNEL_ACCOUNT);
+	stable = ksmdev_meta_cache_alloc(ksmdev_stable_cache, KSMDEV_GFP_SCAN);
 	if (!stable)
 		return NULL;
 	/*
@@ -421,8 +420,7 @@ int ksmdev_unstable_insert(struct ksmdev_trees *trees, u64 hash,
 {
 	struct ksmdev_unstable *un;
 
-	un = ksmdev_meta_cache_alloc(ksmdev_unstable_cache,
-				     GFP_KERNEL_ACCOUNT);
+	un = ksmdev_meta_cache_alloc(ksmdev_unstable_cache, KSMDEV_GFP_SCAN);
 	if (!un)
 		return -ENOMEM;
 	un->trees = trees;
