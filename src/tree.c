@@ -117,6 +117,18 @@ static void ksmdev_stable_free(struct ksmdev_stable *stable)
 }
 
 /*
+ * Nothing but us holds @stable's page any more, or the page is poisoned:
+ * memory_failure() keeps its own reference to a poisoned page for good
+ * (the frame must never be used again), so its page count never comes
+ * back to one. A poisoned page is nobody's memory to limit or charge; it
+ * is not ours to keep counting either.
+ */
+static bool ksmdev_orphan_done(struct ksmdev_stable *stable)
+{
+	return page_count(stable->kpage) == 1 || PageHWPoison(stable->kpage);
+}
+
+/*
  * @stable lost its last sharer (or never had one): free it, or orphan it if
  * something else still holds its page. A reference taken in passing (a
  * speculative get_page_unless_zero() of a PFN walker, GUP-fast) only
@@ -126,7 +138,7 @@ static void ksmdev_stable_retire(struct ksmdev_stable *stable)
 {
 	rb_erase(&stable->node, &stable->trees->stable);
 	stable->trees = NULL;
-	if (page_count(stable->kpage) == 1) {
+	if (ksmdev_orphan_done(stable)) {
 		ksmdev_stable_free(stable);
 		return;
 	}
@@ -149,7 +161,7 @@ void ksmdev_orphans_reap(void)
 
 	lockdep_assert_held(&ksmdev_lock);
 	list_for_each_entry_safe(stable, tmp, &ksmdev_orphans, orphan) {
-		if (page_count(stable->kpage) != 1)
+		if (!ksmdev_orphan_done(stable))
 			continue;
 		list_del(&stable->orphan);
 		ksmdev_stat_add(&ksmdev_stats.pages_orphaned, -1);

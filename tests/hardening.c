@@ -470,6 +470,26 @@ static int kpageflags(uint64_t pfn, uint64_t *flags)
  * page, and unregister unmaps it (SIGBUS on access, as for any poisoned
  * anonymous page) instead of copying it.
  */
+/* pages_orphaned back to 0 (poll, at most @timeout_s seconds). */
+static int wait_orphans_gone(int fd, unsigned int timeout_s)
+{
+	uint64_t end = ksm_now_ms() + timeout_s * 1000ULL;
+	struct ksm_stats s;
+
+	for (;;) {
+		if (ksm_get_stats(fd, &s))
+			return -errno;
+		if (!s.pages_orphaned)
+			return 0;
+		if (ksm_now_ms() > end) {
+			fprintf(stderr, "# pages_orphaned stays %llu\n",
+				(unsigned long long)s.pages_orphaned);
+			return -ETIMEDOUT;
+		}
+		ksm_sleep_ms(20);
+	}
+}
+
 TEST_F_TIMEOUT(hard, hwpoison_merged_page, 240)
 {
 	const size_t n = 8;
@@ -510,8 +530,15 @@ TEST_F_TIMEOUT(hard, hwpoison_merged_page, 240)
 	EXPECT_EQ(SIGBUS, read_or_sigbus(x));
 	wait_merged(_metadata, self->fd, 1, n - 1, n);
 	EXPECT_EQ(0, ksm_count_bad_vals(y, 0, n, VAL_POISON));
+	/*
+	 * memory_failure() keeps its reference to the poisoned page for
+	 * good: the module must not keep it as an orphan for ever (counted
+	 * in pages_orphaned and against max_kernel_pages).
+	 */
+	ASSERT_EQ(0, ksm_unregister(self->fd, y, len));
 	munmap(x, len);
 	munmap(y, len);
+	EXPECT_EQ(0, wait_orphans_gone(self->fd, 30));
 }
 
 /*

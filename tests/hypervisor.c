@@ -325,7 +325,17 @@ TEST_F_TIMEOUT(hypervisor, two_qemus_boot_and_share_their_kernel, TIMEOUT_S)
 	close(err[0]);
 	/* No "ksmdev-preload: ...": the library used /dev/ksm. */
 	EXPECT_EQ(NULL, strstr(errbuf, "ksmdev-preload")) TH_LOG("%s", errbuf);
-	EXPECT_EQ(0, ksm_wait_bookkeeping(self->fd, &self->base, &s, 30));
+	EXPECT_EQ(0, ksm_wait_bookkeeping(self->fd, &self->base, &s, 30))
+		TH_LOG("after the QEMUs: mms %llu regions %llu registered_pages %llu metadata_bytes %llu pages_orphaned %llu (before: %llu %llu %llu %llu %llu)",
+		       (unsigned long long)s.mms, (unsigned long long)s.regions,
+		       (unsigned long long)s.registered_pages,
+		       (unsigned long long)s.metadata_bytes,
+		       (unsigned long long)s.pages_orphaned,
+		       (unsigned long long)self->base.mms,
+		       (unsigned long long)self->base.regions,
+		       (unsigned long long)self->base.registered_pages,
+		       (unsigned long long)self->base.metadata_bytes,
+		       (unsigned long long)self->base.pages_orphaned);
 }
 
 TEST_HARNESS_MAIN
