@@ -61,18 +61,6 @@ FIXTURE(hard) {
 	uint64_t ksmd[3];
 };
 
-static void log_stats(struct __test_metadata *_metadata, const char *what,
-		      const struct ksm_stats *s)
-{
-	TH_LOG("%s: pages_shared %llu pages_sharing %llu pages_unshared %llu pages_volatile %llu ksm_zero_pages %llu full_scans %llu",
-	       what, (unsigned long long)s->pages_shared,
-	       (unsigned long long)s->pages_sharing,
-	       (unsigned long long)s->pages_unshared,
-	       (unsigned long long)s->pages_volatile,
-	       (unsigned long long)s->ksm_zero_pages,
-	       (unsigned long long)s->full_scans);
-}
-
 FIXTURE_SETUP(hard)
 {
 	struct ksm_stats s;
@@ -85,7 +73,7 @@ FIXTURE_SETUP(hard)
 	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
 	ret = ksm_wait_merge_idle(self->fd, &s, 10);
 	if (ret)
-		log_stats(_metadata, "at start", &s);
+		ksm_log_stats(_metadata, "at start", &s);
 	ASSERT_EQ(0, ret) TH_LOG("the merge counters are not 0 at start");
 }
 
@@ -128,7 +116,7 @@ static void wait_merged(struct __test_metadata *_metadata, int fd,
 
 	ret = ksm_wait_merged(fd, shared, sharing, 0, &s, WAIT_S);
 	if (ret)
-		log_stats(_metadata, "seen last", &s);
+		ksm_log_stats(_metadata, "seen last", &s);
 	ASSERT_EQ(0, ret) TH_LOG("want pages_shared %llu pages_sharing %llu within %d s",
 				 (unsigned long long)shared,
 				 (unsigned long long)sharing, WAIT_S);
@@ -404,7 +392,7 @@ TEST_F_TIMEOUT(hard, ksmd_pages_left_to_ksmd, 300)
 	/* Settle: more passes over ksmd's pages change nothing. */
 	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 3, WAIT_S));
 	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
-	log_stats(_metadata, "settled", &s);
+	ksm_log_stats(_metadata, "settled", &s);
 	EXPECT_EQ(1, s.pages_shared);
 	EXPECT_EQ(n - 1, s.pages_sharing);
 
@@ -563,7 +551,7 @@ TEST_F_TIMEOUT(hard, droppable_not_merged, 180)
 	ASSERT_EQ(0, ksm_register(self->fd, p, len, 0));
 	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 4, WAIT_S));
 	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
-	log_stats(_metadata, "after 4 passes", &s);
+	ksm_log_stats(_metadata, "after 4 passes", &s);
 	EXPECT_EQ(0, s.pages_shared);
 	EXPECT_EQ(0, s.pages_sharing);
 	/* Not even read: no candidate in any tree. */

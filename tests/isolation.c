@@ -61,24 +61,6 @@ static uint64_t stall_ms(void)
 	return access("/proc/lockdep", F_OK) ? STALL_MS : STALL_MS * 10;
 }
 
-/* RssAnon of process @pid, in kB; -errno if unreadable. */
-static long rss_anon_kb(pid_t pid)
-{
-	char path[64], line[256];
-	long kb = -ENOENT;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return -errno;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "RssAnon: %ld kB", &kb) == 1)
-			break;
-	fclose(f);
-	return kb;
-}
-
 /*
  * fork(), the child dying with the test (a failed assertion must not leave
  * a process holding /dev/ksm open: the module could not be unloaded).
@@ -179,7 +161,7 @@ static int wait_unmerged_percent(pid_t pid, size_t npages, unsigned int percent)
 	long kb;
 
 	for (;;) {
-		kb = rss_anon_kb(pid);
+		kb = ksm_rss_anon_kb(pid);
 		if (kb < 0)
 			return (int)kb;
 		if ((size_t)kb >= want)
@@ -196,7 +178,7 @@ static int wait_unmerged_percent(pid_t pid, size_t npages, unsigned int percent)
  */
 static bool still_unmerging(pid_t pid, size_t npages)
 {
-	long kb = rss_anon_kb(pid);
+	long kb = ksm_rss_anon_kb(pid);
 	int status;
 
 	if (kb < 0 || waitpid(pid, &status, WNOHANG) != 0)

@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 #include <signal.h>
@@ -476,6 +478,41 @@ static inline int ksm_write_u64_file(const char *path, uint64_t val)
 	snprintf(buf, sizeof(buf), "%llu\n", (unsigned long long)val);
 	return ksm_write_str_file(path, buf);
 }
+
+/* Write @value to the file @file of the cgroup directory @dir. */
+static inline int ksm_cg_write(const char *dir, const char *file,
+			       const char *value)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/%s", dir, file);
+	return ksm_write_str_file(path, value);
+}
+
+/* The number in the file @file of the cgroup directory @dir, or -1. */
+static inline long ksm_cg_read(const char *dir, const char *file)
+{
+	char path[256];
+	uint64_t v = 0;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, file);
+	return ksm_read_u64_file(path, &v, false) ? -1 : (long)v;
+}
+
+#ifndef KSMDEV_NO_HARNESS
+/* The merge counters of @s, one line in the test's log. */
+static inline void ksm_log_stats(struct __test_metadata *_metadata,
+				 const char *what, const struct ksm_stats *s)
+{
+	TH_LOG("%s: pages_shared %llu pages_sharing %llu pages_unshared %llu pages_volatile %llu ksm_zero_pages %llu full_scans %llu",
+	       what, (unsigned long long)s->pages_shared,
+	       (unsigned long long)s->pages_sharing,
+	       (unsigned long long)s->pages_unshared,
+	       (unsigned long long)s->pages_volatile,
+	       (unsigned long long)s->ksm_zero_pages,
+	       (unsigned long long)s->full_scans);
+}
+#endif
 
 static inline int ksm_read_debugfs(const char *name, uint64_t *val)
 {
@@ -1064,6 +1101,81 @@ static inline int ksm_child_stop(struct ksm_child *ch)
 	ret = ksm_waitpid_timeout(ch->pid, &status, KSM_CHILD_TIMEOUT_S);
 	ch->pid = -1;
 	return ret ? ret : ksm_exit_code(status);
+}
+
+/* ---- the module itself (tests that unload and load it) ---- */
+
+#define KSM_MODULE_NAME		"ksmdev"
+#ifndef MODULE_INIT_COMPRESSED_FILE
+#define MODULE_INIT_COMPRESSED_FILE	4
+#endif
+
+static inline int ksm_delete_module(const char *name, int flags)
+{
+	return syscall(SYS_delete_module, name, flags) ? -errno : 0;
+}
+
+/* finit_module() of the DKMS-installed ksmdev.ko, compressed or not. */
+static inline int ksm_load_module(const char *params)
+{
+	static const char *const ext[] = { "", ".xz", ".zst", ".gz" };
+	char path[512];
+	struct utsname u;
+	unsigned int i;
+	int fd = -1, ret;
+
+	if (uname(&u))
+		return -errno;
+	for (i = 0; i < ARRAY_SIZE(ext); i++) {
+		snprintf(path, sizeof(path),
+			 "/lib/modules/%s/updates/dkms/" KSM_MODULE_NAME ".ko%s",
+			 u.release, ext[i]);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0)
+			break;
+	}
+	if (fd < 0) {
+		fprintf(stderr, "# no %s.ko under /lib/modules/%s/updates/dkms\n",
+			KSM_MODULE_NAME, u.release);
+		return -ENOPKG;
+	}
+	ret = syscall(SYS_finit_module, fd, params,
+		      i ? MODULE_INIT_COMPRESSED_FILE : 0) ? -errno : 0;
+	close(fd);
+	return ret;
+}
+
+/* rmmod, retried for 5 s while a release in flight keeps it busy. */
+static inline int ksm_unload_module(void)
+{
+	uint64_t end = ksm_now_ms() + 5000;
+	int ret;
+
+	while ((ret = ksm_delete_module(KSM_MODULE_NAME, O_NONBLOCK)) == -EWOULDBLOCK ||
+	       ret == -EBUSY) {
+		if (ksm_now_ms() > end)
+			break;
+		ksm_sleep_ms(10);
+	}
+	return ret;
+}
+
+/* RssAnon of process @pid, in kB; -errno if unreadable. */
+static inline long ksm_rss_anon_kb(pid_t pid)
+{
+	char path[64], line[256];
+	long kb = -ENOENT;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "RssAnon: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
 }
 
 #endif /* KSMDEV_TEST_H */

@@ -20,15 +20,6 @@
 
 #define CGROUP "/sys/fs/cgroup/ksmdev-limits"
 
-static long cg_read(const char *file)
-{
-	char path[256];
-	uint64_t v = 0;
-
-	snprintf(path, sizeof(path), CGROUP "/%s", file);
-	return ksm_read_u64_file(path, &v, false) ? -1 : (long)v;
-}
-
 static long cg_event(const char *key)
 {
 	char buf[4096], *at;
@@ -116,7 +107,7 @@ TEST_F_TIMEOUT(limits, bookkeeping_no_oom_kill, 600)
 		_exit(0);
 	}
 	ASSERT_EQ(1, read(ready[0], &c, 1));
-	cur = cg_read("memory.current");
+	cur = ksm_cg_read(CGROUP, "memory.current");
 	ASSERT_LT(0, cur);
 	/* Room for what the process itself needs, not for the bookkeeping. */
 	snprintf(buf, sizeof(buf), "%ld", cur + (256 << 10));
@@ -127,7 +118,7 @@ TEST_F_TIMEOUT(limits, bookkeeping_no_oom_kill, 600)
 	EXPECT_EQ(0, ksm_wait_full_scans(self->fd, 3, 300));
 	kills = cg_event("oom_kill");
 	TH_LOG("memory.current %ld KiB at start, max %s, now %ld KiB, oom_kill %ld",
-	       cur >> 10, buf, cg_read("memory.current") >> 10, kills);
+	       cur >> 10, buf, ksm_cg_read(CGROUP, "memory.current") >> 10, kills);
 	EXPECT_EQ(0, waitpid(pid, &status, WNOHANG))
 		TH_LOG("the tenant died: %s",
 		       WIFSIGNALED(status) ? strsignal(WTERMSIG(status)) : "exit");

@@ -29,18 +29,6 @@ FIXTURE(merge) {
 	size_t ps;
 };
 
-static void log_stats(struct __test_metadata *_metadata, const char *what,
-		      const struct ksm_stats *s)
-{
-	TH_LOG("%s: pages_shared %llu pages_sharing %llu pages_unshared %llu pages_volatile %llu ksm_zero_pages %llu full_scans %llu",
-	       what, (unsigned long long)s->pages_shared,
-	       (unsigned long long)s->pages_sharing,
-	       (unsigned long long)s->pages_unshared,
-	       (unsigned long long)s->pages_volatile,
-	       (unsigned long long)s->ksm_zero_pages,
-	       (unsigned long long)s->full_scans);
-}
-
 FIXTURE_SETUP(merge)
 {
 	struct ksm_stats s;
@@ -53,7 +41,7 @@ FIXTURE_SETUP(merge)
 	/* The contexts of earlier tests may take a moment to go. */
 	ret = ksm_wait_merge_idle(self->fd, &s, 10);
 	if (ret)
-		log_stats(_metadata, "at start", &s);
+		ksm_log_stats(_metadata, "at start", &s);
 	ASSERT_EQ(0, ret) TH_LOG("the merge counters are not 0 at start");
 }
 
@@ -77,7 +65,7 @@ static void wait_merged(struct __test_metadata *_metadata, int fd,
 
 	ret = ksm_wait_merged(fd, shared, sharing, zero, &s, WAIT_S);
 	if (ret)
-		log_stats(_metadata, "seen last", &s);
+		ksm_log_stats(_metadata, "seen last", &s);
 	ASSERT_EQ(0, ret) TH_LOG("want pages_shared %llu pages_sharing %llu ksm_zero_pages %llu within %d s",
 				 (unsigned long long)shared,
 				 (unsigned long long)sharing,
@@ -190,7 +178,7 @@ TEST_F_TIMEOUT(merge, within_process, 180)
 
 	/* Settled: the unique pages are in the unstable tree, none volatile. */
 	settle(_metadata, self->fd, 2, &s);
-	log_stats(_metadata, "settled", &s);
+	ksm_log_stats(_metadata, "settled", &s);
 	EXPECT_EQ(1, s.pages_shared);
 	EXPECT_EQ(nsame - 1, s.pages_sharing);
 	EXPECT_EQ(nuniq, s.pages_unshared);
@@ -238,7 +226,7 @@ TEST_F_TIMEOUT(merge, two_processes, 180)
 	start_children(_metadata, ch, 2, n, vals, 0);
 	wait_merged(_metadata, self->fd, 1, 2 * n - 1, 0, -1);
 	settle(_metadata, self->fd, 2, &s);
-	log_stats(_metadata, "2 x 64 pages 'a'", &s);
+	ksm_log_stats(_metadata, "2 x 64 pages 'a'", &s);
 	EXPECT_EQ(1, s.pages_shared);
 	EXPECT_EQ(2 * n - 1, s.pages_sharing);
 	EXPECT_EQ(0, s.pages_unshared);
@@ -272,7 +260,7 @@ TEST_F_TIMEOUT(merge, three_processes_classic, 240)
 	start_children(_metadata, ch, 3, n, vals, 0);
 	wait_merged(_metadata, self->fd, 2, 3 * n - 2, 0, -1);
 	settle(_metadata, self->fd, 2, &s);
-	log_stats(_metadata, "'c', 'a', 'a' (3 x 64 pages)", &s);
+	ksm_log_stats(_metadata, "'c', 'a', 'a' (3 x 64 pages)", &s);
 	EXPECT_EQ(2, s.pages_shared);
 	EXPECT_EQ(3 * n - 2, s.pages_sharing);
 	EXPECT_EQ(0, s.pages_unshared);
@@ -288,9 +276,9 @@ TEST_F_TIMEOUT(merge, three_processes_classic, 240)
 	ASSERT_EQ(0, ksm_child_set(&ch[2], 0, VAL_UNIQ));
 	wait_merged(_metadata, self->fd, 2, 3 * n - 3, 0, -1);
 	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
-	log_stats(_metadata, "P3 changed one page", &s);
+	ksm_log_stats(_metadata, "P3 changed one page", &s);
 	settle(_metadata, self->fd, 2, &s);
-	log_stats(_metadata, "two full scans later", &s);
+	ksm_log_stats(_metadata, "two full scans later", &s);
 	EXPECT_EQ(2, s.pages_shared);
 	EXPECT_EQ(3 * n - 3, s.pages_sharing);
 	EXPECT_EQ(1, s.pages_unshared);
@@ -728,7 +716,7 @@ TEST_F_TIMEOUT(merge, max_kernel_pages, 240)
 			break;
 		ksm_sleep_ms(10);
 	}
-	log_stats(_metadata, "max_kernel_pages=3", &s);
+	ksm_log_stats(_metadata, "max_kernel_pages=3", &s);
 	TH_LOG("stable_nodes_limit_hits +%llu, pages_shared at most %llu",
 	       (unsigned long long)(s.stable_nodes_limit_hits - base_hits),
 	       (unsigned long long)max_shared);
@@ -784,7 +772,7 @@ TEST_F_TIMEOUT(merge, scope_mm, 240)
 	wait_merged(_metadata, self->fd, 3, 3 * (n - 1), 0, -1);
 	for (round = 0; round < 2; round++) {
 		ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
-		log_stats(_metadata, round ? "two full scans later" : "merged", &s);
+		ksm_log_stats(_metadata, round ? "two full scans later" : "merged", &s);
 		EXPECT_EQ(3, s.pages_shared);
 		EXPECT_EQ(3 * (n - 1), s.pages_sharing);
 		for (i = 0; i < 3; i++) {
@@ -821,7 +809,7 @@ TEST_F_TIMEOUT(merge, mlocked_not_merged, 180)
 	ASSERT_EQ(0, ksm_get_stats(self->fd, &s0));
 	ASSERT_EQ(0, ksm_register(self->fd, p, n * self->ps, 0));
 	settle(_metadata, self->fd, 3, &s);
-	log_stats(_metadata, "mlocked", &s);
+	ksm_log_stats(_metadata, "mlocked", &s);
 	/* Three full scans hold two whole passes over our pages. */
 	EXPECT_LE(s0.pages_scanned + 2 * n, s.pages_scanned);
 	EXPECT_EQ(0, s.pages_shared);
@@ -966,7 +954,7 @@ TEST_F_TIMEOUT(merge, writers_race_scanner, 360)
 		writes += r[t].writes;
 		mismatches += r[t].mismatches;
 	}
-	log_stats(_metadata, "at the end of the race", &s);
+	ksm_log_stats(_metadata, "at the end of the race", &s);
 	TH_LOG("%llu writes by %d threads in %llu ms, %llu full scans, pages_sharing up to %llu, %llu mismatches",
 	       (unsigned long long)writes, RACE_THREADS,
 	       (unsigned long long)elapsed,

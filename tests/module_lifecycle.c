@@ -20,41 +20,6 @@
 #define MODULE_INIT_COMPRESSED_FILE	4
 #endif
 
-static int delete_module(const char *name, int flags)
-{
-	return syscall(SYS_delete_module, name, flags) ? -errno : 0;
-}
-
-/* finit_module() of the DKMS-installed ksmdev.ko, compressed or not. */
-static int load_module(const char *params)
-{
-	static const char *const ext[] = { "", ".xz", ".zst", ".gz" };
-	char path[512];
-	struct utsname u;
-	unsigned int i;
-	int fd, ret;
-
-	if (uname(&u))
-		return -errno;
-	for (i = 0; i < ARRAY_SIZE(ext); i++) {
-		snprintf(path, sizeof(path),
-			 "/lib/modules/%s/updates/dkms/" MODULE_NAME ".ko%s",
-			 u.release, ext[i]);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd >= 0)
-			break;
-	}
-	if (fd < 0) {
-		fprintf(stderr, "# no %s.ko under /lib/modules/%s/updates/dkms\n",
-			MODULE_NAME, u.release);
-		return -ENOPKG;
-	}
-	ret = syscall(SYS_finit_module, fd, params,
-		      i ? MODULE_INIT_COMPRESSED_FILE : 0) ? -errno : 0;
-	close(fd);
-	return ret;
-}
-
 static bool path_exists(const char *path)
 {
 	return !access(path, F_OK);
@@ -116,7 +81,7 @@ FIXTURE_SETUP(module)
 	self->child = -1;
 }
 
-static int load_module(const char *params);
+static int ksm_load_module(const char *params);
 static bool wait_path(const char *path, bool want, unsigned int timeout_s);
 
 FIXTURE_TEARDOWN(module)
@@ -128,7 +93,7 @@ FIXTURE_TEARDOWN(module)
 		waitpid(self->child, NULL, 0);
 	}
 	if (self->reload && access("/sys/module/" MODULE_NAME, F_OK)) {
-		EXPECT_EQ(0, load_module(""));
+		EXPECT_EQ(0, ksm_load_module(""));
 		EXPECT_TRUE(wait_path(KSM_DEV_PATH, true, 10));
 	}
 }
@@ -140,7 +105,7 @@ TEST_F(module, busy_module_stays)
 
 	self->fd = ksm_open();
 	ASSERT_LE(0, self->fd) TH_LOG("open " KSM_DEV_PATH ": %s", strerror(errno));
-	ret = delete_module(MODULE_NAME, O_NONBLOCK);
+	ret = ksm_delete_module(MODULE_NAME, O_NONBLOCK);
 	EXPECT_TRUE(ret == -EWOULDBLOCK || ret == -EAGAIN || ret == -EBUSY)
 		TH_LOG("delete_module with /dev/ksm open: %d", ret);
 	EXPECT_TRUE(path_exists("/sys/module/" MODULE_NAME));
@@ -152,25 +117,10 @@ TEST_F(module, busy_module_stays)
 		close(fd2);
 }
 
-/* delete_module, retried while the last fput of a context may be due. */
-static int unload_module(void)
-{
-	uint64_t end = ksm_now_ms() + 5000;
-	int ret;
-
-	while ((ret = delete_module(MODULE_NAME, O_NONBLOCK)) == -EWOULDBLOCK ||
-	       ret == -EBUSY) {
-		if (ksm_now_ms() > end)
-			break;
-		ksm_sleep_ms(10);
-	}
-	return ret;
-}
-
 TEST_F(module, unload)
 {
 	/* The last fput of the previous test's process may still be due. */
-	int ret = unload_module();
+	int ret = ksm_unload_module();
 
 	ASSERT_EQ(0, ret) TH_LOG("delete_module: %s", strerror(-ret));
 	EXPECT_TRUE(wait_path(KSM_DEV_PATH, false, 5))
@@ -186,7 +136,7 @@ TEST_F(module, missing_symbol_refused)
 		TH_LOG("the module is still loaded");
 	before = klog_count(MISSING_SYMBOL);
 	ASSERT_LE(0, before) TH_LOG("cannot read the kernel log");
-	ret = load_module("test_missing_symbol=" MISSING_SYMBOL);
+	ret = ksm_load_module("test_missing_symbol=" MISSING_SYMBOL);
 	ASSERT_NE(-ENOPKG, ret);
 	EXPECT_EQ(-ENOENT, ret);
 	EXPECT_TRUE(wait_path("/sys/module/" MODULE_NAME, false, 5));
@@ -199,7 +149,7 @@ TEST_F(module, reload)
 {
 	struct ksm_stats s;
 
-	ASSERT_EQ(0, load_module(""));
+	ASSERT_EQ(0, ksm_load_module(""));
 	ASSERT_TRUE(wait_path(KSM_DEV_PATH, true, 10))
 		TH_LOG(KSM_DEV_PATH " did not appear");
 	self->fd = ksm_open();
@@ -254,7 +204,7 @@ TEST_F_TIMEOUT(module, merged_pages_survive_unload, 300)
 	self->fd = -1;
 
 	self->reload = true;
-	ret = unload_module();
+	ret = ksm_unload_module();
 	ASSERT_EQ(0, ret) TH_LOG("delete_module: %s", strerror(-ret));
 	EXPECT_TRUE(wait_path("/sys/module/" MODULE_NAME, false, 5));
 
@@ -281,7 +231,7 @@ TEST_F_TIMEOUT(module, merged_pages_survive_unload, 300)
 	self->child = -1;
 
 	/* Loaded again, as the reload test does. */
-	ASSERT_EQ(0, load_module(""));
+	ASSERT_EQ(0, ksm_load_module(""));
 	ASSERT_TRUE(wait_path(KSM_DEV_PATH, true, 10))
 		TH_LOG(KSM_DEV_PATH " did not appear");
 	self->reload = false;
@@ -343,9 +293,9 @@ TEST_F_TIMEOUT(module, load_unload_cycles, 900)
 		self->fd = -1;
 		munmap(p, npages * ksm_page_size());
 
-		ret = unload_module();
+		ret = ksm_unload_module();
 		ASSERT_EQ(0, ret) TH_LOG("cycle %zu: delete_module: %s", c, strerror(-ret));
-		ASSERT_EQ(0, load_module(""));
+		ASSERT_EQ(0, ksm_load_module(""));
 		ASSERT_TRUE(wait_path(KSM_DEV_PATH, true, 10));
 		if (c + 1 == warm)
 			slab_warm = meminfo_kb("SUnreclaim");

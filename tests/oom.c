@@ -45,23 +45,6 @@ static int oom_expected(bool on)
 	return ret;
 }
 
-static int cg_write(const char *file, const char *value)
-{
-	char path[256];
-
-	snprintf(path, sizeof(path), CGROUP "/%s", file);
-	return ksm_write_str_file(path, value);
-}
-
-static long cg_read(const char *file)
-{
-	char path[256];
-	uint64_t v = 0;
-
-	snprintf(path, sizeof(path), CGROUP "/%s", file);
-	return ksm_read_u64_file(path, &v, false) ? -1 : (long)v;
-}
-
 FIXTURE_SETUP(oom)
 {
 	self->child = false;
@@ -93,7 +76,7 @@ static int join_group_unkillable(void *arg)
 
 	(void)arg;
 	snprintf(pid, sizeof(pid), "%d", getpid());
-	if (cg_write("cgroup.procs", pid))
+	if (ksm_cg_write(CGROUP, "cgroup.procs", pid))
 		return -1;
 	/* No victim for the memcg OOM killer: charges fail with ENOMEM. */
 	return ksm_write_str_file("/proc/self/oom_score_adj", "-1000");
@@ -102,12 +85,12 @@ static int join_group_unkillable(void *arg)
 /* Set memory.max just above what the group uses now. */
 static int limit_to_current(struct __test_metadata *_metadata, long slack)
 {
-	long cur = cg_read("memory.current");
+	long cur = ksm_cg_read(CGROUP, "memory.current");
 	char value[32];
 
 	EXPECT_LT(0, cur);
 	snprintf(value, sizeof(value), "%ld", cur + slack);
-	return cg_write("memory.max", value);
+	return ksm_cg_write(CGROUP, "memory.max", value);
 }
 
 /*
@@ -162,7 +145,7 @@ TEST_F_TIMEOUT(oom, unmerge_under_memcg_limit, 600)
 			EXPECT_EQ(KSM_RUN_STOP, cfg.run);
 		}
 
-		ASSERT_EQ(0, cg_write("memory.max", "max"));
+		ASSERT_EQ(0, ksm_cg_write(CGROUP, "memory.max", "max"));
 		if (round == 0) {
 			ret = ksm_child_call(&self->ch, KSM_CHILD_UNREGISTER, 0, 0,
 					     NULL, 0);
@@ -198,7 +181,7 @@ TEST_F_TIMEOUT(oom, oom_kill_while_scanning, 300)
 	long cur = -1;
 	pid_t pid;
 
-	ASSERT_EQ(0, cg_write("memory.max", "48M"));
+	ASSERT_EQ(0, ksm_cg_write(CGROUP, "memory.max", "48M"));
 	ASSERT_EQ(0, ksm_get_config(self->fd, &cfg));
 	cfg.run = KSM_RUN_MERGE;
 	cfg.sleep_millisecs = 0;
@@ -215,7 +198,7 @@ TEST_F_TIMEOUT(oom, oom_kill_while_scanning, 300)
 		char *p, *more;
 
 		snprintf(pid_str, sizeof(pid_str), "%d", getpid());
-		if (cg_write("cgroup.procs", pid_str))
+		if (ksm_cg_write(CGROUP, "cgroup.procs", pid_str))
 			_exit(1);
 		fd = ksm_open();
 		p = ksm_mmap_anon(npages * ps);
@@ -240,7 +223,7 @@ TEST_F_TIMEOUT(oom, oom_kill_while_scanning, 300)
 	t_dead = ksm_now_ms();
 	EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
 		TH_LOG("status %#x", status);
-	while ((cur = cg_read("memory.current")) > (4 << 20) &&
+	while ((cur = ksm_cg_read(CGROUP, "memory.current")) > (4 << 20) &&
 	       ksm_now_ms() - t_dead < 10000)
 		ksm_sleep_ms(5);
 	t_freed = ksm_now_ms();

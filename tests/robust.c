@@ -405,24 +405,6 @@ TEST_F_TIMEOUT(robust, unmerge_interrupted_by_signals, 900)
 	munmap(p, npages * self->ps);
 }
 
-/* RssAnon of process @pid, in kB; -errno if unreadable. */
-static long rss_anon_kb(pid_t pid)
-{
-	char path[64], line[256];
-	long kb = -ENOENT;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return -errno;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "RssAnon: %ld kB", &kb) == 1)
-			break;
-	fclose(f);
-	return kb;
-}
-
 /* SIGKILL during a long unmerge: the process dies promptly. */
 TEST_F_TIMEOUT(robust, unmerge_killed, 900)
 {
@@ -460,7 +442,7 @@ TEST_F_TIMEOUT(robust, unmerge_killed, 900)
 	 */
 	t0 = ksm_now_ms() + MERGE_TIMEOUT_S * 1000ULL;
 	do {
-		rss_kb = rss_anon_kb(pid);
+		rss_kb = ksm_rss_anon_kb(pid);
 		ASSERT_LE(0, rss_kb);
 		ASSERT_GT(t0, ksm_now_ms()) TH_LOG("the unmerge never began");
 	} while ((size_t)rss_kb < npages * (self->ps / 1024) / 10);

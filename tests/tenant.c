@@ -28,23 +28,6 @@
 #define CGROUP		"/sys/fs/cgroup/ksmdev-tenant"
 #define MODULE_NAME	"ksmdev"
 
-static int cg_write(const char *file, const char *value)
-{
-	char path[256];
-
-	snprintf(path, sizeof(path), CGROUP "/%s", file);
-	return ksm_write_str_file(path, value);
-}
-
-static long cg_read(const char *file)
-{
-	char path[256];
-	uint64_t v = 0;
-
-	snprintf(path, sizeof(path), CGROUP "/%s", file);
-	return ksm_read_u64_file(path, &v, false) ? -1 : (long)v;
-}
-
 /* A "key value" line of the group's memory.stat, or -1. */
 static long cg_stat(const char *key)
 {
@@ -163,7 +146,7 @@ static int join_group(void)
 	char pid[32];
 
 	snprintf(pid, sizeof(pid), "%d", getpid());
-	return cg_write("cgroup.procs", pid);
+	return ksm_cg_write(CGROUP, "cgroup.procs", pid);
 }
 
 /* What the attacker (a child in the group) did, in memory it shares. */
@@ -198,7 +181,7 @@ static void attacker(struct attack *a, int hold)
 	}
 	a->file_start = proc_status_bytes(getpid(), "RssFile:");
 	for (r = 0; r < ATTACK_ROUNDS; r++) {
-		long cur = cg_read("memory.current");
+		long cur = ksm_cg_read(CGROUP, "memory.current");
 		char *p;
 
 		if (cur < 0 || cur + (long)len + ATTACK_MARGIN > ATTACK_MAX)
@@ -246,8 +229,8 @@ TEST_F_TIMEOUT(tenant, memcg_attack_bounded, 900)
 
 	if (!make_group(_metadata, &self->cgroup))
 		SKIP(return, "no cgroup2 memory controller");
-	ASSERT_EQ(0, cg_write("memory.max", "16M"));
-	cg_write("memory.swap.max", "0");
+	ASSERT_EQ(0, ksm_cg_write(CGROUP, "memory.max", "16M"));
+	ksm_cg_write(CGROUP, "memory.swap.max", "0");
 	a = mmap(NULL, sizeof(*a), PROT_READ | PROT_WRITE,
 		 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	ASSERT_NE(MAP_FAILED, a);
@@ -270,7 +253,7 @@ TEST_F_TIMEOUT(tenant, memcg_attack_bounded, 900)
 	}
 	ASSERT_EQ(1, a->done) TH_LOG("attacker did not finish: %d", a->done);
 
-	cur = cg_read("memory.current");
+	cur = ksm_cg_read(CGROUP, "memory.current");
 	kernel = cg_stat("kernel");
 	file = proc_status_bytes(pid, "RssFile:") - a->file_start;
 	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
@@ -514,51 +497,6 @@ TEST_F(tenant, same_mm_two_contexts_eexist)
 
 /* ---- unload with orphans alive: last, as it reloads the module ---- */
 
-static int delete_module(const char *name, int flags)
-{
-	return syscall(SYS_delete_module, name, flags) ? -errno : 0;
-}
-
-/* finit_module() of the DKMS-installed ksmdev.ko, as module_lifecycle.c. */
-static int load_module(const char *params)
-{
-	static const char *const ext[] = { "", ".xz", ".zst", ".gz" };
-	char path[512];
-	struct utsname u;
-	unsigned int i;
-	int fd = -1, ret;
-
-	if (uname(&u))
-		return -errno;
-	for (i = 0; i < ARRAY_SIZE(ext); i++) {
-		snprintf(path, sizeof(path),
-			 "/lib/modules/%s/updates/dkms/" MODULE_NAME ".ko%s",
-			 u.release, ext[i]);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd >= 0)
-			break;
-	}
-	if (fd < 0)
-		return -ENOPKG;
-	ret = syscall(SYS_finit_module, fd, params, i ? 4 : 0) ? -errno : 0;
-	close(fd);
-	return ret;
-}
-
-static int unload_module(void)
-{
-	uint64_t end = ksm_now_ms() + 5000;
-	int ret;
-
-	while ((ret = delete_module(MODULE_NAME, O_NONBLOCK)) == -EWOULDBLOCK ||
-	       ret == -EBUSY) {
-		if (ksm_now_ms() > end)
-			break;
-		ksm_sleep_ms(10);
-	}
-	return ret;
-}
-
 static bool wait_path(const char *path, bool present, unsigned int timeout_s)
 {
 	uint64_t end = ksm_now_ms() + timeout_s * 1000ULL;
@@ -588,7 +526,7 @@ FIXTURE_TEARDOWN(unload)
 {
 	/* Whatever happened, leave the module loaded for the next program. */
 	if (access("/sys/module/" MODULE_NAME, F_OK))
-		load_module("");
+		ksm_load_module("");
 }
 
 TEST_F_TIMEOUT(unload, with_orphans_alive, 300)
@@ -616,7 +554,7 @@ TEST_F_TIMEOUT(unload, with_orphans_alive, 300)
 	/* Orphaned, seen through debugfs: no fd may stay open for unload. */
 	if (!ksm_read_debugfs("pages_orphaned", &orphaned))
 		EXPECT_EQ(base.pages_orphaned + n, orphaned);
-	ret = unload_module();
+	ret = ksm_unload_module();
 	ASSERT_EQ(0, ret) TH_LOG("delete_module: %s", strerror(-ret));
 	EXPECT_TRUE(wait_path("/sys/module/" MODULE_NAME, false, 5));
 
@@ -640,7 +578,7 @@ TEST_F_TIMEOUT(unload, with_orphans_alive, 300)
 	}
 	munmap(p, len);
 
-	ASSERT_EQ(0, load_module(""));
+	ASSERT_EQ(0, ksm_load_module(""));
 	ASSERT_TRUE(wait_path(KSM_DEV_PATH, true, 10));
 	fd = ksm_open();
 	ASSERT_LE(0, fd);
