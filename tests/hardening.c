@@ -107,27 +107,6 @@ FIXTURE_TEARDOWN(hard)
 	close(self->fd);
 }
 
-static void wait_merged(struct __test_metadata *_metadata, int fd,
-			uint64_t shared, uint64_t sharing, int64_t merging)
-{
-	struct ksm_mm_stats ms;
-	struct ksm_stats s;
-	int ret;
-
-	ret = ksm_wait_merged(fd, shared, sharing, 0, &s, WAIT_S);
-	if (ret)
-		ksm_log_stats(_metadata, "seen last", &s);
-	ASSERT_EQ(0, ret) TH_LOG("want pages_shared %llu pages_sharing %llu within %d s",
-				 (unsigned long long)shared,
-				 (unsigned long long)sharing, WAIT_S);
-	if (merging < 0)
-		return;
-	ret = ksm_wait_mm_merging(fd, merging, &ms, 10);
-	ASSERT_EQ(0, ret) TH_LOG("merging_pages %llu, want %lld",
-				 (unsigned long long)ms.merging_pages,
-				 (long long)merging);
-}
-
 /*
  * Map @npages identical pages, register them and wait until they are one
  * merged page (alone in the system); its PFN goes to *@kpfn.
@@ -144,7 +123,7 @@ static char *map_merged(struct __test_metadata *_metadata, int fd,
 	ASSERT_NE(NULL, p);
 	ksm_fill_vals(p, 0, npages, val);
 	ASSERT_EQ(0, ksm_register(fd, p, npages * ps, 0));
-	wait_merged(_metadata, fd, 1, npages - 1, npages);
+	ksm_assert_merged(_metadata, fd, 1, npages - 1, 0, npages);
 	ASSERT_EQ(0, ksm_pfns(p, npages, pfns));
 	ASSERT_TRUE(ksm_pfns_merged(pfns, npages))
 		TH_LOG("%zu distinct PFNs after merging",
@@ -263,7 +242,7 @@ TEST_F_TIMEOUT(hard, uffd_wp_unregister, 240)
 		TH_LOG("clear_refs did not clear soft-dirty: not testable");
 
 	ASSERT_EQ(0, ksm_register(self->fd, p, len, 0));
-	wait_merged(_metadata, self->fd, 1, n - 1, n);
+	ksm_assert_merged(_metadata, self->fd, 1, n - 1, 0, n);
 	ASSERT_EQ(0, ksm_pfns(p, n, pfns));
 	ASSERT_TRUE(ksm_pfns_merged(pfns, n));
 	kpfn = pfns[0];
@@ -388,7 +367,7 @@ TEST_F_TIMEOUT(hard, ksmd_pages_left_to_ksmd, 300)
 	ksm_fill_vals(b, 0, n, VAL_KSMD);
 	ASSERT_EQ(0, ksm_register(self->fd, a, len, 0));
 	ASSERT_EQ(0, ksm_register(self->fd, b, len, 0));
-	wait_merged(_metadata, self->fd, 1, n - 1, n);
+	ksm_assert_merged(_metadata, self->fd, 1, n - 1, 0, n);
 	/* Settle: more passes over ksmd's pages change nothing. */
 	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 3, WAIT_S));
 	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
@@ -501,7 +480,7 @@ TEST_F_TIMEOUT(hard, hwpoison_merged_page, 240)
 	ASSERT_NE(NULL, y);
 	ksm_fill_vals(y, 0, n, VAL_POISON);
 	ASSERT_EQ(0, ksm_register(self->fd, y, len, 0));
-	wait_merged(_metadata, self->fd, 2, 2 * n - 2, 2 * n);
+	ksm_assert_merged(_metadata, self->fd, 2, 2 * n - 2, 0, 2 * n);
 	ASSERT_EQ(0, ksm_pfns(y, n, pfns));
 	EXPECT_TRUE(ksm_pfns_merged(pfns, n));
 	EXPECT_EQ(0, ksm_count_eq(pfns, n, kpfn));
@@ -516,7 +495,7 @@ TEST_F_TIMEOUT(hard, hwpoison_merged_page, 240)
 		       (unsigned long long)ent[0]);
 	EXPECT_EQ(n, count_bits(ent, 0, n, PM_SWAP));
 	EXPECT_EQ(SIGBUS, read_or_sigbus(x));
-	wait_merged(_metadata, self->fd, 1, n - 1, n);
+	ksm_assert_merged(_metadata, self->fd, 1, n - 1, 0, n);
 	EXPECT_EQ(0, ksm_count_bad_vals(y, 0, n, VAL_POISON));
 	/*
 	 * memory_failure() keeps its reference to the poisoned page for
@@ -862,7 +841,7 @@ TEST_F_TIMEOUT(hard, mremap_half_then_unregister, 180)
 		EXPECT_TRUE(ksm_check_val(q, i, VAL_MREMAP));
 	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, half, VAL_MREMAP));
 	/* Nothing registered maps the page any more. */
-	wait_merged(_metadata, self->fd, 0, 0, 0);
+	ksm_assert_merged(_metadata, self->fd, 0, 0, 0, 0);
 	EXPECT_EQ(-ENOENT, ksm_unregister(self->fd, p, len));
 	munmap(p, hlen);
 	munmap(q, hlen);

@@ -537,6 +537,36 @@ static inline void ksm_log_stats(struct __test_metadata *_metadata,
 	       (unsigned long long)s->ksm_zero_pages,
 	       (unsigned long long)s->full_scans);
 }
+
+#define KSM_MERGE_WAIT_S	120	/* the bound of every wait for merging */
+
+/*
+ * Wait until the global counters are @shared, @sharing, @zero and (if
+ * @merging >= 0) this context's merging_pages is @merging, within
+ * KSM_MERGE_WAIT_S seconds; the test stops (ASSERT) if they do not.
+ */
+static inline void ksm_assert_merged(struct __test_metadata *_metadata, int fd,
+				     uint64_t shared, uint64_t sharing,
+				     uint64_t zero, int64_t merging)
+{
+	struct ksm_mm_stats ms;
+	struct ksm_stats s;
+	int ret;
+
+	ret = ksm_wait_merged(fd, shared, sharing, zero, &s, KSM_MERGE_WAIT_S);
+	if (ret)
+		ksm_log_stats(_metadata, "seen last", &s);
+	ASSERT_EQ(0, ret) TH_LOG("want pages_shared %llu pages_sharing %llu ksm_zero_pages %llu within %d s",
+				 (unsigned long long)shared,
+				 (unsigned long long)sharing,
+				 (unsigned long long)zero, KSM_MERGE_WAIT_S);
+	if (merging < 0)
+		return;
+	ret = ksm_wait_mm_merging(fd, merging, &ms, 10);
+	ASSERT_EQ(0, ret) TH_LOG("merging_pages %llu, want %lld",
+				 (unsigned long long)ms.merging_pages,
+				 (long long)merging);
+}
 #endif
 
 static inline int ksm_read_debugfs(const char *name, uint64_t *val)

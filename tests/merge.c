@@ -51,33 +51,6 @@ FIXTURE_TEARDOWN(merge)
 	close(self->fd);
 }
 
-/*
- * Wait until the global counters are @shared, @sharing, @zero and (if
- * @merging >= 0) this context's merging_pages is @merging.
- */
-static void wait_merged(struct __test_metadata *_metadata, int fd,
-			uint64_t shared, uint64_t sharing, uint64_t zero,
-			int64_t merging)
-{
-	struct ksm_mm_stats ms;
-	struct ksm_stats s;
-	int ret;
-
-	ret = ksm_wait_merged(fd, shared, sharing, zero, &s, WAIT_S);
-	if (ret)
-		ksm_log_stats(_metadata, "seen last", &s);
-	ASSERT_EQ(0, ret) TH_LOG("want pages_shared %llu pages_sharing %llu ksm_zero_pages %llu within %d s",
-				 (unsigned long long)shared,
-				 (unsigned long long)sharing,
-				 (unsigned long long)zero, WAIT_S);
-	if (merging < 0)
-		return;
-	ret = ksm_wait_mm_merging(fd, merging, &ms, 10);
-	ASSERT_EQ(0, ret) TH_LOG("merging_pages %llu, want %lld",
-				 (unsigned long long)ms.merging_pages,
-				 (long long)merging);
-}
-
 /* Wait @n more full scans (the state has settled), then read the counters. */
 static void settle(struct __test_metadata *_metadata, int fd, uint64_t n,
 		   struct ksm_stats *s)
@@ -122,7 +95,7 @@ static char *map_merged(struct __test_metadata *_metadata, int fd,
 
 	ASSERT_NE(NULL, pfns);
 	p = map_same(_metadata, fd, npages, val, 0);
-	wait_merged(_metadata, fd, 1, npages - 1, 0, npages);
+	ksm_assert_merged(_metadata, fd, 1, npages - 1, 0, npages);
 	ASSERT_EQ(0, ksm_pfns(p, npages, pfns));
 	ASSERT_TRUE(ksm_pfns_merged(pfns, npages))
 		TH_LOG("%zu distinct PFNs after merging",
@@ -162,7 +135,7 @@ TEST_F_TIMEOUT(merge, within_process, 180)
 	for (i = 0; i < nuniq; i++)
 		ksm_fill_val(p, nsame + i, VAL_UNIQ + i);
 	ASSERT_EQ(0, ksm_register(self->fd, p, n * self->ps, 0));
-	wait_merged(_metadata, self->fd, 1, nsame - 1, 0, nsame);
+	ksm_assert_merged(_metadata, self->fd, 1, nsame - 1, 0, nsame);
 
 	ASSERT_EQ(0, ksm_pfns(p, n, pfns));
 	EXPECT_TRUE(ksm_pfns_merged(pfns, nsame))
@@ -224,7 +197,7 @@ TEST_F_TIMEOUT(merge, two_processes, 180)
 	int i;
 
 	start_children(_metadata, ch, 2, n, vals, 0);
-	wait_merged(_metadata, self->fd, 1, 2 * n - 1, 0, -1);
+	ksm_assert_merged(_metadata, self->fd, 1, 2 * n - 1, 0, -1);
 	settle(_metadata, self->fd, 2, &s);
 	ksm_log_stats(_metadata, "2 x 64 pages 'a'", &s);
 	EXPECT_EQ(1, s.pages_shared);
@@ -258,7 +231,7 @@ TEST_F_TIMEOUT(merge, three_processes_classic, 240)
 	int i;
 
 	start_children(_metadata, ch, 3, n, vals, 0);
-	wait_merged(_metadata, self->fd, 2, 3 * n - 2, 0, -1);
+	ksm_assert_merged(_metadata, self->fd, 2, 3 * n - 2, 0, -1);
 	settle(_metadata, self->fd, 2, &s);
 	ksm_log_stats(_metadata, "'c', 'a', 'a' (3 x 64 pages)", &s);
 	EXPECT_EQ(2, s.pages_shared);
@@ -274,7 +247,7 @@ TEST_F_TIMEOUT(merge, three_processes_classic, 240)
 
 	/* P3: one page becomes unique. */
 	ASSERT_EQ(0, ksm_child_set(&ch[2], 0, VAL_UNIQ));
-	wait_merged(_metadata, self->fd, 2, 3 * n - 3, 0, -1);
+	ksm_assert_merged(_metadata, self->fd, 2, 3 * n - 3, 0, -1);
 	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
 	ksm_log_stats(_metadata, "P3 changed one page", &s);
 	settle(_metadata, self->fd, 2, &s);
@@ -309,7 +282,7 @@ TEST_F_TIMEOUT(merge, write_after_merge, 180)
 	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, w, VAL_A));
 	EXPECT_EQ(0, ksm_count_bad_vals(p, w + 1, n - w - 1, VAL_A));
 	/* The scanner sees the copy at its next visit. */
-	wait_merged(_metadata, self->fd, 1, n - 2, 0, n - 1);
+	ksm_assert_merged(_metadata, self->fd, 1, n - 2, 0, n - 1);
 	ASSERT_EQ(0, ksm_pfns(p, n, pfns));
 	EXPECT_EQ(n - 1, ksm_count_eq(pfns, n, kpfn));
 	EXPECT_TRUE(ksm_check_val(p, w, VAL_B));
@@ -414,7 +387,7 @@ TEST_F_TIMEOUT(merge, thp_region, 240)
 	pfns = calloc(n, sizeof(*pfns));
 	ASSERT_NE(NULL, pfns);
 	ASSERT_EQ(0, ksm_register(self->fd, p, len, 0));
-	wait_merged(_metadata, self->fd, 1, n - 1, 0, n);
+	ksm_assert_merged(_metadata, self->fd, 1, n - 1, 0, n);
 	ASSERT_EQ(0, ksm_pfns(p, n, pfns));
 	EXPECT_TRUE(ksm_pfns_merged(pfns, n))
 		TH_LOG("%zu distinct PFNs", ksm_count_distinct(pfns, n));
@@ -448,11 +421,11 @@ TEST_F_TIMEOUT(merge, thp_collapse_after_cow, 240)
 	ASSERT_EQ(0, madvise(p, huge, MADV_HUGEPAGE));
 	ksm_fill_vals(p, 0, n, VAL_A);
 	ASSERT_EQ(0, ksm_register(self->fd, p, huge, 0));
-	wait_merged(_metadata, self->fd, 1, n - 1, 0, n);
+	ksm_assert_merged(_metadata, self->fd, 1, n - 1, 0, n);
 
 	for (i = 0; i < n; i++)
 		ksm_fill_val(p, i, VAL_UNIQ + i);
-	wait_merged(_metadata, self->fd, 0, 0, 0, 0);
+	ksm_assert_merged(_metadata, self->fd, 0, 0, 0, 0);
 	/* A scanner's passing page reference makes a collapse fail: retry. */
 	while ((ret = madvise(p, huge, MADV_COLLAPSE)) && errno == EAGAIN &&
 	       ++tries < 100)
@@ -467,7 +440,7 @@ TEST_F_TIMEOUT(merge, thp_collapse_after_cow, 240)
 	TH_LOG("collapsed after %d busy tries: AnonHugePages %ld kB", tries, kb);
 
 	ksm_fill_vals(p, 0, n, VAL_B);
-	wait_merged(_metadata, self->fd, 1, n - 1, 0, n);
+	ksm_assert_merged(_metadata, self->fd, 1, n - 1, 0, n);
 	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, n, VAL_B));
 	EXPECT_EQ(0, ksm_smaps_kb(p, "AnonHugePages"));
 	munmap(raw, 2 * huge);
@@ -500,7 +473,7 @@ TEST_F_TIMEOUT(merge, zero_pages_as_content, 180)
 	zpfn = zero_pfn(_metadata);
 	ASSERT_EQ(0, ksm_set_use_zero_pages(self->fd, 0));
 	p = map_zeroed(_metadata, self->fd, n, zpfn);
-	wait_merged(_metadata, self->fd, 1, n - 1, 0, n);
+	ksm_assert_merged(_metadata, self->fd, 1, n - 1, 0, n);
 	expect_mm(_metadata, self->fd, n, 0);
 	ASSERT_EQ(0, ksm_pfns(p, n, pfns));
 	EXPECT_TRUE(ksm_pfns_merged(pfns, n));
@@ -519,7 +492,7 @@ TEST_F_TIMEOUT(merge, zero_pages_use_zero_page, 180)
 	zpfn = zero_pfn(_metadata);
 	ASSERT_EQ(0, ksm_set_use_zero_pages(self->fd, 1));
 	p = map_zeroed(_metadata, self->fd, n, zpfn);
-	wait_merged(_metadata, self->fd, 0, 0, n, n);
+	ksm_assert_merged(_metadata, self->fd, 0, 0, n, n);
 	expect_mm(_metadata, self->fd, n, n);
 	ASSERT_EQ(0, ksm_pfns(p, n, pfns));
 	EXPECT_EQ(n, ksm_count_eq(pfns, n, zpfn));
@@ -532,7 +505,7 @@ TEST_F_TIMEOUT(merge, zero_pages_use_zero_page, 180)
 	EXPECT_NE(zpfn, pfns[w]);
 	EXPECT_NE(0, pfns[w]);
 	EXPECT_EQ(n - 1, ksm_count_eq(pfns, n, zpfn));
-	wait_merged(_metadata, self->fd, 0, 0, n - 1, n - 1);
+	ksm_assert_merged(_metadata, self->fd, 0, 0, n - 1, n - 1);
 	expect_mm(_metadata, self->fd, n - 1, n - 1);
 	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, w, 0));
 	EXPECT_EQ(0, ksm_count_bad_vals(p, w + 1, n - w - 1, 0));
@@ -603,7 +576,7 @@ TEST_F_TIMEOUT(merge, unregister_after_dontneed, 180)
 	ASSERT_EQ(0, madvise(p, seen * self->ps, MADV_DONTNEED));
 	ASSERT_EQ(0, ksm_pfns(p, n, pfns));
 	EXPECT_EQ(seen, ksm_count_eq(pfns, n, 0));
-	wait_merged(_metadata, self->fd, 1, n - seen - 1, 0, n - seen);
+	ksm_assert_merged(_metadata, self->fd, 1, n - seen - 1, 0, n - seen);
 
 	ASSERT_EQ(0, madvise(p + seen * self->ps, unseen * self->ps,
 			     MADV_DONTNEED));
@@ -649,7 +622,7 @@ TEST_F_TIMEOUT(merge, run2_unmerges_all, 240)
 	ASSERT_EQ(0, ksm_set_use_zero_pages(self->fd, 1));
 	p = map_same(_metadata, self->fd, n, VAL_A, 0);
 	z = map_zeroed(_metadata, self->fd, nz, zpfn);
-	wait_merged(_metadata, self->fd, 1, n - 1, nz, n + nz);
+	ksm_assert_merged(_metadata, self->fd, 1, n - 1, nz, n + nz);
 	ASSERT_EQ(0, ksm_pfns(p, n, pfns));
 	ASSERT_TRUE(ksm_pfns_merged(pfns, n));
 	kpfn = pfns[0];
@@ -670,7 +643,7 @@ TEST_F_TIMEOUT(merge, run2_unmerges_all, 240)
 	EXPECT_EQ(0, s.ksm_zero_pages);
 
 	ASSERT_EQ(0, ksm_set_run(self->fd, KSM_RUN_MERGE));
-	wait_merged(_metadata, self->fd, 1, n - 1, nz, n + nz);
+	ksm_assert_merged(_metadata, self->fd, 1, n - 1, nz, n + nz);
 	ASSERT_EQ(0, ksm_pfns(p, n, pfns));
 	EXPECT_TRUE(ksm_pfns_merged(pfns, n));
 	ASSERT_EQ(0, ksm_pfns(z, nz, pfns));
@@ -748,7 +721,7 @@ TEST_F_TIMEOUT(merge, max_kernel_pages, 240)
 
 	/* Restored, the other groups merge too. */
 	ASSERT_EQ(0, ksm_set_max_kernel_pages(self->fd, saved.max_kernel_pages));
-	wait_merged(_metadata, self->fd, groups, groups * (per - 1), 0, n);
+	ksm_assert_merged(_metadata, self->fd, groups, groups * (per - 1), 0, n);
 	munmap(p, n * self->ps);
 }
 
@@ -769,7 +742,7 @@ TEST_F_TIMEOUT(merge, scope_mm, 240)
 
 	start_children(_metadata, ch, 2, n, vals, KSM_REGION_SCOPE_MM);
 	start_children(_metadata, ch + 2, 1, n, vals + 2, 0);
-	wait_merged(_metadata, self->fd, 3, 3 * (n - 1), 0, -1);
+	ksm_assert_merged(_metadata, self->fd, 3, 3 * (n - 1), 0, -1);
 	for (round = 0; round < 2; round++) {
 		ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
 		ksm_log_stats(_metadata, round ? "two full scans later" : "merged", &s);
@@ -821,7 +794,7 @@ TEST_F_TIMEOUT(merge, mlocked_not_merged, 180)
 
 	/* It was the mlock: without it they merge. */
 	ASSERT_EQ(0, munlock(p, n * self->ps));
-	wait_merged(_metadata, self->fd, 1, n - 1, 0, n);
+	ksm_assert_merged(_metadata, self->fd, 1, n - 1, 0, n);
 	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, n, VAL_A));
 	munmap(p, n * self->ps);
 }
@@ -975,7 +948,7 @@ TEST_F_TIMEOUT(merge, writers_race_scanner, 360)
 		shared++;
 		sharing += count[v] - 1;
 	}
-	wait_merged(_metadata, self->fd, shared, sharing, 0, shared + sharing);
+	ksm_assert_merged(_metadata, self->fd, shared, sharing, 0, shared + sharing);
 	for (t = 0; t < RACE_THREADS; t++) {
 		for (i = 0; i < RACE_PAGES; i++) {
 			EXPECT_TRUE(race_page_ok(&r[t], i))
