@@ -41,8 +41,50 @@ extern struct lockdep_map *ksmdev_mmu_start_map;
 #define VM_DROPPABLE	VM_NONE
 #endif
 
+/*
+ * After 6.12 (7.2 has none), nth_page() is gone: the memmap of a folio is
+ * contiguous on every configuration, so the pages of a huge page are found
+ * by pointer arithmetic. Before, nth_page() is the way (a macro, which
+ * #ifndef sees).
+ */
+#ifndef nth_page
+#define nth_page(page, n)	((page) + (n))
+#endif
+
+/*
+ * The page flags word, for the bit operations on PG_owner_priv_1 (tree.c).
+ * After 6.12 (7.2 has it), page->flags became a memdesc_flags_t wrapping it.
+ */
+#ifdef KSMDEV_HAVE_MEMDESC_FLAGS
+#define ksmdev_page_flags(page)	(&(page)->flags.f)
+#else
+#define ksmdev_page_flags(page)	(&(page)->flags)
+#endif
+
+/*
+ * The pfn of the zero page a read fault at @addr would map. After 6.12 (7.2
+ * has it), my_zero_pfn() became zero_pfn(), and the variable zero_pfn
+ * became zero_page_pfn.
+ */
+#ifdef KSMDEV_HAVE_ZERO_PFN_FN
+#define ksmdev_zero_pfn(addr)	zero_pfn(addr)
+#else
+#define ksmdev_zero_pfn(addr)	my_zero_pfn(addr)
+#endif
+
 /* Found first, through a kprobe: the key to all the others. */
 DECLARE_STATIC_CALL(ksmdev_sc_kallsyms_lookup_name, kallsyms_lookup_name);
+
+/*
+ * 6.5 maps page tables under RCU and may find none: __pte_offset_map_lock()
+ * behind an inline pte_offset_map_lock(). After 6.12 (7.2 has it), the
+ * inline is gone and pte_offset_map_lock() is that function itself. Neither
+ * is exported (include/symbols.h).
+ */
+#if defined(KSMDEV_HAVE_PTE_MAP_LOCK_FN) || \
+	defined(KSMDEV_HAVE_PTE_MAP_LOCK_EXTERN)
+#define KSMDEV_HAVE_PTE_MAP_RCU
+#endif
 
 /*
  * Map the page table of @addr and take its lock. Returns NULL if the pmd no
@@ -54,9 +96,14 @@ static inline pte_t *ksmdev_pte_map_lock(struct mm_struct *mm, pmd_t *pmd,
 					 unsigned long addr, spinlock_t **ptlp)
 	__acquires(*ptlp)
 {
-#ifdef KSMDEV_HAVE_PTE_MAP_LOCK_FN
+#ifdef KSMDEV_HAVE_PTE_MAP_RCU
+#ifdef KSMDEV_HAVE_PTE_MAP_LOCK_EXTERN
+	pte_t *pte = static_call(ksmdev_sc_pte_offset_map_lock)(mm, pmd, addr,
+								 ptlp);
+#else
 	pte_t *pte = static_call(ksmdev_sc___pte_offset_map_lock)(mm, pmd,
 								   addr, ptlp);
+#endif
 
 	/* For sparse: the page table is mapped under RCU, then locked. */
 	__acquire(RCU);
@@ -72,7 +119,7 @@ static inline void ksmdev_pte_map_failed(spinlock_t *ptl)
 	__releases(ptl)
 {
 	__release(ptl);
-#ifdef KSMDEV_HAVE_PTE_MAP_LOCK_FN
+#ifdef KSMDEV_HAVE_PTE_MAP_RCU
 	__release(RCU);
 #endif
 }

@@ -25,7 +25,9 @@ KSMDEV_SYMBOL(split_huge_page_to_list_to_order);
 #else
 KSMDEV_SYMBOL(split_huge_page_to_list);
 #endif
-#ifdef KSMDEV_HAVE_PTE_MAP_LOCK_FN
+#if defined(KSMDEV_HAVE_PTE_MAP_LOCK_EXTERN)
+KSMDEV_SYMBOL(pte_offset_map_lock);
+#elif defined(KSMDEV_HAVE_PTE_MAP_LOCK_FN)
 KSMDEV_SYMBOL(__pte_offset_map_lock);
 #endif
 #ifdef CONFIG_LOCKDEP

@@ -315,7 +315,7 @@ int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 		newpte = mk_pte(kpage, vma->vm_page_prot);
 	} else {
 		/* What a read fault on an absent page would install. */
-		newpte = pte_mkspecial(pfn_pte(my_zero_pfn(addr),
+		newpte = pte_mkspecial(pfn_pte(ksmdev_zero_pfn(addr),
 					       vma->vm_page_prot));
 	}
 	/* Soft-dirty tracking (CRIU) must not lose a write it has not seen. */

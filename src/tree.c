@@ -110,7 +110,7 @@ static void ksmdev_stable_free(struct ksmdev_stable *stable)
 {
 	ksmdev_nr_stable--;
 	/* No longer ours: PTEs that still map the page keep it alive. */
-	clear_bit(PG_owner_priv_1, &stable->kpage->flags);
+	clear_bit(PG_owner_priv_1, ksmdev_page_flags(stable->kpage));
 	set_page_private(stable->kpage, 0);
 	put_page(stable->kpage);
 	ksmdev_meta_cache_free(ksmdev_stable_cache, stable);
@@ -216,7 +216,7 @@ void ksmdev_stable_release(struct ksmdev_stable *stable)
 struct ksmdev_stable *ksmdev_stable_of(struct page *page)
 {
 	if (PageAnon(page) || page->mapping ||
-	    !test_bit(PG_owner_priv_1, &page->flags))
+	    !test_bit(PG_owner_priv_1, ksmdev_page_flags(page)))
 		return NULL;
 	return (struct ksmdev_stable *)page_private(page);
 }
@@ -397,7 +397,7 @@ struct ksmdev_stable *ksmdev_stable_create(struct ksmdev_trees *trees,
 			   KSMDEV_STABLE_HASH);
 	/* Ours until ksmdev_stable_free() (see DOC); nobody maps it yet. */
 	set_page_private(stable->kpage, (unsigned long)stable);
-	set_bit(PG_owner_priv_1, &stable->kpage->flags);
+	set_bit(PG_owner_priv_1, ksmdev_page_flags(stable->kpage));
 	ksmdev_nr_stable++;
 	return stable;
 }
