@@ -3,7 +3,7 @@
 # A thin wrapper around the kernel's build system and the test harness.
 #
 #   make [KDIR=/lib/modules/<ver>/build]   build ksmdev.ko
-#   make check [KERNELS="6.1 6.12"] [TESTS="abi scanner"]
+#   make check [KERNELS="6.1 6.12 sid"] [TESTS="abi scanner"]
 #                                          the whole test matrix in QEMU guests
 #   make check-debug [DEBUG_TESTS="abi"]   the suite on a KASAN/lockdep/kmemleak
 #                                          kernel built from linux-source-6.12
@@ -36,7 +36,7 @@ DOCDIR ?= $(PREFIX)/share/doc/ksmdev
 MANDIR ?= $(PREFIX)/share/man
 INSTALL_DKMS ?= 1
 KDIR ?= /lib/modules/$(KVER)/build
-KERNELS ?= 6.1 6.12
+KERNELS ?= 6.1 6.12 sid
 DEMO_KERNEL ?= 6.12
 DURATION ?= 3600
 TESTS ?=

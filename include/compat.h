@@ -224,7 +224,11 @@ static inline int ksmdev_unshare(struct vm_area_struct *vma,
 /* Split the locked huge page @page into order-0 pages. */
 static inline int ksmdev_split_huge_page(struct page *page)
 {
-#ifdef KSMDEV_HAVE_SPLIT_TO_ORDER
+#if defined(KSMDEV_HAVE_SPLIT_TO_ORDER_FN)
+	return static_call(ksmdev_sc___split_huge_page_to_list_to_order)(page,
+									 NULL,
+									 0);
+#elif defined(KSMDEV_HAVE_SPLIT_TO_ORDER)
 	return static_call(ksmdev_sc_split_huge_page_to_list_to_order)(page,
 								       NULL, 0);
 #else

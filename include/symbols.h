@@ -20,7 +20,9 @@ KSMDEV_SYMBOL(folio_remove_rmap_ptes);
 KSMDEV_SYMBOL(page_add_file_rmap);
 KSMDEV_SYMBOL(page_remove_rmap);
 #endif
-#ifdef KSMDEV_HAVE_SPLIT_TO_ORDER
+#if defined(KSMDEV_HAVE_SPLIT_TO_ORDER_FN)
+KSMDEV_SYMBOL(__split_huge_page_to_list_to_order);
+#elif defined(KSMDEV_HAVE_SPLIT_TO_ORDER)
 KSMDEV_SYMBOL(split_huge_page_to_list_to_order);
 #else
 KSMDEV_SYMBOL(split_huge_page_to_list);

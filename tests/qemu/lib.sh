@@ -59,6 +59,7 @@ resolve_kver() {
 	local series=$1 re kver pkgs
 	case $series in
 	*-amd64) echo "$series"; return 0 ;;
+	sid) resolve_sid_kver; return ;;
 	esac
 	re="^linux-image-${series//./\\.}\\.[0-9]+(-[0-9]+|\\+deb[0-9]+)-amd64-unsigned\$"
 	pkgs=$(apt-cache pkgnames linux-image-"$series". | grep -E "$re" |
@@ -74,7 +75,26 @@ resolve_kver() {
 	die "no linux-image-$series.*-amd64-unsigned with matching headers in the archive (apt-get update?)"
 }
 
-# resolve_kernels "6.1 6.12": set the array KVERS to the full releases.
+# resolve_sid_kver: the newest kernel of Debian unstable ("7.2.13+deb14-amd64")
+# that has headers, from the sid root's package lists (setup.sh made them).
+# From 7.2 on, Debian has no linux-image-*-unsigned: linux-image-KVER
+# depends on linux-binary-KVER (the image) and linux-modules-KVER.
+resolve_sid_kver() {
+	local kver pkgs
+	[ -f "$SID_ROOT/.done" ] || die "no Debian unstable root in $SID_ROOT (run tests/qemu/setup.sh with sid in KERNELS)"
+	pkgs=$(in_sid apt-cache pkgnames linux-image- |
+		grep -E '^linux-image-[0-9]+\.[0-9]+\.[0-9]+\+deb[0-9]+-amd64$' |
+		sed 's/^linux-image-//' | sort -rV)
+	for kver in $pkgs; do
+		if in_sid apt-cache show "linux-headers-$kver" >/dev/null 2>&1; then
+			echo "$kver"
+			return 0
+		fi
+	done
+	die "no linux-image-*-amd64 with matching headers in Debian unstable"
+}
+
+# resolve_kernels "6.1 6.12 sid": set the array KVERS to the full releases.
 resolve_kernels() {
 	local s
 	KVERS=()
@@ -87,9 +107,77 @@ resolve_kernels() {
 kernel_dir() { echo "$CACHE/kernels/$1"; }
 kernel_image() { echo "$CACHE/kernels/$1/boot/vmlinuz-$1"; }
 # The headers of KVER, unpacked by setup.sh (fetch_headers) with the
-# kbuild tools they link to; never installed on the host.
-headers_root() { echo "$CACHE/headers/$1"; }
-kernel_headers() { echo "$CACHE/headers/$1/usr/src/linux-headers-$1"; }
+# kbuild tools they link to; never installed on the host. A kernel of
+# Debian unstable has them installed in the sid root instead (below).
+headers_root() {
+	if kernel_in_sid "$1"; then
+		echo "$SID_ROOT"
+	else
+		echo "$CACHE/headers/$1"
+	fi
+}
+# The build tree of KVER, as the commands that in_toolchain runs see it.
+kernel_headers() {
+	if kernel_in_sid "$1"; then
+		echo "/usr/src/linux-headers-$1"
+	else
+		echo "$CACHE/headers/$1/usr/src/linux-headers-$1"
+	fi
+}
+
+# The kernel of Debian unstable (KERNELS="... sid"). Its headers need
+# sid's compiler (gcc-16) and kbuild tools, which do not run on a Debian 12
+# host. So they are installed, as a sid user would install them, into a
+# Debian unstable root that setup.sh makes with mmdebstrap in .cache/sid/
+# (remade when a week old), and everything built for that kernel (DKMS,
+# W=1, sparse, the test modules) is built there: in_toolchain runs it in
+# that root, with this checkout mounted at its own path, in a private
+# mount namespace that ends with the command. The host is not touched.
+SID_ROOT=$CACHE/sid/root
+
+# kernel_in_sid KVER: KVER's headers are installed in the sid root.
+kernel_in_sid() { [ -f "$SID_ROOT/usr/src/linux-headers-$1/Makefile" ]; }
+
+# in_sid [--dkms-conf DIR] CMD...: CMD in the sid root, with /proc, /sys,
+# /dev and the checkout mounted; DIR, if given, as its
+# /etc/dkms/framework.conf.d (see ksm_dkms_signing).
+in_sid() {
+	local conf=
+	if [ "$1" = --dkms-conf ]; then
+		conf=$2
+		shift 2
+	fi
+	unshare -m --fork sh -c 'r=$1 top=$2 conf=$3
+		shift 3
+		mount -t proc proc "$r/proc" && mount --rbind /sys "$r/sys" &&
+		mount --rbind /dev "$r/dev" && mkdir -p "$r$top" &&
+		mount --bind "$top" "$r$top" &&
+		if [ -n "$conf" ]; then
+			mount --bind "$conf" "$r/etc/dkms/framework.conf.d"
+		fi &&
+		exec chroot "$r" "$@"' sh "$SID_ROOT" "$KSMDEV_ROOT" "$conf" "$@"
+}
+
+# in_toolchain [--dkms-conf DIR] KVER CMD...: CMD (a command or a function
+# of this file) where KVER's modules are built: on the host, or in the sid
+# root. With --dkms-conf, DIR replaces /etc/dkms/framework.conf.d there.
+in_toolchain() {
+	local conf=()
+	if [ "$1" = --dkms-conf ]; then
+		conf=(--dkms-conf "$2")
+		shift 2
+	fi
+	local kver=$1
+	shift
+	if kernel_in_sid "$kver"; then
+		in_sid "${conf[@]}" bash -c '. "$1"; shift; "$@"' sh "$QEMU_DIR/lib.sh" "$@"
+	elif [ ${#conf[@]} -gt 0 ]; then
+		unshare -m sh -c 'mount --bind "$1" /etc/dkms/framework.conf.d && shift && exec "$@"' \
+			sh "${conf[1]}" bash -c '. "$1"; shift; "$@"' sh "$QEMU_DIR/lib.sh" "$@"
+	else
+		"$@"
+	fi
+}
 
 # busybox for the guests, unpacked from busybox-static by setup.sh.
 BUSYBOX=$CACHE/busybox/bin/busybox
@@ -208,22 +296,20 @@ ksm_dkms() {
 # ksm_dkms_signing KVER CMD...: CMD (a ksm_dkms call) with DKMS signing as
 # it does on a user's machine, where Debian's dkms signs every module with
 # /var/lib/dkms/mok.key (made on first use) for Secure Boot, but with a key
-# of this run's own (build/dkms/mok.*) and KVER's sign-file from
-# .cache/headers/. DKMS reads these settings only from
-# /etc/dkms/framework.conf.d/, so that directory is replaced by ours in a
-# private mount namespace (unshare -m): the host's stays as it is.
+# of this run's own (build/dkms/mok.*) and KVER's sign-file. DKMS reads
+# these settings only from /etc/dkms/framework.conf.d/, so that directory
+# is replaced by ours in a private mount namespace (in_toolchain): the
+# host's stays as it is.
 ksm_dkms_signing() {
-	local kver=$1 conf=$DKMS_DIR/framework-$1.d sign
+	local kver=$1 conf=$DKMS_DIR/framework-$1.d
 	shift
-	sign=$(ls "$(headers_root "$kver")"/usr/lib/linux-kbuild-*/scripts/sign-file)
 	mkdir -p "$conf"
 	cat > "$conf/ksmdev-test.conf" <<-EOF
-	sign_file="$sign"
+	sign_file="$(kernel_headers "$kver")/scripts/sign-file"
 	mok_signing_key="$DKMS_DIR/mok.key"
 	mok_certificate="$DKMS_DIR/mok.pub"
 	EOF
-	unshare -m sh -c 'mount --bind "$1" /etc/dkms/framework.conf.d && shift && exec "$@"' \
-		sh "$conf" bash -c '. "$1"; shift; "$@"' sh "$QEMU_DIR/lib.sh" "$@"
+	in_toolchain --dkms-conf "$conf" "$kver" "$@"
 }
 
 # dkms_install_all KVER...: register the current sources with the run's
@@ -269,7 +355,7 @@ ksm_dkms_build_install() {
 	local k=(-k "$2" --kernelsourcedir "$(kernel_headers "$2")")
 	mkdir -p "$DKMS_DIR/install/$2"
 	ksm_dkms_signing "$2" ksm_dkms build ksmdev/"$1" "${k[@]}" &&
-	ksm_dkms install ksmdev/"$1" "${k[@]}" --force --no-depmod
+	in_toolchain "$2" ksm_dkms install ksmdev/"$1" "${k[@]}" --force --no-depmod
 }
 
 # single_kernel_setup WHAT [SETUP_ARGS...]: setup.sh (with SETUP_ARGS), the
@@ -344,7 +430,7 @@ build_test_kmods() {
 	rm -rf "$BUILD/testmods/$kver"
 	mkdir -p "$tree"
 	cp -a "$KSMDEV_ROOT/tests/kmod/." "$tree/"
-	make -C "$(kernel_headers "$kver")" M="$tree" W=1 modules 2>&1 |
+	in_toolchain "$kver" make -C "$(kernel_headers "$kver")" M="$tree" W=1 modules 2>&1 |
 		tee "$tree.log"
 	[ "${PIPESTATUS[0]}" -eq 0 ] || return 1
 	! grep -q 'warning:' "$tree.log" || return 1
@@ -399,7 +485,7 @@ copy_dynamic_libs() {
 build_w1() {
 	local kver=$1 tree=$BUILD/w1/$1
 	copy_module_tree "$tree"
-	make -C "$(kernel_headers "$kver")" M="$tree" W=1 modules 2>&1 |
+	in_toolchain "$kver" make -C "$(kernel_headers "$kver")" M="$tree" W=1 modules 2>&1 |
 		tee "$tree.log"
 	[ "${PIPESTATUS[0]}" -eq 0 ] || return 1
 	! grep -q 'warning:' "$tree.log"
@@ -444,7 +530,8 @@ style_sparse() {
 	local kver=$1 tree=$BUILD/sparse/$1 out ours
 	copy_module_tree "$tree"
 	out=$tree.log
-	make -C "$(kernel_headers "$kver")" M="$tree" W=1 C=2 modules > "$out" 2>&1 || {
+	in_toolchain "$kver" make -C "$(kernel_headers "$kver")" M="$tree" W=1 C=2 modules \
+		> "$out" 2>&1 || {
 		cat "$out"; return 1; }
 	ours=$(grep -E '(warning|error):' "$out" | grep -F "$tree/" || true)
 	if [ -n "$ours" ]; then

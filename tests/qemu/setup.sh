@@ -14,7 +14,11 @@
 #  - busybox for the guests, unpacked from busybox-static into
 #    .cache/busybox/ (installing it would replace the host's busybox);
 #  - kselftest*.h and checkpatch.pl from linux-source-6.12, into .cache/.
-# KERNELS selects the series ("6.1 6.12" by default).
+#  - for the series "sid" (Debian unstable's newest kernel), a Debian
+#    unstable root in .cache/sid/ where that kernel's headers are installed
+#    and its modules are built (lib.sh: in_toolchain), and its image and
+#    modules unpacked into .cache/kernels/<kver>/;
+# KERNELS selects the series ("6.1 6.12 sid" by default).
 # `setup.sh --debug-kernel` (check-debug.sh) prepares for building a kernel
 # from linux-source-6.12 instead: the same host packages, no Debian kernel
 # images or headers.
@@ -23,7 +27,7 @@ set -euo pipefail
 # shellcheck source=tests/qemu/lib.sh
 . "$(dirname "$0")/lib.sh"
 
-KERNELS=${KERNELS:-6.1 6.12}
+KERNELS=${KERNELS:-6.1 6.12 sid}
 APT_OPTS=(-o DPkg::Lock::Timeout=600 -o Acquire::Retries=3)
 
 # apt-get update once, if the package lists are missing or older than a day.
@@ -111,6 +115,73 @@ fetch_headers() {
 	touch "$dir/.done"
 }
 
+# What the sid root has besides apt: what DKMS and a kernel's build tree
+# need there (the compiler and kbuild tools come with the headers).
+SID_PACKAGES=dkms,kmod,make,libc6-dev,openssl,pahole,sparse,xz-utils,zstd
+SID_MIRROR=http://deb.debian.org/debian
+
+# fetch_sid_root: the Debian unstable root (lib.sh: SID_ROOT), made with
+# mmdebstrap when missing or a week old; its package lists brought up to
+# date when a day old. The archive's sid Release file may be past its
+# Valid-Until (a mirror that is a snapshot): apt still checks its
+# signature, but not its date.
+fetch_sid_root() {
+	local stamp=$SID_ROOT/.done
+	if [ -z "$(find "$stamp" -mtime -7 2>/dev/null)" ]; then
+		log "making a Debian unstable root in $SID_ROOT (mmdebstrap)"
+		rm -rf --one-file-system "$SID_ROOT"
+		mkdir -p "$(dirname "$SID_ROOT")"
+		mmdebstrap --variant=apt --skip=cleanup/apt/lists \
+			--aptopt='Acquire::Check-Valid-Until "false"' \
+			--include="$SID_PACKAGES" sid "$SID_ROOT" "deb $SID_MIRROR sid main" ||
+			die "mmdebstrap of Debian unstable failed"
+		touch "$stamp"
+	elif [ -z "$(find "$SID_ROOT/var/lib/apt/lists" -maxdepth 1 -name '*_Packages*' -mtime -1)" ]; then
+		log "apt-get update in the Debian unstable root"
+		in_sid apt-get "${APT_OPTS[@]}" update -q
+	fi
+}
+
+# fetch_sid_kernel KVER: KVER's headers installed in the sid root (with
+# the compiler and kbuild tools they depend on), and its image and modules
+# (linux-binary-KVER, linux-modules-KVER, linux-base-KVER: the packages
+# linux-image-KVER depends on) unpacked into .cache/kernels/KVER, with the
+# paths the harness reads (boot/vmlinuz-KVER, lib/modules/KVER) linked to
+# where they are (usr/lib/modules/KVER/).
+fetch_sid_kernel() {
+	local kver=$1 dir dl pkgs deb
+	if ! kernel_in_sid "$kver"; then
+		log "installing linux-headers-$kver in the Debian unstable root"
+		in_sid env DEBIAN_FRONTEND=noninteractive apt-get "${APT_OPTS[@]}" \
+			install -y -q --no-install-recommends "linux-headers-$kver" ||
+			die "cannot install linux-headers-$kver in $SID_ROOT"
+	fi
+	dir=$(kernel_dir "$kver")
+	[ -f "$dir/.done" ] && [ -f "$(kernel_image "$kver")" ] && return 0
+	pkgs=$(in_sid apt-cache show --no-all-versions "linux-image-$kver" |
+		sed -n 's/^Depends: //p' | tr ',|' '\n\n' | sed -e 's/^ *//' -e 's/ .*//' |
+		grep -Fx -e "linux-binary-$kver" -e "linux-modules-$kver" \
+			-e "linux-base-$kver" | sort -u)
+	[ "$(wc -w <<< "$pkgs")" -eq 3 ] ||
+		die "linux-image-$kver: no linux-binary, -modules and -base among its Depends: $pkgs"
+	log "downloading $(echo $pkgs) from Debian unstable"
+	dl=$CACHE/kernels/deb
+	rm -rf "$dl" "$dir"
+	mkdir -p "$dl" "$dir"
+	# shellcheck disable=SC2086
+	in_sid sh -c 'cd "$1" && shift && apt-get -o APT::Sandbox::User=root download -q "$@"' \
+		sh "$dl" $pkgs || die "apt-get download $pkgs failed"
+	for deb in "$dl"/*.deb; do
+		dpkg -x "$deb" "$dir"
+	done
+	rm -rf "$dl"
+	[ -f "$dir/usr/lib/modules/$kver/vmlinuz" ] || die "no usr/lib/modules/$kver/vmlinuz in $pkgs"
+	mkdir -p "$dir/boot"
+	ln -sfn "../usr/lib/modules/$kver/vmlinuz" "$dir/boot/vmlinuz-$kver"
+	[ -e "$dir/lib" ] || ln -sfn usr/lib "$dir/lib"
+	touch "$dir/.done"
+}
+
 # fetch_busybox: busybox-static's binary, unpacked into .cache/busybox/.
 fetch_busybox() {
 	local dir=$CACHE/busybox dl=$CACHE/busybox.deb
@@ -158,14 +229,24 @@ main() {
 	fi
 	# shellcheck disable=SC2086
 	[ "${1:-}" = --bench ] && apt_install $BENCH_PACKAGES
+	case " $KERNELS " in
+	*" sid "*) fetch_sid_root ;;
+	esac
 	resolve_kernels "$KERNELS"
 	for kver in "${KVERS[@]}"; do
+		case " $KERNELS " in
+		*" sid "*)
+			if [ "$kver" = "$(resolve_kver sid)" ]; then
+				fetch_sid_kernel "$kver"
+				continue
+			fi ;;
+		esac
 		fetch_headers "$kver"
 		fetch_kernel "$kver"
 	done
 	fetch_source_parts
 	for kver in "${KVERS[@]}"; do
-		log "kernel $kver: $(kernel_image "$kver"), headers $(kernel_headers "$kver")"
+		log "kernel $kver: $(kernel_image "$kver"), headers $(kernel_headers "$kver")$(kernel_in_sid "$kver" && echo " in $SID_ROOT")"
 	done
 }
 
