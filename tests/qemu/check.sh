@@ -49,8 +49,8 @@ build_tests() {
 			RUNNABLE+=("$t")
 		fi
 	done
-	result_cmd "build tools/ksmctl.c" "$BUILD/logs/tests/ksmctl.build.log" \
-		build_tool ksmctl || true
+	result_cmd "build tools/ksmdevctl.c" "$BUILD/logs/tests/ksmdevctl.build.log" \
+		build_tool ksmdevctl || true
 	result_cmd "build tools/ksmdev-preload.c, tests/fakevm.c" \
 		"$BUILD/logs/tests/preload.build.log" build_preload || true
 	# tests/hypervisor.c boots this kernel in QEMU inside the guest.
@@ -229,12 +229,12 @@ uapi_fields() {
 		sed -nE 's/^[[:space:]]+__u64 ([a-z_]+);.*/\1/p'
 }
 
-# man_page_check: tools/ksmctl.8 renders without a groff warning, and has an
+# man_page_check: tools/ksmdevctl.8 renders without a groff warning, and has an
 # entry for every field of the ABI: struct ksm_stats's under COUNTERS,
 # struct ksm_config's in the list of `set`'s keys (a field added without a
 # word in the man page fails here).
 man_page_check() {
-	local page=$KSMDEV_ROOT/tools/ksmctl.8 out name bad=0
+	local page=$KSMDEV_ROOT/tools/ksmdevctl.8 out name bad=0
 	out=$(LC_ALL=C.UTF-8 groff -man -Tutf8 -ww -z "$page" 2>&1)
 	if [ -n "$out" ]; then
 		echo "$out"
@@ -242,12 +242,12 @@ man_page_check() {
 	fi
 	while read -r name; do
 		man_page_tags "$page" '^\.SH COUNTERS' '^\.SH' | grep -qx "$name" && continue
-		echo "ksmctl.8: no entry for counter $name under COUNTERS"
+		echo "ksmdevctl.8: no entry for counter $name under COUNTERS"
 		bad=1
 	done < <(uapi_fields ksm_stats)
 	while read -r name; do
 		man_page_tags "$page" '^\.RS' '^\.RE' | grep -qx "$name" && continue
-		echo "ksmctl.8: no entry for setting $name among set's keys"
+		echo "ksmdevctl.8: no entry for setting $name among set's keys"
 		bad=1
 	done < <(uapi_fields ksm_config)
 	return $bad
@@ -267,7 +267,7 @@ package_checks() {
 		cp -a "$KSMDEV_ROOT/$f" "$src/"
 	done
 	log "the man page, make install and uninstall (DESTDIR), Debian packages"
-	result_cmd "ksmctl.8: renders, names every counter and setting" \
+	result_cmd "ksmdevctl.8: renders, names every counter and setting" \
 		"$logs/man.log" man_page_check || true
 	result_cmd "dkms.conf: BUILD_EXCLUSIVE_CONFIG is Kbuild's list of needed options" \
 		"$logs/dkms-conf.log" dkms_config_check || true
@@ -276,8 +276,8 @@ package_checks() {
 	result_cmd "make install DESTDIR=..., make uninstall" "$logs/make-install.log" \
 		sh -c "cd '$src' && d=\$(mktemp -d) &&
 		make install DESTDIR=\$d INSTALL_DKMS=0 &&
-		test -x \$d/usr/sbin/ksmctl && test -f \$d/usr/include/linux/ksmdev.h &&
-		test -f \$d/usr/share/man/man8/ksmctl.8 &&
+		test -x \$d/usr/sbin/ksmdevctl && test -f \$d/usr/include/linux/ksmdev.h &&
+		test -f \$d/usr/share/man/man8/ksmdevctl.8 &&
 		test -f \$d/usr/lib/udev/rules.d/60-ksmdev.rules &&
 		test -f \$d/usr/src/ksmdev-$ver/dkms.conf &&
 		ls \$d/usr/lib/*/ksmdev/libksmdev-preload.so &&
@@ -289,7 +289,7 @@ package_checks() {
 	# What the packages would put on a machine, read from the .debs: they
 	# are not installed here (dpkg -i would register ksmdev with the host's
 	# DKMS, and replace a user's own ksmdev).
-	result_cmd "deb: contents (the DKMS sources, ksmctl and its man page, the library, the header, the udev rule)" \
+	result_cmd "deb: contents (the DKMS sources, ksmdevctl and its man page, the library, the header, the udev rule)" \
 		"$logs/contents.log" deb_contents_check "$dir" "$ver"
 	# Every tag, pedantic and informational ones too; an override needs
 	# its reason in debian/*.lintian-overrides.
@@ -346,8 +346,8 @@ package_install_check() {
 	echo 'autoinstall_all_kernels="yes"' > "$root/etc/dkms/framework.conf.d/all-kernels.conf"
 	cp "$dir"/ksmdev-dkms_"$ver"_all.deb "$dir"/ksmdev-tools_"$ver"_*.deb "$root/tmp/"
 	cmd="dpkg -i /tmp/ksmdev-dkms_*.deb /tmp/ksmdev-tools_*.deb
-		ksmctl --help > /dev/null
-		test -f /usr/share/man/man8/ksmctl.8.gz
+		ksmdevctl --help > /dev/null
+		test -f /usr/share/man/man8/ksmdevctl.8.gz
 		test -f /usr/lib/*/ksmdev/libksmdev-preload.so
 		test -f /usr/include/linux/ksmdev.h
 		test -f /usr/lib/udev/rules.d/60-ksmdev.rules"
@@ -360,7 +360,7 @@ package_install_check() {
 		dpkg -r ksmdev-tools ksmdev-dkms
 		test -z \"\$(dkms status ksmdev/$ver)\"
 		test ! -e /usr/src/ksmdev-$ver
-		test ! -e /usr/sbin/ksmctl
+		test ! -e /usr/sbin/ksmdevctl
 		test -z \"\$(ls /lib/modules/*/updates/dkms/ksmdev.ko* 2> /dev/null)\"
 		echo 'installed, built for ${KVERS[*]}, removed'"
 	in_pkgroot "$root" "$cmd" || return 1
@@ -410,7 +410,7 @@ deb_contents_check() {
 	list=$(dpkg-deb -c "$dir/ksmdev-dkms_${ver}_all.deb"
 	       dpkg-deb -c "$dir/ksmdev-tools_${ver}_$arch.deb") || return 1
 	for f in "./usr/src/ksmdev-$ver/dkms.conf" "./usr/src/ksmdev-$ver/Kbuild" \
-		 ./usr/sbin/ksmctl ./usr/share/man/man8/ksmctl.8.gz \
+		 ./usr/sbin/ksmdevctl ./usr/share/man/man8/ksmdevctl.8.gz \
 		 "./usr/lib/$(gcc -print-multiarch)/ksmdev/libksmdev-preload.so" \
 		 ./usr/include/linux/ksmdev.h ./usr/lib/udev/rules.d/60-ksmdev.rules; do
 		grep -qE " $f( |\$)" <<< "$list" && continue
