@@ -291,6 +291,10 @@ package_checks() {
 	# DKMS, and replace a user's own ksmdev).
 	result_cmd "deb: contents (the DKMS sources, ksmdevctl and its man page, the library, the header, the udev rule)" \
 		"$logs/contents.log" deb_contents_check "$dir" "$ver"
+	# dpkg refuses to install two packages that ship one path (ksmctl was
+	# ksmtuned's): none of ours may be in Debian 12's Contents index.
+	result_cmd "deb: no file that another Debian package ships" \
+		"$logs/foreign.log" deb_foreign_files_check "$dir" "$ver" || true
 	# Every tag, pedantic and informational ones too; an override needs
 	# its reason in debian/*.lintian-overrides.
 	result_cmd "deb: lintian -I --pedantic finds nothing" "$logs/lintian.log" \
@@ -401,6 +405,54 @@ version_check() {
 	mod=$(modinfo -F version "$(built_module "${KVERS[0]}")")
 	echo "dkms.conf: $ver, debian/changelog: $deb, modinfo: $mod"
 	[ -n "$ver" ] && [ "$ver" = "$deb" ] && [ "$ver" = "$mod" ]
+}
+
+# Debian 12's Contents indexes (main; this architecture's and "all"): each
+# path a package ships, and which package. Downloaded into .cache/contents/
+# (not through apt: the host's apt state stays as it is), again after a week.
+CONTENTS_URL=http://deb.debian.org/debian/dists/bookworm/main
+CONTENTS_DIR=$CACHE/contents
+
+# contents_fetch NAME...: each index NAME (Contents-*.gz) in CONTENTS_DIR,
+# downloaded unless it is less than a week old; to a .tmp first, so that an
+# interrupted download is never taken for the index.
+contents_fetch() {
+	local f
+	mkdir -p "$CONTENTS_DIR"
+	for f in "$@"; do
+		[ -n "$(find "$CONTENTS_DIR/$f" -mtime -7 2>/dev/null)" ] && continue
+		curl -fsSL -o "$CONTENTS_DIR/$f.tmp" "$CONTENTS_URL/$f" || return 1
+		mv "$CONTENTS_DIR/$f.tmp" "$CONTENTS_DIR/$f"
+	done
+}
+
+# deb_foreign_files_check DIR VER: no regular file or symlink of the two
+# packages is a path that a Debian 12 package ships (directories are shared
+# by all and do not count). Prints each one found with its owner, as
+# "usr/sbin/ksmctl: shipped by kernel/ksmtuned". Paths are compared with
+# merged /usr (bookworm's /sbin/x is /usr/sbin/x on disk), as Contents
+# lists them: no leading "./" or "/".
+deb_foreign_files_check() {
+	local dir=$1 ver=$2 arch ours hits idx
+	arch=$(dpkg --print-architecture)
+	idx=("Contents-$arch.gz" Contents-all.gz)
+	ours=$(dpkg-deb -c "$dir/ksmdev-dkms_${ver}_all.deb" &&
+	       dpkg-deb -c "$dir/ksmdev-tools_${ver}_$arch.deb") || return 1
+	ours=$(sed -nE '/^[^d]/{s/^([^ ]+ +){5}\.\///; s/ (->|link to) .*//; p}' <<< "$ours")
+	[ -n "$ours" ] || { echo "no files in the packages"; return 1; }
+	contents_fetch "${idx[@]}" || { echo "cannot fetch $CONTENTS_URL/${idx[*]}"; return 1; }
+	echo "$(wc -l <<< "$ours") files and symlinks; indexes: $CONTENTS_URL/{${idx[*]}}"
+	hits=$(cd "$CONTENTS_DIR" && zcat "${idx[@]}" | awk '
+		function canon(p) { sub(/^(bin|sbin|lib|lib32|lib64|libx32)\//, "usr/&", p); return p }
+		NR == FNR { ours[canon($0)] = $0; next }
+		{ owner = $NF; p = $0; sub(/[ \t]+[^ \t]+$/, "", p) }
+		canon(p) in ours {
+			print ours[canon(p)] ": shipped by " owner (p == ours[canon(p)] ? "" : " as " p)
+		}' /dev/fd/3 - 3<<< "$ours") ||
+		{ echo "cannot read the indexes in $CONTENTS_DIR"; return 1; }
+	[ -z "$hits" ] && return 0
+	echo "$hits"
+	return 1
 }
 
 # deb_contents_check DIR VER: the files each package must ship.
