@@ -14,10 +14,10 @@
 #                                          through the preload library
 #   make bench [BENCH_MB=256 ...]          ksmdev against the in-kernel KSM,
 #                                          one 6.12 guest (bench/README.md)
-#   make ksmctl                            tools/ksmctl, the command-line tool
+#   make ksmdevctl                         tools/ksmdevctl, the command-line tool
 #   make preload                           tools/libksmdev-preload.so
 #   make install [DESTDIR=] [INSTALL_DKMS=0]
-#                                          the header, ksmctl, the preload
+#                                          the header, ksmdevctl, the preload
 #                                          library, the udev rule, examples,
 #                                          the module's sources for DKMS (and,
 #                                          without DESTDIR, dkms install for
@@ -50,7 +50,7 @@ module:
 
 clean:
 	$(MAKE) -C $(KDIR) M=$(CURDIR) clean 2>/dev/null || true
-	rm -rf build tools/ksmctl tools/libksmdev-preload.so
+	rm -rf build tools/ksmdevctl tools/libksmdev-preload.so
 
 # W=1 and sparse over every file, for one kernel tree.
 sparse:
@@ -80,7 +80,7 @@ demo-qemu:
 bench:
 	bash tests/qemu/bench.sh
 
-ksmctl: tools/ksmctl
+ksmdevctl: tools/ksmdevctl
 
 preload: tools/libksmdev-preload.so
 
@@ -92,20 +92,20 @@ TOOL_CFLAGS = $(CPPFLAGS) $(CFLAGS) -Wall -Wextra -I uapi
 tools/libksmdev-preload.so: tools/ksmdev-preload.c uapi/linux/ksmdev.h
 	$(CC) -shared -fPIC $(TOOL_CFLAGS) $(LDFLAGS) -o $@ $<
 
-tools/ksmctl: tools/ksmctl.c uapi/linux/ksmdev.h
+tools/ksmdevctl: tools/ksmdevctl.c uapi/linux/ksmdev.h
 	$(CC) $(TOOL_CFLAGS) $(LDFLAGS) -o $@ $<
 
 # What make install writes (below DESTDIR), for uninstall.
-INSTALLED = $(PREFIX)/include/linux/ksmdev.h $(PREFIX)/sbin/ksmctl \
-	$(MANDIR)/man8/ksmctl.8 \
+INSTALLED = $(PREFIX)/include/linux/ksmdev.h $(PREFIX)/sbin/ksmdevctl \
+	$(MANDIR)/man8/ksmdevctl.8 \
 	$(PRELOADDIR)/libksmdev-preload.so $(PREFIX)/lib/udev/rules.d/60-ksmdev.rules \
 	$(DOCDIR)/examples/modules-load.d/ksmdev.conf \
 	$(DOCDIR)/examples/modprobe.d/ksmdev.conf
 
-install: tools/ksmctl tools/libksmdev-preload.so
+install: tools/ksmdevctl tools/libksmdev-preload.so
 	install -D -m 0644 uapi/linux/ksmdev.h $(DESTDIR)$(PREFIX)/include/linux/ksmdev.h
-	install -D -m 0755 tools/ksmctl $(DESTDIR)$(PREFIX)/sbin/ksmctl
-	install -D -m 0644 tools/ksmctl.8 $(DESTDIR)$(MANDIR)/man8/ksmctl.8
+	install -D -m 0755 tools/ksmdevctl $(DESTDIR)$(PREFIX)/sbin/ksmdevctl
+	install -D -m 0644 tools/ksmdevctl.8 $(DESTDIR)$(MANDIR)/man8/ksmdevctl.8
 	install -D -m 0644 tools/libksmdev-preload.so $(DESTDIR)$(PRELOADDIR)/libksmdev-preload.so
 	install -D -m 0644 packaging/60-ksmdev.rules \
 		$(DESTDIR)$(PREFIX)/lib/udev/rules.d/60-ksmdev.rules
@@ -132,5 +132,5 @@ uninstall:
 style:
 	bash tests/style.sh
 
-.PHONY: all module clean sparse setup check check-debug soak demo demo-qemu bench ksmctl preload \
-	install uninstall style
+.PHONY: all module clean sparse setup check check-debug soak demo demo-qemu bench ksmdevctl \
+	preload install uninstall style

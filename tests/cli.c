@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * ksmctl (tools/ksmctl.c), as a script would use it: exit status 0, 1 (the
- * kernel refused) or 2 (bad usage); --json that says what the ioctls say;
+ * ksmdevctl (tools/ksmdevctl.c), as a script would use it: exit status 0,
+ * 1 (the kernel refused) or 2 (bad usage); --json that says what the ioctls say;
  * set and unmerge-all that do what KSM_SET_CONFIG does; mms and watch.
  *
- * Runs as root in a QEMU guest with ksmdev loaded, /tests/ksmctl beside
+ * Runs as root in a QEMU guest with ksmdev loaded, /tests/ksmdevctl beside
  * it; never on a host.
  */
 #define _GNU_SOURCE
@@ -12,7 +12,7 @@
 
 #include "ksmdev_test.h"
 
-#define KSMCTL	"/tests/ksmctl"
+#define KSMDEVCTL	"/tests/ksmdevctl"
 
 FIXTURE(cli) {
 	int fd;
@@ -27,7 +27,7 @@ FIXTURE_SETUP(cli)
 	self->fd = ksm_open();
 	ASSERT_LE(0, self->fd) TH_LOG("open " KSM_DEV_PATH ": %s", strerror(errno));
 	ASSERT_EQ(0, ksm_get_config(self->fd, &self->saved));
-	ASSERT_EQ(0, access(KSMCTL, X_OK)) TH_LOG(KSMCTL ": %s", strerror(errno));
+	ASSERT_EQ(0, access(KSMDEVCTL, X_OK)) TH_LOG(KSMDEVCTL ": %s", strerror(errno));
 }
 
 FIXTURE_TEARDOWN(cli)
@@ -36,15 +36,15 @@ FIXTURE_TEARDOWN(cli)
 	close(self->fd);
 }
 
-/* Run ksmctl with @args (a shell word list): its exit status; output in @out. */
-static int ksmctl(char *out, size_t size, const char *args)
+/* Run ksmdevctl with @args (a shell word list): its exit status, output in @out. */
+static int ksmdevctl(char *out, size_t size, const char *args)
 {
 	char cmd[512];
 	size_t n = 0;
 	FILE *f;
 	int st;
 
-	snprintf(cmd, sizeof(cmd), KSMCTL " %s 2>&1", args);
+	snprintf(cmd, sizeof(cmd), KSMDEVCTL " %s 2>&1", args);
 	f = popen(cmd, "r");
 	if (!f)
 		return -1;
@@ -80,19 +80,19 @@ TEST_F(cli, help_and_usage_errors)
 	struct ksm_config c;
 	size_t i;
 
-	EXPECT_EQ(0, ksmctl(self->out, sizeof(self->out), "--help"));
+	EXPECT_EQ(0, ksmdevctl(self->out, sizeof(self->out), "--help"));
 	for (i = 0; i < ARRAY_SIZE(words); i++) {
 		EXPECT_NE(NULL, strstr(self->out, words[i]))
 			TH_LOG("--help does not mention %s", words[i]);
 	}
 	for (i = 0; i < ARRAY_SIZE(bad); i++) {
-		EXPECT_EQ(2, ksmctl(self->out, sizeof(self->out), bad[i]))
-			TH_LOG("ksmctl %s: %s", bad[i], self->out);
-		EXPECT_NE(NULL, strstr(self->out, "ksmctl: "));
+		EXPECT_EQ(2, ksmdevctl(self->out, sizeof(self->out), bad[i]))
+			TH_LOG("ksmdevctl %s: %s", bad[i], self->out);
+		EXPECT_NE(NULL, strstr(self->out, "ksmdevctl: "));
 	}
 	/* A bad word anywhere: nothing changes. */
-	EXPECT_EQ(2, ksmctl(self->out, sizeof(self->out),
-			    "set pages_to_scan=777 bogus=1"));
+	EXPECT_EQ(2, ksmdevctl(self->out, sizeof(self->out),
+			       "set pages_to_scan=777 bogus=1"));
 	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
 	EXPECT_NE(777, c.pages_to_scan);
 }
@@ -111,24 +111,24 @@ TEST_F(cli, status_json_tells_the_ioctls)
 	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
 	ASSERT_EQ(0, ksm_wait_merged(self->fd, 1, npages - 1, 0, &s, 60));
 
-	ASSERT_EQ(0, ksmctl(self->out, sizeof(self->out), "--json status"));
+	ASSERT_EQ(0, ksmdevctl(self->out, sizeof(self->out), "--json status"));
 	EXPECT_EQ(npages, json_num(self->out, "registered_pages"));
 	EXPECT_EQ(1, json_num(self->out, "pages_shared"));
 	EXPECT_EQ(npages - 1, json_num(self->out, "pages_sharing"));
 	EXPECT_EQ(KSM_FAST_PAGES_TO_SCAN, json_num(self->out, "pages_to_scan"));
 	EXPECT_EQ((long long)((npages - 1) * self->ps),
 		  json_num(self->out, "saved_bytes"));
-	/* ksmctl's own open made a context: its metadata_bytes, not ours. */
+	/* ksmdevctl's own open made a context: its metadata_bytes, not ours. */
 	EXPECT_LT(0, json_num(self->out, "metadata_bytes"));
 	EXPECT_EQ((long long)((npages - 1) * self->ps) -
 		  json_num(self->out, "metadata_bytes"),
 		  json_num(self->out, "general_profit"));
 
-	ASSERT_EQ(0, ksmctl(self->out, sizeof(self->out), "status"));
+	ASSERT_EQ(0, ksmdevctl(self->out, sizeof(self->out), "status"));
 	EXPECT_NE(NULL, strstr(self->out, "general_profit"));
 	EXPECT_NE(NULL, strstr(self->out, "settings: run=1"));
 
-	ASSERT_EQ(0, ksmctl(self->out, sizeof(self->out), "--json mms"));
+	ASSERT_EQ(0, ksmdevctl(self->out, sizeof(self->out), "--json mms"));
 	snprintf(want, sizeof(want), "{\"pid\":%d,\"regions\":1,", getpid());
 	EXPECT_NE(NULL, strstr(self->out, want)) TH_LOG("%s", self->out);
 	EXPECT_EQ(npages, json_num(self->out, "merging_pages"));
@@ -142,16 +142,16 @@ TEST_F(cli, set_and_unmerge_all)
 	struct ksm_stats s;
 	char *p;
 
-	ASSERT_EQ(0, ksmctl(self->out, sizeof(self->out),
-			    "set pages_to_scan=1234 sleep_millisecs=0x7 scan_all_pages=1"))
+	ASSERT_EQ(0, ksmdevctl(self->out, sizeof(self->out),
+			       "set pages_to_scan=1234 sleep_millisecs=0x7 scan_all_pages=1"))
 		TH_LOG("%s", self->out);
 	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
 	EXPECT_EQ(1234, c.pages_to_scan);
 	EXPECT_EQ(7, c.sleep_millisecs);
 	EXPECT_EQ(1, c.scan_all_pages);
 	/* Out of range: the kernel's EINVAL, exit 1, nothing changed. */
-	EXPECT_EQ(1, ksmctl(self->out, sizeof(self->out),
-			    "set pages_to_scan=99 use_zero_pages=2"));
+	EXPECT_EQ(1, ksmdevctl(self->out, sizeof(self->out),
+			       "set pages_to_scan=99 use_zero_pages=2"));
 	EXPECT_NE(NULL, strstr(self->out, "Invalid argument")) TH_LOG("%s", self->out);
 	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
 	EXPECT_EQ(1234, c.pages_to_scan);
@@ -162,7 +162,7 @@ TEST_F(cli, set_and_unmerge_all)
 	ASSERT_EQ(0, ksm_register(self->fd, p, npages * self->ps, 0));
 	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
 	ASSERT_EQ(0, ksm_wait_merged(self->fd, 1, npages - 1, 0, &s, 60));
-	ASSERT_EQ(0, ksmctl(self->out, sizeof(self->out), "unmerge-all"))
+	ASSERT_EQ(0, ksmdevctl(self->out, sizeof(self->out), "unmerge-all"))
 		TH_LOG("%s", self->out);
 	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
 	EXPECT_EQ(0, s.pages_shared);
@@ -170,17 +170,17 @@ TEST_F(cli, set_and_unmerge_all)
 	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
 	EXPECT_EQ(KSM_RUN_UNMERGE, c.run);
 	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, npages, 0x5151));
-	ASSERT_EQ(0, ksmctl(self->out, sizeof(self->out), "set run=1"));
+	ASSERT_EQ(0, ksmdevctl(self->out, sizeof(self->out), "set run=1"));
 	EXPECT_EQ(0, ksm_wait_merged(self->fd, 1, npages - 1, 0, &s, 60));
 	munmap(p, npages * self->ps);
 }
 
 /*
- * Start ksmctl with @arg1 @arg2, as @uid unless 0, its stdout and stderr
+ * Start ksmdevctl with @arg1 @arg2, as @uid unless 0, its stdout and stderr
  * into a pipe whose read end goes to *@rd. Returns its pid, or -errno.
  */
-static pid_t spawn_ksmctl(const char *arg1, const char *arg2, uid_t uid,
-			  int *rd)
+static pid_t spawn_ksmdevctl(const char *arg1, const char *arg2, uid_t uid,
+			     int *rd)
 {
 	int fds[2];
 	pid_t pid;
@@ -196,7 +196,7 @@ static pid_t spawn_ksmctl(const char *arg1, const char *arg2, uid_t uid,
 		close(fds[0]);
 		if (uid && (setgid(uid) || setuid(uid)))
 			_exit(99);
-		execl(KSMCTL, "ksmctl", arg1, arg2, (char *)NULL);
+		execl(KSMDEVCTL, "ksmdevctl", arg1, arg2, (char *)NULL);
 		_exit(98);
 	}
 	close(fds[1]);
@@ -204,7 +204,7 @@ static pid_t spawn_ksmctl(const char *arg1, const char *arg2, uid_t uid,
 	return pid;
 }
 
-/* Not root: /dev/ksm is 0600, so the kernel says no, and ksmctl exits 1. */
+/* Not root: /dev/ksm is 0600, so the kernel says no, and ksmdevctl exits 1. */
 TEST_F(cli, unprivileged_exit_1)
 {
 	char buf[512] = "";
@@ -212,7 +212,7 @@ TEST_F(cli, unprivileged_exit_1)
 	ssize_t n;
 	pid_t pid;
 
-	pid = spawn_ksmctl("set", "run=0", 65534, &rd);
+	pid = spawn_ksmdevctl("set", "run=0", 65534, &rd);
 	ASSERT_LT(0, pid);
 	ASSERT_EQ(0, ksm_waitpid_timeout(pid, &status, 30));
 	n = read(rd, buf, sizeof(buf) - 1);
@@ -231,7 +231,7 @@ TEST_F(cli, watch_until_sigint)
 	ssize_t n;
 	pid_t pid;
 
-	pid = spawn_ksmctl("watch", "1", 0, &rd);
+	pid = spawn_ksmdevctl("watch", "1", 0, &rd);
 	ASSERT_LT(0, pid);
 	/* Two refreshes, bounded. */
 	while (len < sizeof(buf) - 1) {

@@ -50,8 +50,8 @@ build_tests() {
 			RUNNABLE+=("$t")
 		fi
 	done
-	result_cmd "build tools/ksmctl.c" "$BUILD/logs/tests/ksmctl.build.log" \
-		build_tool ksmctl || true
+	result_cmd "build tools/ksmdevctl.c" "$BUILD/logs/tests/ksmdevctl.build.log" \
+		build_tool ksmdevctl || true
 	result_cmd "build tools/ksmdev-preload.c, tests/fakevm.c" \
 		"$BUILD/logs/tests/preload.build.log" build_preload || true
 	# tests/hypervisor.c boots this kernel in QEMU inside the guest.
@@ -230,12 +230,12 @@ uapi_fields() {
 		sed -nE 's/^[[:space:]]+__u64 ([a-z_]+);.*/\1/p'
 }
 
-# man_page_check: tools/ksmctl.8 renders without a groff warning, and has an
+# man_page_check: tools/ksmdevctl.8 renders without a groff warning, and has an
 # entry for every field of the ABI: struct ksm_stats's under COUNTERS,
 # struct ksm_config's in the list of `set`'s keys (a field added without a
 # word in the man page fails here).
 man_page_check() {
-	local page=$KSMDEV_ROOT/tools/ksmctl.8 out name bad=0
+	local page=$KSMDEV_ROOT/tools/ksmdevctl.8 out name bad=0
 	out=$(LC_ALL=C.UTF-8 groff -man -Tutf8 -ww -z "$page" 2>&1)
 	if [ -n "$out" ]; then
 		echo "$out"
@@ -243,12 +243,12 @@ man_page_check() {
 	fi
 	while read -r name; do
 		man_page_tags "$page" '^\.SH COUNTERS' '^\.SH' | grep -qx "$name" && continue
-		echo "ksmctl.8: no entry for counter $name under COUNTERS"
+		echo "ksmdevctl.8: no entry for counter $name under COUNTERS"
 		bad=1
 	done < <(uapi_fields ksm_stats)
 	while read -r name; do
 		man_page_tags "$page" '^\.RS' '^\.RE' | grep -qx "$name" && continue
-		echo "ksmctl.8: no entry for setting $name among set's keys"
+		echo "ksmdevctl.8: no entry for setting $name among set's keys"
 		bad=1
 	done < <(uapi_fields ksm_config)
 	return $bad
@@ -268,7 +268,7 @@ package_checks() {
 		cp -a "$KSMDEV_ROOT/$f" "$src/"
 	done
 	log "the man page, make install and uninstall (DESTDIR), Debian packages"
-	result_cmd "ksmctl.8: renders, names every counter and setting" \
+	result_cmd "ksmdevctl.8: renders, names every counter and setting" \
 		"$logs/man.log" man_page_check || true
 	result_cmd "dkms.conf: BUILD_EXCLUSIVE_CONFIG is Kbuild's list of needed options" \
 		"$logs/dkms-conf.log" dkms_config_check || true
@@ -277,8 +277,8 @@ package_checks() {
 	result_cmd "make install DESTDIR=..., make uninstall" "$logs/make-install.log" \
 		sh -c "cd '$src' && d=\$(mktemp -d) &&
 		make install DESTDIR=\$d INSTALL_DKMS=0 &&
-		test -x \$d/usr/sbin/ksmctl && test -f \$d/usr/include/linux/ksmdev.h &&
-		test -f \$d/usr/share/man/man8/ksmctl.8 &&
+		test -x \$d/usr/sbin/ksmdevctl && test -f \$d/usr/include/linux/ksmdev.h &&
+		test -f \$d/usr/share/man/man8/ksmdevctl.8 &&
 		test -f \$d/usr/lib/udev/rules.d/60-ksmdev.rules &&
 		test -f \$d/usr/src/ksmdev-$ver/dkms.conf &&
 		ls \$d/usr/lib/*/ksmdev/libksmdev-preload.so &&
@@ -290,8 +290,12 @@ package_checks() {
 	# What the packages would put on a machine, read from the .debs: they
 	# are not installed here (dpkg -i would register ksmdev with the host's
 	# DKMS, and replace a user's own ksmdev).
-	result_cmd "deb: contents (the DKMS sources, ksmctl and its man page, the library, the header, the udev rule)" \
+	result_cmd "deb: contents (the DKMS sources, ksmdevctl and its man page, the library, the header, the udev rule)" \
 		"$logs/contents.log" deb_contents_check "$dir" "$ver"
+	# dpkg refuses to install two packages that ship one path (ksmctl was
+	# ksmtuned's): none of ours may be in Debian 12's Contents index.
+	result_cmd "deb: no file that another Debian package ships" \
+		"$logs/foreign.log" deb_foreign_files_check "$dir" "$ver" || true
 	# Every tag, pedantic and informational ones too; an override needs
 	# its reason in debian/*.lintian-overrides.
 	result_cmd "deb: lintian -I --pedantic finds nothing" "$logs/lintian.log" \
@@ -352,8 +356,8 @@ package_install_check() {
 	echo 'autoinstall_all_kernels="yes"' > "$root/etc/dkms/framework.conf.d/all-kernels.conf"
 	cp "$dir"/ksmdev-dkms_"$ver"_all.deb "$dir"/ksmdev-tools_"$ver"_*.deb "$root/tmp/"
 	cmd="dpkg -i /tmp/ksmdev-dkms_*.deb /tmp/ksmdev-tools_*.deb
-		ksmctl --help > /dev/null
-		test -f /usr/share/man/man8/ksmctl.8.gz
+		ksmdevctl --help > /dev/null
+		test -f /usr/share/man/man8/ksmdevctl.8.gz
 		test -f /usr/lib/*/ksmdev/libksmdev-preload.so
 		test -f /usr/include/linux/ksmdev.h
 		test -f /usr/lib/udev/rules.d/60-ksmdev.rules"
@@ -366,7 +370,7 @@ package_install_check() {
 		dpkg -r ksmdev-tools ksmdev-dkms
 		test -z \"\$(dkms status ksmdev/$ver)\"
 		test ! -e /usr/src/ksmdev-$ver
-		test ! -e /usr/sbin/ksmctl
+		test ! -e /usr/sbin/ksmdevctl
 		test -z \"\$(ls /lib/modules/*/updates/dkms/ksmdev.ko* 2> /dev/null)\"
 		echo 'installed, built for ${kvers[*]}, removed'"
 	in_pkgroot "$root" "$cmd" || return 1
@@ -409,6 +413,54 @@ version_check() {
 	[ -n "$ver" ] && [ "$ver" = "$deb" ] && [ "$ver" = "$mod" ]
 }
 
+# Debian 12's Contents indexes (main; this architecture's and "all"): each
+# path a package ships, and which package. Downloaded into .cache/contents/
+# (not through apt: the host's apt state stays as it is), again after a week.
+CONTENTS_URL=http://deb.debian.org/debian/dists/bookworm/main
+CONTENTS_DIR=$CACHE/contents
+
+# contents_fetch NAME...: each index NAME (Contents-*.gz) in CONTENTS_DIR,
+# downloaded unless it is less than a week old; to a .tmp first, so that an
+# interrupted download is never taken for the index.
+contents_fetch() {
+	local f
+	mkdir -p "$CONTENTS_DIR"
+	for f in "$@"; do
+		[ -n "$(find "$CONTENTS_DIR/$f" -mtime -7 2>/dev/null)" ] && continue
+		curl -fsSL -o "$CONTENTS_DIR/$f.tmp" "$CONTENTS_URL/$f" || return 1
+		mv "$CONTENTS_DIR/$f.tmp" "$CONTENTS_DIR/$f"
+	done
+}
+
+# deb_foreign_files_check DIR VER: no regular file or symlink of the two
+# packages is a path that a Debian 12 package ships (directories are shared
+# by all and do not count). Prints each one found with its owner, as
+# "usr/sbin/ksmctl: shipped by kernel/ksmtuned". Paths are compared with
+# merged /usr (bookworm's /sbin/x is /usr/sbin/x on disk), as Contents
+# lists them: no leading "./" or "/".
+deb_foreign_files_check() {
+	local dir=$1 ver=$2 arch ours hits idx
+	arch=$(dpkg --print-architecture)
+	idx=("Contents-$arch.gz" Contents-all.gz)
+	ours=$(dpkg-deb -c "$dir/ksmdev-dkms_${ver}_all.deb" &&
+	       dpkg-deb -c "$dir/ksmdev-tools_${ver}_$arch.deb") || return 1
+	ours=$(sed -nE '/^[^d]/{s/^([^ ]+ +){5}\.\///; s/ (->|link to) .*//; p}' <<< "$ours")
+	[ -n "$ours" ] || { echo "no files in the packages"; return 1; }
+	contents_fetch "${idx[@]}" || { echo "cannot fetch $CONTENTS_URL/${idx[*]}"; return 1; }
+	echo "$(wc -l <<< "$ours") files and symlinks; indexes: $CONTENTS_URL/{${idx[*]}}"
+	hits=$(cd "$CONTENTS_DIR" && zcat "${idx[@]}" | awk '
+		function canon(p) { sub(/^(bin|sbin|lib|lib32|lib64|libx32)\//, "usr/&", p); return p }
+		NR == FNR { ours[canon($0)] = $0; next }
+		{ owner = $NF; p = $0; sub(/[ \t]+[^ \t]+$/, "", p) }
+		canon(p) in ours {
+			print ours[canon(p)] ": shipped by " owner (p == ours[canon(p)] ? "" : " as " p)
+		}' /dev/fd/3 - 3<<< "$ours") ||
+		{ echo "cannot read the indexes in $CONTENTS_DIR"; return 1; }
+	[ -z "$hits" ] && return 0
+	echo "$hits"
+	return 1
+}
+
 # deb_contents_check DIR VER: the files each package must ship.
 deb_contents_check() {
 	local dir=$1 ver=$2 arch f bad=0 list
@@ -416,7 +468,7 @@ deb_contents_check() {
 	list=$(dpkg-deb -c "$dir/ksmdev-dkms_${ver}_all.deb"
 	       dpkg-deb -c "$dir/ksmdev-tools_${ver}_$arch.deb") || return 1
 	for f in "./usr/src/ksmdev-$ver/dkms.conf" "./usr/src/ksmdev-$ver/Kbuild" \
-		 ./usr/sbin/ksmctl ./usr/share/man/man8/ksmctl.8.gz \
+		 ./usr/sbin/ksmdevctl ./usr/share/man/man8/ksmdevctl.8.gz \
 		 "./usr/lib/$(gcc -print-multiarch)/ksmdev/libksmdev-preload.so" \
 		 ./usr/include/linux/ksmdev.h ./usr/lib/udev/rules.d/60-ksmdev.rules; do
 		grep -qE " $f( |\$)" <<< "$list" && continue

@@ -768,7 +768,7 @@ build_initramfs() {
 GUEST_MODULES="null_blk"
 # Userspace helpers the tests run (tests/cli.c, tests/preload.c); never
 # run as tests themselves.
-GUEST_TOOLS="ksmctl libksmdev-preload.so fakevm"
+GUEST_TOOLS="ksmdevctl libksmdev-preload.so fakevm"
 
 KERNEL_CMDLINE="console=ttyS0 panic=-1 panic_on_warn=1 oops=panic softlockup_panic=1 hung_task_panic=1 nmi_watchdog=0 quiet loglevel=4"
 

@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * ksmctl: look at and steer ksmdev from the command line.
+ * ksmdevctl: look at and steer ksmdev from the command line.
  *
- *   ksmctl [--json] status          counters, settings, the memory saved
- *   ksmctl watch [SECONDS]          refreshing view, rates per second
- *   ksmctl [--json] mms             one line per context (debugfs "mms")
- *   ksmctl set KEY=VALUE...         change settings (needs CAP_SYS_ADMIN)
- *   ksmctl unmerge-all              run=2: unmerge everything and stop
+ *   ksmdevctl [--json] status       counters, settings, the memory saved
+ *   ksmdevctl watch [SECONDS]       refreshing view, rates per second
+ *   ksmdevctl [--json] mms          one line per context (debugfs "mms")
+ *   ksmdevctl set KEY=VALUE...      change settings (needs CAP_SYS_ADMIN)
+ *   ksmdevctl unmerge-all           run=2: unmerge everything and stop
  *
  * Exit status: 0 done; 1 the kernel said no (the message names the errno);
  * 2 bad usage. Plain C, libc only.
@@ -30,7 +30,7 @@
 
 enum { EXIT_KERNEL = 1, EXIT_USAGE = 2 };
 
-static const char *prog = "ksmctl";
+static const char *prog = "ksmdevctl";
 static int json;
 
 #define STAT(f)	{ #f, offsetof(struct ksm_stats, f) }
@@ -73,7 +73,7 @@ static void print_help(FILE *out)
 		"\n"
 		"status       every counter of ksmdev, its settings, and what merging saves:\n"
 		"             saved = (pages_sharing + ksm_zero_pages) pages, less\n"
-		"             metadata_bytes (the in-kernel KSM's general_profit); ksmctl's\n"
+		"             metadata_bytes (the in-kernel KSM's general_profit); ksmdevctl's\n"
 		"             own open of the device counts as one of the mms\n"
 		"watch        status every SECONDS (default 1) with rates per second;\n"
 		"             Ctrl-C ends it\n"
@@ -88,7 +88,7 @@ static void print_help(FILE *out)
 		"--json       one JSON object on one line, for scripts\n"
 		"\n"
 		"Exit status: 0 done, 1 the kernel refused (the message says why),\n"
-		"2 bad usage. The device is " DEV_PATH "; ksmctl(8) tells more.\n",
+		"2 bad usage. The device is " DEV_PATH "; ksmdevctl(8) tells more.\n",
 		prog, prog, prog, prog, prog);
 }
 
@@ -368,9 +368,9 @@ static int set_config(int argc, const char *const *argv)
 		if (errno == EINVAL)
 			fprintf(stderr, "%s: a value is out of range; nothing was changed\n",
 				prog);
-		/* A module older than this ksmctl: a setting it does not know. */
+		/* A module older than this ksmdevctl: a setting it does not know. */
 		if (errno == E2BIG)
-			fprintf(stderr, "%s: the loaded ksmdev is older than ksmctl and lacks a setting given; nothing was changed\n",
+			fprintf(stderr, "%s: the loaded ksmdev is older than ksmdevctl and lacks a setting given; nothing was changed\n",
 				prog);
 		ret = kernel_error("KSM_SET_CONFIG");
 	}
