@@ -284,14 +284,14 @@ package_checks() {
 		ls \$d/usr/lib/*/ksmdev/libksmdev-preload.so &&
 		ls \$d/usr/share/doc/ksmdev/examples/*/ksmdev.conf &&
 		make uninstall DESTDIR=\$d && ! find \$d -type f | grep . &&
-		make clean > /dev/null && rm -rf \$d"
+		make clean > /dev/null && rm -rf \$d" || true
 	result_cmd "deb: dpkg-buildpackage" "$logs/build.log" \
 		sh -c "cd '$src' && dpkg-buildpackage -us -uc -b" || return 0
 	# What the packages would put on a machine, read from the .debs: they
 	# are not installed here (dpkg -i would register ksmdev with the host's
 	# DKMS, and replace a user's own ksmdev).
 	result_cmd "deb: contents (the DKMS sources, ksmdevctl and its man page, the library, the header, the udev rule)" \
-		"$logs/contents.log" deb_contents_check "$dir" "$ver"
+		"$logs/contents.log" deb_contents_check "$dir" "$ver" || true
 	# dpkg refuses to install two packages that ship one path (ksmctl was
 	# ksmtuned's): none of ours may be in Debian 12's Contents index.
 	result_cmd "deb: no file that another Debian package ships" \
@@ -300,8 +300,8 @@ package_checks() {
 	# its reason in debian/*.lintian-overrides.
 	result_cmd "deb: lintian -I --pedantic finds nothing" "$logs/lintian.log" \
 		lintian_check "$dir"/ksmdev_"$ver"_*.changes || true
-	result_cmd "deb: dpkg -i in a throwaway root builds and signs the module for every kernel; dpkg -r leaves nothing" \
-		"$logs/install.log" package_install_check "$dir" "$ver"
+	result_cmd "deb: dpkg -i in throwaway roots (Debian 12, unstable) builds and signs the module for every kernel; dpkg -r leaves nothing" \
+		"$logs/install.log" package_install_check "$dir" "$ver" || true
 }
 
 # The throwaway root the packages are installed into: Debian 12 with dkms
@@ -329,52 +329,88 @@ in_pkgroot() {
 		exec chroot "$1" sh -ec "$2"' sh "$1" "$2"
 }
 
-# package_install_check DIR VER: install the packages of DIR into a
-# throwaway Debian 12 root that has the headers of the kernels under test
-# (copied from .cache/headers/, as linux-headers-* would install them),
-# as a user would; their postinst builds the module with DKMS for every
-# kernel (autoinstall_all_kernels: the chroot does not run those kernels),
-# signed with the key DKMS makes; then dpkg -r must leave nothing.
+# package_install_check DIR VER: install the packages of DIR as a user
+# would, and their postinst builds the module with DKMS for every kernel
+# (autoinstall_all_kernels: the roots do not run those kernels), signed
+# with the key DKMS makes; then dpkg -r must leave nothing. For Debian 12's
+# kernels, in a throwaway Debian 12 root that has their headers (copied from
+# .cache/headers/, as linux-headers-* would install them); for sid's, in a
+# throwaway layer over the sid root, where its headers are installed.
 package_install_check() {
-	local dir=$1 ver=$2 root=$BUILD/pkgroot kver cmd kvers=()
+	local dir=$1 ver=$2 root=$BUILD/pkgroot kver kvers=() sid=()
 	# A Debian 12 root builds for Debian 12's kernels, not for sid's
-	# (gcc-16): that one DKMS builds in the sid root (dkms_install_all).
+	# (gcc-16): the packages are installed in the sid root for that one.
 	for kver in "${KVERS[@]}"; do
-		kernel_in_sid "$kver" || kvers+=("$kver")
+		if kernel_in_sid "$kver"; then
+			sid+=("$kver")
+		else
+			kvers+=("$kver")
+		fi
 	done
-	pkgroot_base || return 1
-	rm -rf --one-file-system "$root"
-	mkdir -p "$root"
-	tar -C "$root" -xf "$PKGROOT_TAR" || return 1
-	for kver in "${kvers[@]}"; do
-		cp -a "$(headers_root "$kver")/usr/." "$root/usr/"
-		sed -i 's|^include .*/usr/src/|include /usr/src/|' \
-			"$root/usr/src/linux-headers-$kver/Makefile"
-		mkdir -p "$root/lib/modules/$kver"
-		ln -sfn "/usr/src/linux-headers-$kver" "$root/lib/modules/$kver/build"
-	done
-	echo 'autoinstall_all_kernels="yes"' > "$root/etc/dkms/framework.conf.d/all-kernels.conf"
-	cp "$dir"/ksmdev-dkms_"$ver"_all.deb "$dir"/ksmdev-tools_"$ver"_*.deb "$root/tmp/"
-	cmd="dpkg -i /tmp/ksmdev-dkms_*.deb /tmp/ksmdev-tools_*.deb
+	if [ ${#kvers[@]} -gt 0 ]; then
+		pkgroot_base || return 1
+		rm -rf --one-file-system "$root"
+		mkdir -p "$root"
+		tar -C "$root" -xf "$PKGROOT_TAR" || return 1
+		for kver in "${kvers[@]}"; do
+			cp -a "$(headers_root "$kver")/usr/." "$root/usr/"
+			sed -i 's|^include .*/usr/src/|include /usr/src/|' \
+				"$root/usr/src/linux-headers-$kver/Makefile"
+			mkdir -p "$root/lib/modules/$kver"
+			ln -sfn "/usr/src/linux-headers-$kver" "$root/lib/modules/$kver/build"
+		done
+		echo 'autoinstall_all_kernels="yes"' > "$root/etc/dkms/framework.conf.d/all-kernels.conf"
+		cp "$dir"/ksmdev-dkms_"$ver"_all.deb "$dir"/ksmdev-tools_"$ver"_*.deb "$root/tmp/"
+		echo "Debian 12 root:"
+		in_pkgroot "$root" "$(package_install_cmd "$ver" "${kvers[@]}")" || return 1
+		rm -rf --one-file-system "$root"
+	fi
+	[ ${#sid[@]} -eq 0 ] && return 0
+	echo "Debian unstable root (a throwaway layer over $SID_ROOT):"
+	in_sid_layer "$BUILD/sidlayer" "$dir" \
+		"echo 'autoinstall_all_kernels=\"yes\"' > /etc/dkms/framework.conf.d/all-kernels.conf
+		$(package_install_cmd "$ver" "${sid[@]}")"
+}
+
+# package_install_cmd VER KVER...: the shell commands that install the
+# packages from /tmp/, check what they installed and built for each KVER,
+# remove them and check that nothing is left.
+package_install_cmd() {
+	local ver=$1 kver
+	shift
+	echo "dpkg -i /tmp/ksmdev-dkms_*.deb /tmp/ksmdev-tools_*.deb
 		ksmdevctl --help > /dev/null
 		test -f /usr/share/man/man8/ksmdevctl.8.gz
 		test -f /usr/lib/*/ksmdev/libksmdev-preload.so
 		test -f /usr/include/linux/ksmdev.h
 		test -f /usr/lib/udev/rules.d/60-ksmdev.rules"
-	for kver in "${kvers[@]}"; do
-		cmd="$cmd
-		dkms status ksmdev/$ver -k $kver | grep installed
+	for kver; do
+		echo "dkms status ksmdev/$ver -k $kver | grep installed
 		modinfo -F signer /lib/modules/$kver/updates/dkms/ksmdev.ko* | grep -x 'DKMS module signing key'"
 	done
-	cmd="$cmd
-		dpkg -r ksmdev-tools ksmdev-dkms
+	echo "dpkg -r ksmdev-tools ksmdev-dkms
 		test -z \"\$(dkms status ksmdev/$ver)\"
 		test ! -e /usr/src/ksmdev-$ver
 		test ! -e /usr/sbin/ksmdevctl
 		test -z \"\$(ls /lib/modules/*/updates/dkms/ksmdev.ko* 2> /dev/null)\"
-		echo 'installed, built for ${kvers[*]}, removed'"
-	in_pkgroot "$root" "$cmd" || return 1
-	rm -rf --one-file-system "$root"
+		echo 'installed, built for $*, removed'"
+}
+
+# in_sid_layer DIR DEBS CMD: CMD (sh -e) as root of an overlay of a
+# throwaway layer (DIR) on the sid root, with DEBS's ksmdev packages in
+# its /tmp/; the layer is deleted after, the sid root never changes.
+in_sid_layer() {
+	local dir=$1 debs=$2 rc=0
+	rm -rf --one-file-system "$dir"
+	mkdir -p "$dir/upper/tmp" "$dir/work" "$dir/root"
+	cp "$debs"/ksmdev-dkms_*_all.deb "$debs"/ksmdev-tools_*.deb "$dir/upper/tmp/"
+	unshare -m --fork sh -c 'd=$1
+		mount -t overlay overlay -o "lowerdir=$2,upperdir=$d/upper,workdir=$d/work" "$d/root" &&
+		mount -t proc proc "$d/root/proc" && mount --rbind /sys "$d/root/sys" &&
+		mount --rbind /dev "$d/root/dev" &&
+		exec chroot "$d/root" sh -ec "$3"' sh "$dir" "$SID_ROOT" "$3" || rc=1
+	rm -rf --one-file-system "$dir"
+	return $rc
 }
 
 # lintian_check CHANGES: no tag at all (lintian says it runs as root).
