@@ -2,13 +2,13 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # `make style`: checkpatch --strict over src/ include/ uapi/, and sparse with
-# W=1 (C=2: every file) against each kernel of KERNELS ("6.1 6.12").
+# W=1 (C=2: every file) against each kernel of KERNELS ("6.1 6.12 sid").
 # Prints the problems; exits non-zero if there are any.
 set -euo pipefail
 # shellcheck source=tests/qemu/lib.sh
 . "$(dirname "$0")/qemu/lib.sh"
 
-export KERNELS=${KERNELS:-6.1 6.12}
+export KERNELS=${KERNELS:-6.1 6.12 sid}
 
 main() {
 	local kver rc=0

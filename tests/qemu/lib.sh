@@ -162,18 +162,18 @@ in_sid() {
 # of this file) where KVER's modules are built: on the host, or in the sid
 # root. With --dkms-conf, DIR replaces /etc/dkms/framework.conf.d there.
 in_toolchain() {
-	local conf=()
+	local dkconf=()
 	if [ "$1" = --dkms-conf ]; then
-		conf=(--dkms-conf "$2")
+		dkconf=(--dkms-conf "$2")
 		shift 2
 	fi
 	local kver=$1
 	shift
 	if kernel_in_sid "$kver"; then
-		in_sid "${conf[@]}" bash -c '. "$1"; shift; "$@"' sh "$QEMU_DIR/lib.sh" "$@"
-	elif [ ${#conf[@]} -gt 0 ]; then
+		in_sid "${dkconf[@]}" bash -c '. "$1"; shift; "$@"' sh "$QEMU_DIR/lib.sh" "$@"
+	elif [ ${#dkconf[@]} -gt 0 ]; then
 		unshare -m sh -c 'mount --bind "$1" /etc/dkms/framework.conf.d && shift && exec "$@"' \
-			sh "${conf[1]}" bash -c '. "$1"; shift; "$@"' sh "$QEMU_DIR/lib.sh" "$@"
+			sh "${dkconf[1]}" bash -c '. "$1"; shift; "$@"' sh "$QEMU_DIR/lib.sh" "$@"
 	else
 		"$@"
 	fi
