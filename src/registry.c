@@ -347,7 +347,8 @@ void ksmdev_region_pass_end(struct ksmdev_ctx *ctx,
  * to chunks, level l > 0 tables to tables of level l - 1. The top table
  * (level height - 1) has only as many entries as the region needs, and is
  * the one thing allocated at registration: 8 bytes for a region of up to 1
- * GiB, 2 KiB for the 128 TiB of KSM_REGION_ALL. Everything below it is
+ * GiB, 2 KiB for the 128 TiB (or 64 PiB) of KSM_REGION_ALL. Everything
+ * below it is
  * allocated when the scanner first finds a present page there, so a sparse
  * region costs memory in proportion to its present pages at every level.
  */

@@ -24,6 +24,8 @@
 
 #define NOBODY			65534
 #define WAIT_S			60	/* every bounded wait here */
+/* A test's own bound: its waits, one after another (the debug kernel). */
+#define TEST_S			(4 * KSM_MERGE_WAIT_S)
 
 static int pidfd_open(pid_t pid)
 {
@@ -255,6 +257,9 @@ FIXTURE_TEARDOWN(attach)
 	for (i = 0; i < 2; i++)
 		if (self->t[i].pid > 0)
 			target_stop(&self->t[i]);
+	/* After unload_with_persistent, on the module loaded again. */
+	if (self->fd < 0)
+		return;
 	EXPECT_EQ(0, ksm_set_config(self->fd, &self->saved));
 	close(self->fd);
 }
@@ -278,7 +283,7 @@ static void expect_baseline(struct __test_metadata *_metadata, int fd,
 }
 
 /* Every error code of KSM_ATTACH_PROCESS but the ptrace check's. */
-TEST_F(attach, errors)
+TEST_F_TIMEOUT(attach, errors, TEST_S)
 {
 	int fd = ksm_open(), fd2 = ksm_open(), pidfd, zfd, kfd, nfd, st;
 	char *p = ksm_mmap_anon(self->ps);
@@ -364,7 +369,7 @@ TEST_F(attach, errors)
  * mm, KSM_GET_MM_STATS and debugfs mms report it, pages merge and unmerge
  * there; the last close drops the regions, as in version 1.
  */
-TEST_F(attach, acts_on_target)
+TEST_F_TIMEOUT(attach, acts_on_target, TEST_S)
 {
 	const size_t n = 64;
 	struct target *t = &self->t[0];
@@ -422,7 +427,7 @@ TEST_F(attach, acts_on_target)
  * PERSIST attach finds the same context again; the targets' exit frees
  * everything, with no handle open.
  */
-TEST_F(attach, persist_merge_across_two)
+TEST_F_TIMEOUT(attach, persist_merge_across_two, TEST_S)
 {
 	const size_t n = 128;
 	struct ksm_mm_stats ms;
@@ -496,7 +501,7 @@ TEST_F(attach, persist_merge_across_two)
  * dropped when it has none left; through a handle of a target that
  * exited, register is ESRCH.
  */
-TEST_F(attach, persist_lifetime)
+TEST_F_TIMEOUT(attach, persist_lifetime, TEST_S)
 {
 	struct target *t = &self->t[0];
 	const size_t n = 16;
@@ -558,7 +563,7 @@ TEST_F(attach, persist_lifetime)
 }
 
 /* A target that exits while a (non-persistent) file is attached to it. */
-TEST_F(attach, target_exits_while_attached)
+TEST_F_TIMEOUT(attach, target_exits_while_attached, TEST_S)
 {
 	struct target *t = &self->t[0];
 	const size_t n = 32;
@@ -596,7 +601,7 @@ TEST_F(attach, target_exits_while_attached)
  * The ptrace check (PTRACE_MODE_ATTACH_REALCREDS): nobody may not attach
  * to a root process (EPERM), but may to a process of its own.
  */
-TEST_F(attach, ptrace_denied)
+TEST_F_TIMEOUT(attach, ptrace_denied, TEST_S)
 {
 	struct target *t = &self->t[0];
 	int st, pipefd[2], res[2] = { 1, 1 };
@@ -646,7 +651,7 @@ TEST_F(attach, ptrace_denied)
 }
 
 /* KSM_REGION_ALL's own rules, on the caller's own mm. */
-TEST_F(attach, region_all_rules)
+TEST_F_TIMEOUT(attach, region_all_rules, TEST_S)
 {
 	const size_t n = 32;
 	char *p = ksm_mmap_anon(n * self->ps);
@@ -718,7 +723,7 @@ static int wait_scans(int fd, uint64_t n)
  * registered_pages follows the suitable VMAs at each pass, and unregister
  * unmerges.
  */
-TEST_F(attach, region_all_follows)
+TEST_F_TIMEOUT(attach, region_all_follows, TEST_S)
 {
 	const size_t n = 64, big = 4096;
 	struct target *t = &self->t[0];
@@ -797,16 +802,18 @@ TEST_F(attach, region_all_follows)
 }
 
 /*
- * The whole 128 TiB address space of a process with a few MiB present
- * costs in proportion to those MiB: the per-page state is sparse at every
- * level. The bound: 512 KiB for 4 MiB of distinct pages (chunks, tables
- * and an unstable-tree node per page); a directory of the whole space
- * allocated up front would be 1 MiB by itself.
+ * The whole address space of a process (128 TiB, or 64 PiB with 5-level
+ * page tables, as QEMU's -cpu max has) with a few MiB present costs in
+ * proportion to those MiB: the per-page state is sparse at every level.
+ * The bound: 512 KiB for 4 MiB of distinct pages (chunks, tables and an
+ * unstable-tree node per page); a directory of 1 GiB leaves over the whole
+ * space, allocated up front, would be 1 MiB by itself (512 MiB with 5
+ * levels).
  */
 #define SPARSE_PAGES		1024
 #define SPARSE_BOUND		(512 << 10)
 
-TEST_F(attach, region_all_sparse)
+TEST_F_TIMEOUT(attach, region_all_sparse, TEST_S)
 {
 	struct target *t = &self->t[0];
 	struct ksm_mm_stats ms;
@@ -836,6 +843,39 @@ TEST_F(attach, region_all_sparse)
 	close(fd);
 	EXPECT_EQ(0, target_stop(t));
 	expect_baseline(_metadata, self->fd, &self->base);
+}
+
+/*
+ * Unloading the module while a persistent context (no handle open) holds
+ * a target's merged pages: the unload succeeds, drops the context (what
+ * kmemleak on the debug kernel checks), and the target's pages keep their
+ * contents. Last, since it reloads the module with its defaults.
+ */
+TEST_F_TIMEOUT(attach, unload_with_persistent, TEST_S)
+{
+	struct target *t = &self->t[0];
+	int fd = ksm_open(), pidfd;
+	uint64_t pfn;
+
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, target_start(t, 64, 0x0dd + getpid(), false));
+	pidfd = pidfd_open(t->pid);
+	ASSERT_LE(0, pidfd);
+	ASSERT_EQ(0, ksm_attach(fd, pidfd, KSM_ATTACH_PERSIST));
+	close(pidfd);
+	ASSERT_EQ(0, ksm_region_all(fd, KSM_REGISTER_REGION));
+	ASSERT_EQ(0, wait_all_one_pfn(t, 1, &pfn));
+	close(fd);
+	/* The fixture's file too: nothing holds the module any more. */
+	close(self->fd);
+	self->fd = -1;
+	ASSERT_EQ(0, ksm_unload_module());
+	ASSERT_EQ(0, ksm_load_module(""));
+	self->fd = ksm_open();
+	ASSERT_LE(0, self->fd);
+	/* Unmerged by nobody: still the one page, written by nobody. */
+	EXPECT_EQ(64, target_count_pfn(t, pfn));
+	EXPECT_EQ(0, target_stop(t));
 }
 
 TEST_HARNESS_MAIN
