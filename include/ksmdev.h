@@ -7,6 +7,8 @@
  *
  *   ksmdev_config_lock (mutex, main.c)
  *     -> ksmdev_ctx.lock (mutex, one context's at a time)
+ *       [-> the target's signal->exec_update_lock (read), in mm_access()
+ *           at KSM_ATTACH_PROCESS, nothing taken under it]
  *       -> mm->mmap_lock (read, of that context's mm)
  *         -> ksmdev_lock (mutex)
  *           -> [mm->mmap_lock of any mm: mmap_read_trylock() only]
@@ -41,8 +43,11 @@
  *
  * Nothing ksmdev does ever runs from inside the kernel's own mm paths (fault,
  * fork, exit): the kernel never calls back into the module. Process exit is
- * seen by the scanner as mm_users == 0 (mmget_not_zero() fails), and by the
- * release of the file descriptor.
+ * seen by the scanner as mm_users == 0 (mmget_not_zero() fails), by the
+ * release of the file descriptor, and, for a context attached to another
+ * process (KSM_ATTACH_PROCESS), by the next register or unregister through
+ * one of its files. A persistent context (KSM_ATTACH_PERSIST), which no
+ * file need hold, is freed by whichever of these comes first, or at unload.
  */
 #ifndef _KSMDEV_H
 #define _KSMDEV_H

@@ -130,25 +130,34 @@ void ksmdev_ctx_destroy(struct ksmdev_ctx *ctx)
  *
  * A persistent context loses a handle, and stays with its regions, unless
  * it has none left and no other handle: then nothing is left to persist.
+ * Only then is ctx->lock taken (to take it off the list): a handle's close
+ * never waits for an unmerge-all at work on the target's regions.
  */
 void ksmdev_ctx_close(struct ksmdev_ctx *ctx, struct ksmdev_ctx *own)
 {
-	bool unlinked = false;
+	bool unlink;
 
 	if (!ctx->persistent) {
 		ksmdev_ctx_destroy(ctx);
 		return;
 	}
-	mutex_lock(&ctx->lock);
 	ksmdev_lock_acquire();
-	if (!--ctx->handles && !ctx->nr_regions && !list_empty(&ctx->list)) {
-		ksmdev_ctx_unlink(ctx);
-		unlinked = true;
+	unlink = !--ctx->handles && !ctx->nr_regions &&
+		 !list_empty(&ctx->list);
+	if (unlink) {
+		/* Regions change under both locks: look again under both. */
+		mutex_unlock(&ksmdev_lock);
+		mutex_lock(&ctx->lock);
+		ksmdev_lock_acquire();
+		unlink = !ctx->handles && !ctx->nr_regions &&
+			 !list_empty(&ctx->list);
+		if (unlink)
+			ksmdev_ctx_unlink(ctx);
+		mutex_unlock(&ctx->lock);
+		if (unlink)
+			ksmdev_ctx_put(ctx);	/* the list's */
 	}
-	mutex_unlock(&ctx->lock);
-	if (unlinked)
-		ksmdev_ctx_put(ctx);	/* the list's */
-	ksmdev_ctx_put(ctx);		/* the handle's */
+	ksmdev_ctx_put(ctx);			/* the handle's */
 	if (own != ctx)
 		ksmdev_ctx_put(own);
 	mutex_unlock(&ksmdev_lock);
