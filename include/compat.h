@@ -23,6 +23,8 @@
 #include <linux/huge_mm.h>
 #include <linux/mmu_notifier.h>
 #include <linux/pgtable.h>
+#include <linux/pid.h>
+#include <linux/sched/mm.h>
 
 #ifdef CONFIG_LOCKDEP
 /* The map that mmu_notifier_invalidate_range_start() takes (symbols.h). */

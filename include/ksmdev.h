@@ -7,6 +7,8 @@
  *
  *   ksmdev_config_lock (mutex, main.c)
  *     -> ksmdev_ctx.lock (mutex, one context's at a time)
+ *       [-> the target's signal->exec_update_lock (read), in mm_access()
+ *           at KSM_ATTACH_PROCESS, nothing taken under it]
  *       -> mm->mmap_lock (read, of that context's mm)
  *         -> ksmdev_lock (mutex)
  *           -> [mm->mmap_lock of any mm: mmap_read_trylock() only]
@@ -41,8 +43,11 @@
  *
  * Nothing ksmdev does ever runs from inside the kernel's own mm paths (fault,
  * fork, exit): the kernel never calls back into the module. Process exit is
- * seen by the scanner as mm_users == 0 (mmget_not_zero() fails), and by the
- * release of the file descriptor.
+ * seen by the scanner as mm_users == 0 (mmget_not_zero() fails), by the
+ * release of the file descriptor, and, for a context attached to another
+ * process (KSM_ATTACH_PROCESS), by the next register or unregister through
+ * one of its files. A persistent context (KSM_ATTACH_PERSIST), which no
+ * file need hold, is freed by whichever of these comes first, or at unload.
  */
 #ifndef _KSMDEV_H
 #define _KSMDEV_H
@@ -68,7 +73,7 @@
 /* Per-page scan state is kept in chunks of this many pages. */
 #define KSMDEV_CHUNK_SHIFT	9
 #define KSMDEV_CHUNK_PAGES	BIT(KSMDEV_CHUNK_SHIFT)
-/* A region's directory points to leaves of this many chunk pointers. */
+/* The tables above the chunks (registry.c) have this many entries. */
 #define KSMDEV_LEAF_SHIFT	9
 #define KSMDEV_LEAF_CHUNKS	BIT(KSMDEV_LEAF_SHIFT)
 
@@ -178,25 +183,35 @@ struct ksmdev_chunk {
  * @start:   first address, page aligned
  * @end:     address past the last page
  * @flags:   KSM_REGION_* flags given at registration
- * @nr_dir:  entries in @dir
- * @dir:     leaves of chunk pointers, each covering KSMDEV_LEAF_CHUNKS
- *           chunks (1 GiB of address space); leaves and chunks are
- *           allocated on first use
+ * @height:  levels of tables above the chunks (registry.c)
+ * @nr_top:  entries in @top
+ * @top:     the top table of the radix tree of the per-page state; the
+ *           tables below it and the chunks are allocated on first use
+ * @nr_pages: pages it counts in registered_pages: its size; for
+ *           KSM_REGION_ALL, the pages of the suitable VMAs at the last pass
+ * @pass_pages: KSM_REGION_ALL: those the scanner has met in this pass
+ * @pass_valid: KSM_REGION_ALL: this pass began at the region's start, so
+ *           @pass_pages will be complete at its end
  * @going:   being unmerged by KSM_UNREGISTER_REGION: the scanner leaves it
  *           alone (merges nothing into it, changes none of its slots), so
  *           that the unmerge, which runs without ksmdev_lock, does not race
  *           with new merges; cleared again if the unmerge fails
  *
  * The tree links are protected by ksmdev_lock and the context's lock
- * together (see struct ksmdev_ctx); the slots and @going by ksmdev_lock.
+ * together (see struct ksmdev_ctx); the slots, @going, @nr_pages and the
+ * pass fields by ksmdev_lock.
  */
 struct ksmdev_region {
 	struct rb_node node;
 	unsigned long start;
 	unsigned long end;
 	u64 flags;
-	unsigned long nr_dir;
-	struct ksmdev_chunk ***dir;
+	unsigned int height;
+	unsigned long nr_top;
+	void **top;
+	unsigned long nr_pages;
+	unsigned long pass_pages;
+	bool pass_valid;
 	bool going;
 };
 
@@ -204,39 +219,61 @@ struct ksmdev_region {
  * struct ksmdev_ctx - what one open() of /dev/ksm registers
  * @list:      in ksmdev_ctx_list; new contexts go to the tail, so that a
  *             pass over the list never misses one (seed 004)
- * @mm:        the opener's mm, held by mmgrab() until release: only the
- *             mm_struct stays, never its memory; the scanner takes
- *             mmget_not_zero() for the length of one batch
+ * @mm:        the mm it registers memory of: the opener's, or after
+ *             KSM_ATTACH_PROCESS the target's. Held by mmgrab() until the
+ *             last reference goes: only the mm_struct stays, never its
+ *             memory; whoever works on the memory takes mmget_not_zero()
+ *             (the scanner for one batch, register and unregister for the
+ *             call), and a context whose mm has no users left is gone
  * @unstable:  its pages' struct ksmdev_unstable.link
- * @pid:       the opener's thread group id, for debugfs
+ * @pid:       the thread group id of @mm's process, for debugfs
+ * @target:    attached: the target's struct pid (a reference), so that a
+ *             call through the file knows when the process has exited or
+ *             exec'd, even while somebody (the scanner) still holds a user
+ *             of @mm for a moment; NULL for the opener's own mm
  * @trees:     the trees of this context's KSM_REGION_SCOPE_MM regions
  * @regions:   region tree (struct ksmdev_region.node)
  * @nr_regions: regions in @regions
- * @nr_pages:  pages they cover
+ * @nr_pages:  pages they cover (struct ksmdev_region.nr_pages)
  * @nr_merging: pages that map a merged page or a merged zero page
  * @nr_zero:   of those, zero-page mappings
  * @exited:    the regions were dropped for good: the mm's users dropped to
- *             zero, or the context was closed
+ *             zero, or the context was closed (or replaced by a persistent
+ *             one at attach)
+ * @attached:  KSM_ATTACH_PROCESS bound it (or the file that made it) to a
+ *             process: no second attach
+ * @persistent: KSM_ATTACH_PERSIST: the one persistent context of @mm. Its
+ *             files are handles; it stays on the list, with its regions,
+ *             when they close, until its regions are all unregistered (and
+ *             no handle is left), or @mm's users are gone, or the module
+ *             is unloaded (ksmdev_ctx_gone(), ksmdev_registry_exit())
+ * @handles:   persistent: the open files that are handles to it
  * @lock:      serializes changes of @regions (register, unregister, close,
  *             an unmerge-all working on this context) and is held across
  *             this context's long work (VMA checks, unmerging), without
  *             ksmdev_lock; see the lock order at the top of this file
- * @ref:       one for the open file, one for an unmerge-all that works on
- *             the context without ksmdev_lock; the last put frees it
- *             (ksmdev_ctx_put(), under ksmdev_lock)
+ * @ref:       one per open file that points to it (the file that made it,
+ *             and each handle), one for being on the list as a persistent
+ *             context, one for an unmerge-all that works on the context
+ *             without ksmdev_lock; the last put frees it (ksmdev_ctx_put(),
+ *             under ksmdev_lock)
  * @closing:   set (without any lock) by the last close() before it waits
  *             for @lock: an unmerge-all at work here stops at its next
  *             chunk instead of unmerging memory nobody registers any more
  *
- * The list link and everything from @unstable to @exited are protected by
- * ksmdev_lock; @regions, @nr_regions, @nr_pages and @exited change only
- * under @lock as well, so that @lock alone is enough to read them.
+ * The list link and everything from @unstable to @handles are protected
+ * by ksmdev_lock; @mm, @pid, @target, @regions, @nr_regions, @exited, @attached and
+ * @persistent change only under @lock as well, so that @lock alone is
+ * enough to read them. @nr_pages changes under both, except that the
+ * scanner updates the count of a KSM_REGION_ALL region under ksmdev_lock
+ * alone.
  */
 struct ksmdev_ctx {
 	struct list_head list;
 	struct mm_struct *mm;
 	struct list_head unstable;
 	pid_t pid;
+	struct pid *target;
 	struct ksmdev_trees trees;
 	struct rb_root regions;
 	unsigned long nr_regions;
@@ -244,6 +281,9 @@ struct ksmdev_ctx {
 	unsigned long nr_merging;
 	unsigned long nr_zero;
 	bool exited;
+	bool attached;
+	bool persistent;
+	unsigned long handles;
 	struct mutex lock;	/* see @lock above, and the lock order */
 	refcount_t ref;
 	bool closing;
@@ -300,6 +340,13 @@ extern struct list_head ksmdev_ctx_list;
 struct ksmdev_ctx *ksmdev_ctx_create(void);
 void ksmdev_ctx_destroy(struct ksmdev_ctx *ctx);
 void ksmdev_ctx_put(struct ksmdev_ctx *ctx);
+void ksmdev_ctx_close(struct ksmdev_ctx *ctx, struct ksmdev_ctx *own);
+struct ksmdev_ctx *ksmdev_ctx_attach(struct ksmdev_ctx *own,
+				     const struct ksm_attach *at);
+bool ksmdev_ctx_gone(struct ksmdev_ctx *ctx);
+void ksmdev_region_pass_end(struct ksmdev_ctx *ctx,
+			    struct ksmdev_region *region);
+void ksmdev_registry_exit(void);
 bool ksmdev_ctx_abandoned(struct ksmdev_ctx *ctx);
 int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r);
 int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r);

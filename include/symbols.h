@@ -13,6 +13,9 @@ KSMDEV_SYMBOL(ptep_clear_flush);
 KSMDEV_SYMBOL(__mmu_notifier_invalidate_range_start);
 KSMDEV_SYMBOL(__mmu_notifier_invalidate_range_end);
 KSMDEV_SYMBOL(lru_add_drain_all);
+/* KSM_ATTACH_PROCESS: a pidfd's task, and its mm if we may ptrace it. */
+KSMDEV_SYMBOL(pidfd_get_task);
+KSMDEV_SYMBOL(mm_access);
 #ifdef KSMDEV_HAVE_FOLIO_RMAP_PTES
 KSMDEV_SYMBOL(folio_add_file_rmap_ptes);
 KSMDEV_SYMBOL(folio_remove_rmap_ptes);

@@ -2,7 +2,9 @@
 /*
  * /dev/ksm: the misc device and its ioctls (uapi/linux/ksmdev.h).
  *
- * Each open() makes a context bound to the opener's mm. Argument structures
+ * Each open() makes a context bound to the opener's mm, which
+ * KSM_ATTACH_PROCESS may bind to another process's mm instead, or exchange
+ * for a handle to that process's persistent context. Argument structures
  * are size-tolerant: the size is taken from _IOC_SIZE(cmd), so an ioctl
  * number is matched with its size bits masked out.
  */
@@ -23,19 +25,61 @@
  */
 #define KSMDEV_MINOR	247
 
+/**
+ * struct ksmdev_file - an open file of /dev/ksm
+ * @ctx:    the context its ioctls work on: @own, or, after a
+ *          KSM_ATTACH_PERSIST that found the target's persistent context,
+ *          that context (the file is a handle to it). Set once, by the
+ *          attach (which @own->lock serializes); read with READ_ONCE()
+ * @own:    the context open() made, kept until release even when @ctx
+ *          replaced it, so that an ioctl racing with the attach still
+ *          works on a context that exists (it finds it exited: ESRCH)
+ * @opener: the opener's mm (mmgrab()): the one mm from which the regions
+ *          may change, whatever mm the context belongs to
+ */
+struct ksmdev_file {
+	struct ksmdev_ctx *ctx;
+	struct ksmdev_ctx *own;
+	struct mm_struct *opener;
+};
+
 static int ksmdev_open(struct inode *inode, struct file *file)
 {
-	struct ksmdev_ctx *ctx = ksmdev_ctx_create();
+	struct ksmdev_file *f;
+	struct ksmdev_ctx *ctx;
 
-	if (IS_ERR(ctx))
+	if (!current->mm)
+		return -EINVAL;
+	ksmdev_lock_acquire();
+	f = ksmdev_meta_alloc(sizeof(*f), GFP_KERNEL_ACCOUNT | __GFP_NORETRY);
+	mutex_unlock(&ksmdev_lock);
+	if (!f)
+		return -ENOMEM;
+	ctx = ksmdev_ctx_create();
+	if (IS_ERR(ctx)) {
+		ksmdev_lock_acquire();
+		ksmdev_meta_free(f, sizeof(*f));
+		mutex_unlock(&ksmdev_lock);
 		return PTR_ERR(ctx);
-	file->private_data = ctx;
+	}
+	f->ctx = ctx;
+	f->own = ctx;
+	f->opener = current->mm;
+	mmgrab(f->opener);
+	file->private_data = f;
 	return nonseekable_open(inode, file);
 }
 
 static int ksmdev_release(struct inode *inode, struct file *file)
 {
-	ksmdev_ctx_destroy(file->private_data);
+	struct ksmdev_file *f = file->private_data;
+	struct mm_struct *opener = f->opener;
+
+	ksmdev_ctx_close(f->ctx, f->own);
+	ksmdev_lock_acquire();
+	ksmdev_meta_free(f, sizeof(*f));
+	mutex_unlock(&ksmdev_lock);
+	mmdrop(opener);
 	return 0;
 }
 
@@ -57,6 +101,9 @@ static int ksmdev_region_check(const struct ksm_region *r, u64 flags_allowed)
 
 	if (r->flags & ~flags_allowed)
 		return -EINVAL;
+	/* The whole address space (ABI.md, "The whole address space"). */
+	if (r->flags & KSM_REGION_ALL)
+		return r->addr || r->len ? -EINVAL : 0;
 	if (!r->len || !PAGE_ALIGNED(r->addr) || !PAGE_ALIGNED(r->len))
 		return -EINVAL;
 	if (check_add_overflow(r->addr, r->len, &end) || end > TASK_SIZE)
@@ -64,19 +111,25 @@ static int ksmdev_region_check(const struct ksm_region *r, u64 flags_allowed)
 	return 0;
 }
 
-static long ksmdev_region_ioctl(struct ksmdev_ctx *ctx, bool add,
+static long ksmdev_region_ioctl(struct ksmdev_file *f, bool add,
 				void __user *uarg, size_t usize)
 {
+	struct ksmdev_ctx *ctx = READ_ONCE(f->ctx);
 	struct ksm_region r;
 	int err;
 
-	/* Only the mm that opened the device may change what it registered. */
-	if (current->mm != ctx->mm)
+	/*
+	 * Only the mm that opened the device may change what it registers,
+	 * in its own mm or, once attached, in the target's.
+	 */
+	if (current->mm != f->opener)
 		return -EPERM;
 	err = copy_struct_from_user(&r, sizeof(r), uarg, usize);
 	if (err)
 		return err;
-	err = ksmdev_region_check(&r, add ? KSM_REGION_FLAGS_ALL : 0);
+	err = ksmdev_region_check(&r, add ?
+				  KSM_REGION_FLAGS_ALL | KSM_REGION_ALL :
+				  KSM_REGION_ALL);
 	if (err)
 		return err;
 	if (add)
@@ -84,10 +137,30 @@ static long ksmdev_region_ioctl(struct ksmdev_ctx *ctx, bool add,
 	return ksmdev_region_remove(ctx, &r);
 }
 
+/* KSM_ATTACH_PROCESS (ABI.md, "Attach to a running process"). */
+static long ksmdev_attach_ioctl(struct ksmdev_file *f, void __user *uarg,
+				size_t usize)
+{
+	struct ksmdev_ctx *ctx;
+	struct ksm_attach at;
+	int err;
+
+	if (current->mm != f->opener)
+		return -EPERM;
+	err = copy_struct_from_user(&at, sizeof(at), uarg, usize);
+	if (err)
+		return err;
+	ctx = ksmdev_ctx_attach(f->own, &at);
+	if (IS_ERR(ctx))
+		return PTR_ERR(ctx);
+	WRITE_ONCE(f->ctx, ctx);
+	return 0;
+}
+
 static long ksmdev_mm_stats_ioctl(struct ksmdev_ctx *ctx, void __user *uarg,
 				  size_t usize)
 {
-	struct ksm_mm_stats st;
+	struct ksm_mm_stats st = {};
 
 	ksmdev_lock_acquire();
 	st.regions = ctx->nr_regions;
@@ -120,22 +193,24 @@ static bool ksmdev_cmd_is(unsigned int cmd, unsigned int ref)
 static long ksmdev_ioctl(struct file *file, unsigned int cmd,
 			 unsigned long arg)
 {
-	struct ksmdev_ctx *ctx = file->private_data;
+	struct ksmdev_file *f = file->private_data;
 	void __user *uarg = (void __user *)arg;
 	size_t usize = _IOC_SIZE(cmd);
 
 	if (cmd == KSM_GET_API_VERSION)
 		return KSMDEV_API_VERSION;
 	if (ksmdev_cmd_is(cmd, KSM_REGISTER_REGION))
-		return ksmdev_region_ioctl(ctx, true, uarg, usize);
+		return ksmdev_region_ioctl(f, true, uarg, usize);
 	if (ksmdev_cmd_is(cmd, KSM_UNREGISTER_REGION))
-		return ksmdev_region_ioctl(ctx, false, uarg, usize);
+		return ksmdev_region_ioctl(f, false, uarg, usize);
+	if (ksmdev_cmd_is(cmd, KSM_ATTACH_PROCESS))
+		return ksmdev_attach_ioctl(f, uarg, usize);
 	if (ksmdev_cmd_is(cmd, KSM_GET_STATS))
 		/* A momentarily stale snapshot is fine (see stats.c). */
 		return ksmdev_copy_out(uarg, usize, &ksmdev_stats,
 				       sizeof(ksmdev_stats));
 	if (ksmdev_cmd_is(cmd, KSM_GET_MM_STATS))
-		return ksmdev_mm_stats_ioctl(ctx, uarg, usize);
+		return ksmdev_mm_stats_ioctl(READ_ONCE(f->ctx), uarg, usize);
 	if (ksmdev_cmd_is(cmd, KSM_GET_CONFIG))
 		return ksmdev_copy_out(uarg, usize, &ksmdev_config,
 				       sizeof(ksmdev_config));

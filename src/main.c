@@ -208,6 +208,8 @@ static void __exit ksmdev_exit(void)
 {
 	ksmdev_dev_exit();
 	ksmdev_scan_exit();
+	/* Before the trees: dropping regions makes orphans of stable pages. */
+	ksmdev_registry_exit();
 	ksmdev_debugfs_exit();
 	ksmdev_trees_exit();
 }

@@ -15,7 +15,11 @@
  * close, register or stats never waits for them.
  */
 #include <linux/mm.h>
+#include <linux/pid.h>
+#include <linux/ptrace.h>
 #include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/sched/task.h>
 #include <linux/slab.h>
 
 #include "ksmdev.h"
@@ -71,14 +75,35 @@ void ksmdev_ctx_put(struct ksmdev_ctx *ctx)
 	lockdep_assert_held(&ksmdev_lock);
 	if (!refcount_dec_and_test(&ctx->ref))
 		return;
+	put_pid(ctx->target);
 	mmdrop(ctx->mm);
 	mutex_destroy(&ctx->lock);
 	ksmdev_meta_free(ctx, sizeof(*ctx));
 }
 
 /*
- * Called at the last close(): the regions are dropped without unmerging
- * (ABI.md, "Close and exit"); merged pages stay mapped copy-on-write.
+ * Take @ctx off the list for good, dropping its regions without unmerging
+ * (ABI.md, "Close and exit"): merged pages stay mapped copy-on-write. With
+ * ksmdev_lock and ctx->lock held; the caller then drops the reference the
+ * list held, if any.
+ */
+static void ksmdev_ctx_unlink(struct ksmdev_ctx *ctx)
+{
+	lockdep_assert_held(&ksmdev_lock);
+	lockdep_assert_held(&ctx->lock);
+	ksmdev_scan_forget_ctx(ctx);
+	ksmdev_ctx_drop_regions(ctx);
+	ctx->exited = true;
+	/* Its pages were its unstable nodes' and its stable pages' only users. */
+	WARN_ON_ONCE(!list_empty(&ctx->unstable) ||
+		     !RB_EMPTY_ROOT(&ctx->trees.stable));
+	list_del_init(&ctx->list);
+	WRITE_ONCE(ksmdev_stats.mms, ksmdev_stats.mms - 1);
+}
+
+/*
+ * Called at the last close() of a context that is not persistent: the
+ * regions are dropped without unmerging.
  *
  * No ioctl of this context can be running (it holds a reference to the
  * file), so ctx->lock is held, if at all, by an unmerge-all working on this
@@ -90,17 +115,192 @@ void ksmdev_ctx_destroy(struct ksmdev_ctx *ctx)
 	WRITE_ONCE(ctx->closing, true);
 	mutex_lock(&ctx->lock);
 	ksmdev_lock_acquire();
-	ksmdev_scan_forget_ctx(ctx);
-	ksmdev_ctx_drop_regions(ctx);
-	ctx->exited = true;
-	/* Its pages were its unstable nodes' and its stable pages' only users. */
-	WARN_ON_ONCE(!list_empty(&ctx->unstable) ||
-		     !RB_EMPTY_ROOT(&ctx->trees.stable));
-	list_del(&ctx->list);
-	WRITE_ONCE(ksmdev_stats.mms, ksmdev_stats.mms - 1);
+	if (!list_empty(&ctx->list))
+		ksmdev_ctx_unlink(ctx);
 	mutex_unlock(&ctx->lock);
 	ksmdev_ctx_put(ctx);
 	mutex_unlock(&ksmdev_lock);
+}
+
+/**
+ * ksmdev_ctx_close - the last close() of a file of /dev/ksm
+ * @ctx: the context the file works on
+ * @own: the context its open() made (@ctx, unless @ctx is a persistent
+ *       context that an attach found: then @own is already off the list)
+ *
+ * A persistent context loses a handle, and stays with its regions, unless
+ * it has none left and no other handle: then nothing is left to persist.
+ * Only then is ctx->lock taken (to take it off the list): a handle's close
+ * never waits for an unmerge-all at work on the target's regions.
+ */
+void ksmdev_ctx_close(struct ksmdev_ctx *ctx, struct ksmdev_ctx *own)
+{
+	bool unlink;
+
+	if (!ctx->persistent) {
+		ksmdev_ctx_destroy(ctx);
+		return;
+	}
+	ksmdev_lock_acquire();
+	unlink = !--ctx->handles && !ctx->nr_regions &&
+		 !list_empty(&ctx->list);
+	if (unlink) {
+		/* Regions change under both locks: look again under both. */
+		mutex_unlock(&ksmdev_lock);
+		mutex_lock(&ctx->lock);
+		ksmdev_lock_acquire();
+		unlink = !ctx->handles && !ctx->nr_regions &&
+			 !list_empty(&ctx->list);
+		if (unlink)
+			ksmdev_ctx_unlink(ctx);
+		mutex_unlock(&ctx->lock);
+		if (unlink)
+			ksmdev_ctx_put(ctx);	/* the list's */
+	}
+	ksmdev_ctx_put(ctx);			/* the handle's */
+	if (own != ctx)
+		ksmdev_ctx_put(own);
+	mutex_unlock(&ksmdev_lock);
+}
+
+/**
+ * ksmdev_ctx_gone - the users of @ctx's mm are gone: nothing to merge there
+ * @ctx: the context (ksmdev_lock and ctx->lock held)
+ *
+ * Its regions go, without unmerging (the memory is gone or going); a
+ * persistent context leaves the list too: nobody can reach it again but
+ * its handles, which then see ESRCH. The module cannot hook the mm's exit
+ * (the kernel calls nothing of ours there), so this runs when the scanner,
+ * an unmerge-all or a handle's ioctl first finds mm_users at zero.
+ *
+ * Return: true if the caller must drop the list's reference, after it let
+ * go of ctx->lock.
+ */
+bool ksmdev_ctx_gone(struct ksmdev_ctx *ctx)
+{
+	lockdep_assert_held(&ksmdev_lock);
+	lockdep_assert_held(&ctx->lock);
+	if (ctx->persistent && !list_empty(&ctx->list)) {
+		ksmdev_ctx_unlink(ctx);
+		return true;
+	}
+	ctx->exited = true;
+	ksmdev_ctx_drop_regions(ctx);
+	return false;
+}
+
+/* The persistent context of @mm, if it has one (under ksmdev_lock). */
+static struct ksmdev_ctx *ksmdev_persistent_find(struct mm_struct *mm)
+{
+	struct ksmdev_ctx *ctx;
+
+	lockdep_assert_held(&ksmdev_lock);
+	list_for_each_entry(ctx, &ksmdev_ctx_list, list)
+		if (ctx->persistent && ctx->mm == mm && !ctx->exited)
+			return ctx;
+	return NULL;
+}
+
+/*
+ * The mm of the process of @pidfd, if the caller may ptrace-attach it
+ * (what process_vm_writev() asks: mm_access() checks it with the target's
+ * exec_update_lock held, so that an exec of a setuid program cannot come
+ * in between), with a reference (mmget()); its struct pid in *@pid, with
+ * a reference too.
+ */
+static struct mm_struct *ksmdev_pidfd_mm(u64 pidfd, struct pid **pid)
+{
+	struct task_struct *task;
+	struct mm_struct *mm;
+	unsigned int f_flags;
+
+	/* 7.2 gives meanings to some negative numbers: not ours to take. */
+	if (pidfd > INT_MAX)
+		return ERR_PTR(-EBADF);
+	task = static_call(ksmdev_sc_pidfd_get_task)(pidfd, &f_flags);
+	if (IS_ERR(task))
+		return ERR_CAST(task);
+	mm = static_call(ksmdev_sc_mm_access)(task,
+					      PTRACE_MODE_ATTACH_REALCREDS);
+	if (!IS_ERR(mm))
+		*pid = get_task_pid(task, PIDTYPE_TGID);
+	put_task_struct(task);
+	/* Exited, or a kernel thread: ESRCH. Not allowed: EPERM, as there. */
+	if (mm == ERR_PTR(-EACCES))
+		return ERR_PTR(-EPERM);
+	return mm;
+}
+
+/**
+ * ksmdev_ctx_attach - KSM_ATTACH_PROCESS: bind a file to another process
+ * @own: the context the file's open() made; no region, not attached yet
+ * @at:  the pidfd and flags
+ *
+ * Without KSM_ATTACH_PERSIST, @own itself now belongs to the target's mm.
+ * With it, the file becomes a handle to the target's persistent context:
+ * @own becomes it if there is none yet; else @own leaves the list (it
+ * stays allocated until the file's release, for an ioctl that raced with
+ * this one) and the context found gains a handle.
+ *
+ * Return: the context the file works on from now on, or ERR_PTR(-EINVAL)
+ * (unknown flag), -EBUSY (@own has regions or was attached), -EBADF (not
+ * a pidfd), -ESRCH (exited, or no mm), -EPERM (no ptrace access), -EINTR.
+ */
+struct ksmdev_ctx *ksmdev_ctx_attach(struct ksmdev_ctx *own,
+				     const struct ksm_attach *at)
+{
+	struct ksmdev_ctx *ctx = own, *found = NULL;
+	struct mm_struct *mm = NULL, *old = NULL;
+	struct pid *pid = NULL;
+	int err = 0;
+
+	if (at->flags & ~KSM_ATTACH_PERSIST)
+		return ERR_PTR(-EINVAL);
+	if (mutex_lock_killable(&own->lock))
+		return ERR_PTR(-EINTR);
+	if (own->attached || own->nr_regions || own->exited) {
+		err = -EBUSY;
+		goto unlock;
+	}
+	mm = ksmdev_pidfd_mm(at->pidfd, &pid);
+	if (IS_ERR(mm)) {
+		err = PTR_ERR(mm);
+		mm = NULL;
+		goto unlock;
+	}
+
+	ksmdev_lock_acquire();
+	if (at->flags & KSM_ATTACH_PERSIST)
+		found = ksmdev_persistent_find(mm);
+	own->attached = true;
+	if (found) {
+		found->handles++;
+		refcount_inc(&found->ref);
+		ksmdev_ctx_unlink(own);
+		ctx = found;
+	} else {
+		/* No region, so neither the scanner nor a tree points to @mm. */
+		old = own->mm;
+		mmgrab(mm);
+		own->mm = mm;
+		own->pid = pid_nr(pid);
+		own->target = pid;
+		pid = NULL;
+		if (at->flags & KSM_ATTACH_PERSIST) {
+			own->persistent = true;
+			own->handles = 1;
+			refcount_inc(&own->ref);	/* the list's */
+		}
+	}
+	mutex_unlock(&ksmdev_lock);
+unlock:
+	mutex_unlock(&own->lock);
+	if (old)
+		mmdrop(old);
+	if (mm)
+		mmput(mm);
+	put_pid(pid);
+	return err ? ERR_PTR(err) : ctx;
 }
 
 /**
@@ -108,8 +308,9 @@ void ksmdev_ctx_destroy(struct ksmdev_ctx *ctx)
  * @ctx: the context being unmerged (ctx->lock held)
  *
  * True when the context is being closed, or when its process is gone and
- * the caller (an unmerge-all in another process) holds the mm's last user.
- * The owner's own unregister never abandons: its process is alive.
+ * the caller (an unmerge-all, or an unregister through a file attached to
+ * it, in another process) holds the mm's last user. The owner's own
+ * unregister never abandons: its process is alive.
  */
 bool ksmdev_ctx_abandoned(struct ksmdev_ctx *ctx)
 {
@@ -122,14 +323,71 @@ bool ksmdev_ctx_abandoned(struct ksmdev_ctx *ctx)
 
 static unsigned long ksmdev_region_pages(const struct ksmdev_region *region)
 {
-	return (region->end - region->start) >> PAGE_SHIFT;
+	return region->nr_pages;
+}
+
+/**
+ * ksmdev_region_pass_end - the scanner reached the end of @region
+ * @ctx:    its context
+ * @region: the region
+ *
+ * For KSM_REGION_ALL, registered_pages counts the pages of the suitable
+ * VMAs the scanner met in its last complete pass over the region.
+ */
+void ksmdev_region_pass_end(struct ksmdev_ctx *ctx,
+			    struct ksmdev_region *region)
+{
+	long delta;
+
+	lockdep_assert_held(&ksmdev_lock);
+	if (!(region->flags & KSM_REGION_ALL) || !region->pass_valid)
+		return;
+	region->pass_valid = false;
+	delta = region->pass_pages - region->nr_pages;
+	region->nr_pages = region->pass_pages;
+	ctx->nr_pages += delta;
+	ksmdev_stats_add(0, delta);
+}
+
+/*
+ * The per-page state of a region is a radix tree of tables of
+ * KSMDEV_LEAF_CHUNKS pointers (4 KiB), over chunks of KSMDEV_CHUNK_PAGES
+ * slots, indexed by the chunk's number in the region. Level 0 tables point
+ * to chunks, level l > 0 tables to tables of level l - 1. The top table
+ * (level height - 1) has only as many entries as the region needs, and is
+ * the one thing allocated at registration: 8 bytes for a region of up to 1
+ * GiB, 2 KiB for the 128 TiB (or 64 PiB) of KSM_REGION_ALL. Everything
+ * below it is
+ * allocated when the scanner first finds a present page there, so a sparse
+ * region costs memory in proportion to its present pages at every level.
+ */
+static unsigned int ksmdev_level_shift(unsigned int level)
+{
+	return level * KSMDEV_LEAF_SHIFT;
+}
+
+/* The span of address space one entry of a level-@level table covers. */
+static unsigned int ksmdev_level_bits(unsigned int level)
+{
+	return PAGE_SHIFT + KSMDEV_CHUNK_SHIFT + ksmdev_level_shift(level);
+}
+
+/* The index into the level-@level table on the way to chunk @ci. */
+static unsigned long ksmdev_level_index(const struct ksmdev_region *region,
+					unsigned int level, unsigned long ci)
+{
+	unsigned long idx = ci >> ksmdev_level_shift(level);
+
+	if (level == region->height - 1)
+		return idx;
+	return idx & (KSMDEV_LEAF_CHUNKS - 1);
 }
 
 static struct ksmdev_region *ksmdev_region_alloc(unsigned long start,
 						 unsigned long end, u64 flags)
 {
 	unsigned long pages = (end - start) >> PAGE_SHIFT;
-	unsigned long chunks = DIV_ROUND_UP(pages, KSMDEV_CHUNK_PAGES);
+	unsigned long entries = DIV_ROUND_UP(pages, KSMDEV_CHUNK_PAGES);
 	struct ksmdev_region *region;
 
 	/*
@@ -143,31 +401,45 @@ static struct ksmdev_region *ksmdev_region_alloc(unsigned long start,
 	region->start = start;
 	region->end = end;
 	region->flags = flags;
-	region->nr_dir = DIV_ROUND_UP(chunks, KSMDEV_LEAF_CHUNKS);
-	region->dir = ksmdev_meta_alloc(region->nr_dir * sizeof(*region->dir),
+	region->nr_pages = pages;
+	region->height = 1;
+	while (entries > KSMDEV_LEAF_CHUNKS) {
+		entries = DIV_ROUND_UP(entries, KSMDEV_LEAF_CHUNKS);
+		region->height++;
+	}
+	region->nr_top = entries;
+	region->top = ksmdev_meta_alloc(entries * sizeof(*region->top),
 					GFP_KERNEL_ACCOUNT | __GFP_NORETRY);
-	if (!region->dir) {
+	if (!region->top) {
 		ksmdev_meta_free(region, sizeof(*region));
 		return NULL;
 	}
 	return region;
 }
 
+/* Free a table of level @level with @nr entries, and all below it. */
+static void ksmdev_table_free(void **table, unsigned long nr,
+			      unsigned int level)
+{
+	unsigned long i;
+
+	for (i = 0; i < nr; i++) {
+		if (!table[i])
+			continue;
+		if (level)
+			ksmdev_table_free(table[i], KSMDEV_LEAF_CHUNKS,
+					  level - 1);
+		else
+			ksmdev_meta_free(table[i], sizeof(struct ksmdev_chunk));
+		cond_resched();
+	}
+	ksmdev_meta_free(table, nr * sizeof(*table));
+}
+
 /* Free @region and its scan state, which @ctx no longer counts. */
 static void ksmdev_region_free(struct ksmdev_region *region)
 {
-	unsigned long i, j;
-
-	for (i = 0; i < region->nr_dir; i++) {
-		struct ksmdev_chunk **leaf = region->dir[i];
-
-		if (!leaf)
-			continue;
-		for (j = 0; j < KSMDEV_LEAF_CHUNKS; j++)
-			ksmdev_meta_free(leaf[j], sizeof(*leaf[j]));
-		ksmdev_meta_free(leaf, KSMDEV_LEAF_CHUNKS * sizeof(*leaf));
-	}
-	ksmdev_meta_free(region->dir, region->nr_dir * sizeof(*region->dir));
+	ksmdev_table_free(region->top, region->nr_top, region->height - 1);
 	ksmdev_meta_free(region, sizeof(*region));
 }
 
@@ -178,8 +450,9 @@ static void ksmdev_region_free(struct ksmdev_region *region)
  * @end:    where to stop, at most region->end
  * @slotp:  set to the page's slot
  *
- * Only pages whose chunk exists have slots; whole missing chunks and leaves
- * are skipped at once, so a walk costs in proportion to pages once present.
+ * Only pages whose chunk exists have slots; whatever a missing table would
+ * cover is skipped at once, so a walk costs in proportion to pages once
+ * present, whatever the region's size.
  *
  * Return: the page's address, or @end.
  */
@@ -187,23 +460,28 @@ unsigned long ksmdev_region_slot_next(struct ksmdev_region *region,
 				      unsigned long addr, unsigned long end,
 				      u64 **slotp)
 {
-	const unsigned int chunk_bits = KSMDEV_CHUNK_SHIFT + PAGE_SHIFT;
-	const unsigned int leaf_bits = KSMDEV_LEAF_SHIFT + chunk_bits;
-
 	while (addr < end) {
 		unsigned long off = addr - region->start;
-		struct ksmdev_chunk **leaf = region->dir[off >> leaf_bits];
+		unsigned long ci = off >> ksmdev_level_bits(0);
+		unsigned int level = region->height - 1;
+		void *entry = region->top[ksmdev_level_index(region, level, ci)];
 		struct ksmdev_chunk *chunk;
 
-		if (!leaf) {
-			addr = region->start + ((off >> leaf_bits) + 1) * BIT(leaf_bits);
+		while (entry && level) {
+			level--;
+			entry = ((void **)entry)[ksmdev_level_index(region,
+								    level, ci)];
+		}
+		if (!entry) {
+			/* Nothing below: on to the next entry of this level. */
+			off = ((off >> ksmdev_level_bits(level)) + 1) <<
+			      ksmdev_level_bits(level);
+			if (off >= end - region->start)
+				break;
+			addr = region->start + off;
 			continue;
 		}
-		chunk = leaf[(off >> chunk_bits) & (KSMDEV_LEAF_CHUNKS - 1)];
-		if (!chunk) {
-			addr = region->start + ((off >> chunk_bits) + 1) * BIT(chunk_bits);
-			continue;
-		}
+		chunk = entry;
 		*slotp = &chunk->slot[(off >> PAGE_SHIFT) & (KSMDEV_CHUNK_PAGES - 1)];
 		return addr;
 	}
@@ -252,7 +530,7 @@ void ksmdev_region_forget(struct ksmdev_ctx *ctx,
  * @region: a region of a live context
  * @addr:   an address inside @region
  *
- * Allocates the leaf and the chunk on first use, charged to the active
+ * Allocates the tables and the chunk on first use, charged to the active
  * memory cgroup (the scanner's window sets the context's, see scan.c).
  * Returns NULL when memory runs out, or at the cgroup's limit: the page is
  * then simply not tracked this time.
@@ -260,24 +538,29 @@ void ksmdev_region_forget(struct ksmdev_ctx *ctx,
 u64 *ksmdev_region_slot(struct ksmdev_region *region, unsigned long addr)
 {
 	unsigned long page = (addr - region->start) >> PAGE_SHIFT;
-	unsigned long chunk = page >> KSMDEV_CHUNK_SHIFT;
-	struct ksmdev_chunk ***leafp = &region->dir[chunk >> KSMDEV_LEAF_SHIFT];
-	struct ksmdev_chunk **chunkp;
+	unsigned long ci = page >> KSMDEV_CHUNK_SHIFT;
+	unsigned int level = region->height - 1;
+	void **entryp = &region->top[ksmdev_level_index(region, level, ci)];
+	struct ksmdev_chunk *chunk;
 
 	lockdep_assert_held(&ksmdev_lock);
-	if (!*leafp) {
-		*leafp = ksmdev_meta_alloc(KSMDEV_LEAF_CHUNKS * sizeof(**leafp),
-					   KSMDEV_GFP_SCAN);
-		if (!*leafp)
-			return NULL;
+	for (;;) {
+		if (!*entryp) {
+			*entryp = ksmdev_meta_alloc(level ?
+						    KSMDEV_LEAF_CHUNKS * sizeof(void *) :
+						    sizeof(struct ksmdev_chunk),
+						    KSMDEV_GFP_SCAN);
+			if (!*entryp)
+				return NULL;
+		}
+		if (!level)
+			break;
+		level--;
+		entryp = &((void **)*entryp)[ksmdev_level_index(region, level,
+								 ci)];
 	}
-	chunkp = &(*leafp)[chunk & (KSMDEV_LEAF_CHUNKS - 1)];
-	if (!*chunkp) {
-		*chunkp = ksmdev_meta_alloc(sizeof(**chunkp), KSMDEV_GFP_SCAN);
-		if (!*chunkp)
-			return NULL;
-	}
-	return &(*chunkp)->slot[page & (KSMDEV_CHUNK_PAGES - 1)];
+	chunk = *entryp;
+	return &chunk->slot[page & (KSMDEV_CHUNK_PAGES - 1)];
 }
 
 /* The region of @ctx that holds @addr, or NULL. */
@@ -374,38 +657,122 @@ static bool ksmdev_mm_overlaps(struct mm_struct *mm, unsigned long start,
 	return false;
 }
 
+/* The pages of the VMAs of @mm that KSM_REGION_ALL scans. */
+static int ksmdev_count_vmas(struct mm_struct *mm, unsigned long *pages)
+{
+	VMA_ITERATOR(vmi, mm, 0);
+	struct vm_area_struct *vma;
+
+	*pages = 0;
+	if (mmap_read_lock_killable(mm))
+		return -EINTR;
+	for_each_vma(vmi, vma)
+		if (ksmdev_vma_scannable(vma))
+			*pages += vma_pages(vma);
+	mmap_read_unlock(mm);
+	return 0;
+}
+
+/*
+ * The process @ctx is attached to still runs in @ctx's mm: one of its
+ * threads has neither exited nor exec'd. Checked on the tasks, not on
+ * mm_users, which another holder (the scanner's window) may keep above
+ * zero for a moment after the exit.
+ */
+static bool ksmdev_target_alive(struct ksmdev_ctx *ctx)
+{
+	struct task_struct *leader, *t;
+	bool alive = false;
+
+	if (!ctx->target)
+		return true;
+	rcu_read_lock();
+	leader = pid_task(ctx->target, PIDTYPE_TGID);
+	if (leader) {
+		for_each_thread(leader, t) {
+			/* A pointer compared, never followed. */
+			if (READ_ONCE(t->mm) == ctx->mm) {
+				alive = true;
+				break;
+			}
+		}
+	}
+	rcu_read_unlock();
+	return alive;
+}
+
+/*
+ * The users of @ctx's mm, for the call of a register or unregister: always
+ * there for the opener's own mm; for an attached context, ESRCH once its
+ * process is gone, which this call then finds out for the scanner.
+ */
+static int ksmdev_ctx_mmget(struct ksmdev_ctx *ctx)
+{
+	bool put;
+
+	lockdep_assert_held(&ctx->lock);
+	if (ctx->exited)
+		return -ESRCH;
+	if (mmget_not_zero(ctx->mm)) {
+		if (ksmdev_target_alive(ctx))
+			return 0;
+		mmput_async(ctx->mm);
+	}
+	ksmdev_lock_acquire();
+	put = ksmdev_ctx_gone(ctx);
+	mutex_unlock(&ksmdev_lock);
+	/* The list's reference: the caller's file holds another. */
+	if (put)
+		refcount_dec(&ctx->ref);
+	return -ESRCH;
+}
+
 /**
- * ksmdev_region_add - register [r->addr, r->addr + r->len) of the caller
- * @ctx: the caller's context (ctx->mm == current->mm)
- * @r:   the range, already validated for alignment, size and flags
+ * ksmdev_region_add - register a range of @ctx's mm, or all of it
+ * @ctx: the caller's context (called from the opener's mm)
+ * @r:   the range, already validated for alignment, size and flags; or
+ *       KSM_REGION_ALL: [0, TASK_SIZE), of which the scanner takes the
+ *       suitable VMAs at every pass, skipping the rest
  *
- * Return: 0, -EEXIST (overlap with a region of any context of this mm),
- * -ENOSPC (max_regions), -ENOMEM (hole in the mapping, or no memory),
- * -EINVAL (unsuitable mapping), -EINTR.
+ * Return: 0, -EEXIST (overlap with a region of any context of this mm; a
+ * KSM_REGION_ALL overlaps every region), -ENOSPC (max_regions), -ENOMEM
+ * (hole in the mapping, or no memory), -EINVAL (unsuitable mapping), -EINTR,
+ * -ESRCH (the process the context is attached to is gone).
  */
 int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 {
-	unsigned long start = r->addr, end = r->addr + r->len;
+	unsigned long start = r->addr, end = r->addr + r->len, pages = 0;
+	bool all = r->flags & KSM_REGION_ALL;
 	struct rb_node **link, *parent = NULL;
 	struct ksmdev_region *region;
 	int err;
 
 	if (mutex_lock_killable(&ctx->lock))
 		return -EINTR;
+	err = ksmdev_ctx_mmget(ctx);
+	if (err)
+		goto out;
+	if (all) {
+		start = 0;
+		end = ctx->mm->task_size;
+	}
 	/* A first look, so that an overlap is EEXIST whatever is mapped. */
 	ksmdev_lock_acquire();
 	err = ksmdev_mm_overlaps(ctx->mm, start, end) ? -EEXIST : 0;
 	mutex_unlock(&ksmdev_lock);
 	if (err)
-		goto out;
+		goto put;
 	if (ctx->nr_regions >= READ_ONCE(ksmdev_max_regions)) {
 		err = -ENOSPC;
-		goto out;
+		goto put;
 	}
 	/* The mmap lock, without ksmdev_lock: it may wait for a writer. */
-	err = ksmdev_check_vmas(ctx->mm, start, end);
+	if (all)
+		err = ksmdev_count_vmas(ctx->mm, &pages);
+	else
+		err = ksmdev_check_vmas(ctx->mm, start, end);
 	if (err)
-		goto out;
+		goto put;
 
 	ksmdev_lock_acquire();
 	/*
@@ -422,6 +789,8 @@ int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 		err = -ENOMEM;
 		goto unlock;
 	}
+	if (all)
+		region->nr_pages = pages;
 	link = &ctx->regions.rb_node;
 	while (*link) {
 		parent = *link;
@@ -438,6 +807,8 @@ int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 	ksmdev_scan_wake();
 unlock:
 	mutex_unlock(&ksmdev_lock);
+put:
+	mmput_async(ctx->mm);
 out:
 	mutex_unlock(&ctx->lock);
 	return err;
@@ -496,8 +867,12 @@ static void ksmdev_regions_set_going(struct ksmdev_region *first,
  * scanner leaves them alone, then unmerged without ksmdev_lock (the unmerge
  * takes it for a moment per chunk), then removed under it again.
  *
+ * With KSM_REGION_ALL (addr = len = 0): the context's KSM_REGION_ALL
+ * region, which a range never removes (it would cut it: -EINVAL).
+ *
  * Return: 0, -EINVAL (the range cuts a region), -ENOENT (no region in it),
- * -ENOMEM or -EINTR (unmerging failed).
+ * -ENOMEM or -EINTR (unmerging failed), -ESRCH (the process the context is
+ * attached to is gone).
  */
 int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 {
@@ -508,19 +883,31 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 
 	if (mutex_lock_killable(&ctx->lock))
 		return -EINTR;
+	err = ksmdev_ctx_mmget(ctx);
+	if (err)
+		goto out;
 	first = ksmdev_region_next(ctx, start);
+	if (r->flags & KSM_REGION_ALL) {
+		if (!first || !(first->flags & KSM_REGION_ALL)) {
+			err = -ENOENT;
+			goto put;
+		}
+		start = first->start;
+		end = first->end;
+	}
 	if (!first || first->start >= end) {
 		err = -ENOENT;
-		goto out;
+		goto put;
 	}
 	/* Check the whole range before changing anything. */
 	for (node = &first->node; node; node = rb_next(node)) {
 		region = rb_entry(node, struct ksmdev_region, node);
 		if (region->start >= end)
 			break;
-		if (region->start < start || region->end > end) {
+		if (region->start < start || region->end > end ||
+		    (region->flags & ~r->flags & KSM_REGION_ALL)) {
 			err = -EINVAL;
-			goto out;
+			goto put;
 		}
 	}
 	ksmdev_lock_acquire();
@@ -556,6 +943,8 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 	}
 unlock:
 	mutex_unlock(&ksmdev_lock);
+put:
+	mmput_async(ctx->mm);
 out:
 	mutex_unlock(&ctx->lock);
 	return err;
@@ -576,4 +965,26 @@ void ksmdev_ctx_drop_regions(struct ksmdev_ctx *ctx)
 	rbtree_postorder_for_each_entry_safe(region, tmp, &ctx->regions, node)
 		__ksmdev_region_drop(ctx, region);
 	ctx->regions = RB_ROOT;
+}
+
+/*
+ * At unload: no file is open (each holds the module), and the scanner has
+ * stopped, so what is left on the list is persistent contexts without a
+ * handle. They go as at a close: regions dropped without unmerging.
+ */
+void ksmdev_registry_exit(void)
+{
+	struct ksmdev_ctx *ctx, *tmp;
+
+	mutex_lock(&ksmdev_lock);
+	list_for_each_entry_safe(ctx, tmp, &ksmdev_ctx_list, list) {
+		/* Nobody else can hold it: see above. */
+		if (WARN_ON_ONCE(!ctx->persistent || ctx->handles ||
+				 !mutex_trylock(&ctx->lock)))
+			continue;
+		ksmdev_ctx_unlink(ctx);
+		mutex_unlock(&ctx->lock);
+		ksmdev_ctx_put(ctx);
+	}
+	mutex_unlock(&ksmdev_lock);
 }

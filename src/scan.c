@@ -69,8 +69,9 @@ struct ksmdev_batch {
 
 static bool ksmdev_should_run(void)
 {
+	/* Regions, not pages: a KSM_REGION_ALL may count none yet. */
 	return READ_ONCE(ksmdev_config.run) == KSM_RUN_MERGE &&
-	       READ_ONCE(ksmdev_stats.registered_pages);
+	       READ_ONCE(ksmdev_stats.regions);
 }
 
 void ksmdev_scan_wake(void)
@@ -537,17 +538,22 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 
 	if (ctx->exited || !mmget_not_zero(mm)) {
 		/*
-		 * The process is gone (its fd lives on elsewhere): nothing
-		 * can be merged there any more, so its bookkeeping goes now,
-		 * unless somebody holds ctx->lock this instant (then at the
-		 * next pass): we never wait for it under ksmdev_lock.
+		 * The process is gone (its fd lives on elsewhere, or its
+		 * context is persistent): nothing can be merged there any
+		 * more, so its bookkeeping goes now, unless somebody holds
+		 * ctx->lock this instant (then at the next pass): we never
+		 * wait for it under ksmdev_lock. A persistent context leaves
+		 * the list, which moves the cursor on.
 		 */
 		if (!ctx->exited && mutex_trylock(&ctx->lock)) {
-			ctx->exited = true;
-			ksmdev_ctx_drop_regions(ctx);
+			bool put = ksmdev_ctx_gone(ctx);
+
 			mutex_unlock(&ctx->lock);
+			if (put)
+				ksmdev_ctx_put(ctx);
 		}
-		ksmdev_cursor.addr = ULONG_MAX;
+		if (ksmdev_cursor.ctx == ctx)
+			ksmdev_cursor.addr = ULONG_MAX;
 		return 0;
 	}
 	if (!mmap_read_trylock(mm)) {
@@ -576,6 +582,8 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 	memcg = get_mem_cgroup_from_mm(mm);
 	old_memcg = set_active_memcg(memcg);
 	while (scanned < budget) {
+		unsigned long from;
+
 		s.region = ksmdev_region_next(ctx, addr);
 		if (!s.region) {
 			addr = ULONG_MAX;
@@ -585,12 +593,18 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 			addr = s.region->end;
 			continue;
 		}
+		if (addr <= s.region->start) {
+			/* A pass over the region begins (KSM_REGION_ALL). */
+			s.region->pass_pages = 0;
+			s.region->pass_valid = true;
+		}
 		addr = max(addr, s.region->start);
 		s.vma = find_vma(mm, addr);
 		if (!s.vma || s.vma->vm_start >= s.region->end) {
 			/* Unmapped to the region's end: nothing to merge. */
 			ksmdev_region_forget(ctx, s.region, addr, s.region->end);
 			addr = s.region->end;
+			ksmdev_region_pass_end(ctx, s.region);
 			continue;
 		}
 		if (s.vma->vm_start > addr) {
@@ -601,12 +615,21 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 		}
 		end = min(s.vma->vm_end, s.region->end);
 		if (!ksmdev_vma_scannable(s.vma)) {
+			/*
+			 * Not private anonymous memory (any more): skipped,
+			 * as KSM_REGION_ALL skips it at every pass.
+			 */
 			ksmdev_region_forget(ctx, s.region, addr, end);
 			addr = end;
-			continue;
+		} else {
+			s.mergeable = ksmdev_vma_mergeable(s.vma);
+			from = addr;
+			scanned += ksmdev_scan_vma(&s, &addr, end,
+						   budget - scanned);
+			s.region->pass_pages += (addr - from) >> PAGE_SHIFT;
 		}
-		s.mergeable = ksmdev_vma_mergeable(s.vma);
-		scanned += ksmdev_scan_vma(&s, &addr, end, budget - scanned);
+		if (addr >= s.region->end)
+			ksmdev_region_pass_end(ctx, s.region);
 		if (ksmdev_must_yield(mm))
 			break;
 	}
@@ -764,8 +787,9 @@ static int ksmdev_unmerge_ctx(struct ksmdev_ctx *ctx)
 drop:
 	if (err == -ESRCH) {
 		ksmdev_lock_acquire();
-		ctx->exited = true;
-		ksmdev_ctx_drop_regions(ctx);
+		/* The list's reference: ours keeps @ctx until we are done. */
+		if (ksmdev_ctx_gone(ctx))
+			refcount_dec(&ctx->ref);
 		mutex_unlock(&ksmdev_lock);
 		err = 0;
 	}

@@ -630,6 +630,8 @@ static bool errno_expected(int e)
 	switch (e) {
 	case EINVAL: case ENOTTY: case EFAULT: case E2BIG: case EPERM:
 	case ENOMEM: case EEXIST: case ENOSPC: case ENOENT: case EINTR:
+	/* Version 2, KSM_ATTACH_PROCESS (0x07, which case 1 below finds). */
+	case EBUSY: case EBADF: case ESRCH:
 		return true;
 	}
 	return false;

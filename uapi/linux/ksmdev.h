@@ -35,20 +35,51 @@
 #define KSMDEV_IOCTL_MAGIC	0xD5
 
 /**
- * struct ksm_region - a range of the caller's memory
- * @addr:  start address, page aligned
- * @len:   length in bytes, a non-zero multiple of the page size
- * @flags: 0 or KSM_REGION_SCOPE_MM
+ * struct ksm_region - a range of the context's memory
+ * @addr:   start address, page aligned (0 with KSM_REGION_ALL)
+ * @len:    length in bytes, a non-zero multiple of the page size (0 with
+ *          KSM_REGION_ALL)
+ * @flags:  KSM_REGION_* flags
+ * @domain: merge domain (version 2): 0, the global domain; non-zero (needs
+ *          CAP_SYS_ADMIN), pages merge only with pages of regions of the
+ *          same domain, in any process. A version-1 caller's structure
+ *          ends before it: domain 0.
  */
 struct ksm_region {
 	__u64 addr;
 	__u64 len;
 	__u64 flags;
+	__u64 domain;
 };
 
 /* Pages of the region merge only with pages of the same mm. */
 #define KSM_REGION_SCOPE_MM	0x1ULL
+/*
+ * Version 2, register and unregister: every private anonymous VMA of the
+ * context's mm, present and future (addr = len = 0).
+ */
+#define KSM_REGION_ALL		0x2ULL
+/* Version 2, unregister only: the range may cut regions in two. */
+#define KSM_REGION_SPLIT	0x4ULL
+/* The flags of version 1 (kept for the programs that use the name). */
 #define KSM_REGION_FLAGS_ALL	(KSM_REGION_SCOPE_MM)
+
+/**
+ * struct ksm_attach - bind a fresh context to another process's mm
+ * @pidfd: from pidfd_open(2)
+ * @flags: 0 or KSM_ATTACH_PERSIST
+ */
+struct ksm_attach {
+	__u64 pidfd;
+	__u64 flags;
+};
+
+/*
+ * The file becomes a handle to the target's persistent context (one per
+ * mm): its regions outlive the handles, until unregistered or the target
+ * exits.
+ */
+#define KSM_ATTACH_PERSIST	0x1ULL
 
 /**
  * struct ksm_stats - system-wide counters (meanings of the in-kernel KSM)
@@ -96,12 +127,16 @@ struct ksm_stats {
  * @registered_pages: pages covered by them
  * @merging_pages:    pages that map a merged page or a merged zero page
  * @ksm_zero_pages:   of those, mappings of the zero page
+ * @metadata_bytes:   version 2: this context's share of
+ *                    ksm_stats.metadata_bytes; its profit is
+ *                    merging_pages * page size - metadata_bytes
  */
 struct ksm_mm_stats {
 	__u64 regions;
 	__u64 registered_pages;
 	__u64 merging_pages;
 	__u64 ksm_zero_pages;
+	__u64 metadata_bytes;
 };
 
 /**
@@ -140,5 +175,6 @@ struct ksm_config {
 #define KSM_GET_MM_STATS	_IOR(KSMDEV_IOCTL_MAGIC, 0x04, struct ksm_mm_stats)
 #define KSM_GET_CONFIG		_IOR(KSMDEV_IOCTL_MAGIC, 0x05, struct ksm_config)
 #define KSM_SET_CONFIG		_IOW(KSMDEV_IOCTL_MAGIC, 0x06, struct ksm_config)
+#define KSM_ATTACH_PROCESS	_IOW(KSMDEV_IOCTL_MAGIC, 0x07, struct ksm_attach)
 
 #endif /* _UAPI_LINUX_KSMDEV_H */
