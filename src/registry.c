@@ -125,11 +125,21 @@ static unsigned long ksmdev_region_pages(const struct ksmdev_region *region)
 	return (region->end - region->start) >> PAGE_SHIFT;
 }
 
-static struct ksmdev_region *ksmdev_region_alloc(unsigned long start,
+/* Leaves of a directory from @base that covers up to @end. */
+static unsigned long ksmdev_dir_leaves(unsigned long base, unsigned long end)
+{
+	return DIV_ROUND_UP((end - base) >> PAGE_SHIFT,
+			    KSMDEV_CHUNK_PAGES * KSMDEV_LEAF_CHUNKS);
+}
+
+/*
+ * A region [start, end) whose directory's grid begins at @base (@start, but
+ * for a region cut off the tail of another), without a domain yet.
+ */
+static struct ksmdev_region *ksmdev_region_alloc(unsigned long base,
+						 unsigned long start,
 						 unsigned long end, u64 flags)
 {
-	unsigned long pages = (end - start) >> PAGE_SHIFT;
-	unsigned long chunks = DIV_ROUND_UP(pages, KSMDEV_CHUNK_PAGES);
 	struct ksmdev_region *region;
 
 	/*
@@ -140,33 +150,54 @@ static struct ksmdev_region *ksmdev_region_alloc(unsigned long start,
 				   GFP_KERNEL_ACCOUNT | __GFP_NORETRY);
 	if (!region)
 		return NULL;
+	region->base = base;
 	region->start = start;
 	region->end = end;
 	region->flags = flags;
-	region->nr_dir = DIV_ROUND_UP(chunks, KSMDEV_LEAF_CHUNKS);
+	region->nr_dir = ksmdev_dir_leaves(base, end);
 	region->dir = ksmdev_meta_alloc(region->nr_dir * sizeof(*region->dir),
 					GFP_KERNEL_ACCOUNT | __GFP_NORETRY);
 	if (!region->dir) {
 		ksmdev_meta_free(region, sizeof(*region));
 		return NULL;
 	}
+	region->meta_bytes = ksmdev_meta_size(sizeof(*region)) +
+		ksmdev_meta_size(region->nr_dir * sizeof(*region->dir));
 	return region;
 }
 
-/* Free @region and its scan state, which @ctx no longer counts. */
+/* Free leaf @i of @region's directory and its chunks (their slots are 0). */
+static void ksmdev_region_free_leaf(struct ksmdev_region *region,
+				    unsigned long i)
+{
+	struct ksmdev_chunk **leaf = region->dir[i];
+	unsigned long j;
+
+	if (!leaf)
+		return;
+	for (j = 0; j < KSMDEV_LEAF_CHUNKS; j++) {
+		if (!leaf[j])
+			continue;
+		ksmdev_meta_free(leaf[j], sizeof(*leaf[j]));
+		region->meta_bytes -= ksmdev_meta_size(sizeof(*leaf[j]));
+	}
+	ksmdev_meta_free(leaf, KSMDEV_LEAF_CHUNKS * sizeof(*leaf));
+	region->meta_bytes -= ksmdev_meta_size(KSMDEV_LEAF_CHUNKS *
+					       sizeof(*leaf));
+	region->dir[i] = NULL;
+}
+
+/*
+ * Free @region and its scan state, which @ctx no longer counts, and drop
+ * its domain.
+ */
 static void ksmdev_region_free(struct ksmdev_region *region)
 {
-	unsigned long i, j;
+	unsigned long i;
 
-	for (i = 0; i < region->nr_dir; i++) {
-		struct ksmdev_chunk **leaf = region->dir[i];
-
-		if (!leaf)
-			continue;
-		for (j = 0; j < KSMDEV_LEAF_CHUNKS; j++)
-			ksmdev_meta_free(leaf[j], sizeof(*leaf[j]));
-		ksmdev_meta_free(leaf, KSMDEV_LEAF_CHUNKS * sizeof(*leaf));
-	}
+	for (i = 0; i < region->nr_dir; i++)
+		ksmdev_region_free_leaf(region, i);
+	ksmdev_domain_put(region->domain);
 	ksmdev_meta_free(region->dir, region->nr_dir * sizeof(*region->dir));
 	ksmdev_meta_free(region, sizeof(*region));
 }
@@ -187,21 +218,21 @@ unsigned long ksmdev_region_slot_next(struct ksmdev_region *region,
 				      unsigned long addr, unsigned long end,
 				      u64 **slotp)
 {
-	const unsigned int chunk_bits = KSMDEV_CHUNK_SHIFT + PAGE_SHIFT;
-	const unsigned int leaf_bits = KSMDEV_LEAF_SHIFT + chunk_bits;
+	const unsigned int chunk_bits = KSMDEV_CHUNK_BITS;
+	const unsigned int leaf_bits = KSMDEV_LEAF_BITS;
 
 	while (addr < end) {
-		unsigned long off = addr - region->start;
+		unsigned long off = addr - region->base;
 		struct ksmdev_chunk **leaf = region->dir[off >> leaf_bits];
 		struct ksmdev_chunk *chunk;
 
 		if (!leaf) {
-			addr = region->start + ((off >> leaf_bits) + 1) * BIT(leaf_bits);
+			addr = region->base + ((off >> leaf_bits) + 1) * BIT(leaf_bits);
 			continue;
 		}
 		chunk = leaf[(off >> chunk_bits) & (KSMDEV_LEAF_CHUNKS - 1)];
 		if (!chunk) {
-			addr = region->start + ((off >> chunk_bits) + 1) * BIT(chunk_bits);
+			addr = region->base + ((off >> chunk_bits) + 1) * BIT(chunk_bits);
 			continue;
 		}
 		*slotp = &chunk->slot[(off >> PAGE_SHIFT) & (KSMDEV_CHUNK_PAGES - 1)];
@@ -244,7 +275,7 @@ void ksmdev_region_forget(struct ksmdev_ctx *ctx,
 	     addr < end;
 	     addr = ksmdev_region_slot_next(region, addr + PAGE_SIZE, end, &slot))
 		if (*slot)
-			ksmdev_slot_set(ctx, slot, 0);
+			ksmdev_slot_set(ctx, region, slot, 0);
 }
 
 /**
@@ -259,7 +290,7 @@ void ksmdev_region_forget(struct ksmdev_ctx *ctx,
  */
 u64 *ksmdev_region_slot(struct ksmdev_region *region, unsigned long addr)
 {
-	unsigned long page = (addr - region->start) >> PAGE_SHIFT;
+	unsigned long page = (addr - region->base) >> PAGE_SHIFT;
 	unsigned long chunk = page >> KSMDEV_CHUNK_SHIFT;
 	struct ksmdev_chunk ***leafp = &region->dir[chunk >> KSMDEV_LEAF_SHIFT];
 	struct ksmdev_chunk **chunkp;
@@ -270,12 +301,15 @@ u64 *ksmdev_region_slot(struct ksmdev_region *region, unsigned long addr)
 					   KSMDEV_GFP_SCAN);
 		if (!*leafp)
 			return NULL;
+		region->meta_bytes += ksmdev_meta_size(KSMDEV_LEAF_CHUNKS *
+						       sizeof(**leafp));
 	}
 	chunkp = &(*leafp)[chunk & (KSMDEV_LEAF_CHUNKS - 1)];
 	if (!*chunkp) {
 		*chunkp = ksmdev_meta_alloc(sizeof(**chunkp), KSMDEV_GFP_SCAN);
 		if (!*chunkp)
 			return NULL;
+		region->meta_bytes += ksmdev_meta_size(sizeof(**chunkp));
 	}
 	return &(*chunkp)->slot[page & (KSMDEV_CHUNK_PAGES - 1)];
 }
@@ -417,10 +451,18 @@ int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 		err = -EEXIST;
 		goto unlock;
 	}
-	region = ksmdev_region_alloc(start, end, r->flags);
+	region = ksmdev_region_alloc(start, start, end, r->flags);
 	if (!region) {
 		err = -ENOMEM;
 		goto unlock;
+	}
+	if (r->domain) {
+		region->domain = ksmdev_domain_get(r->domain);
+		if (!region->domain) {
+			ksmdev_region_free(region);
+			err = -ENOMEM;
+			goto unlock;
+		}
 	}
 	link = &ctx->regions.rb_node;
 	while (*link) {
@@ -480,29 +522,295 @@ static void ksmdev_regions_set_going(struct ksmdev_region *first,
 	}
 }
 
+/*
+ * What cutting the middle out of a region needs, allocated before anything
+ * changes (KSM_REGION_SPLIT): the region for the tail, and a leaf and a
+ * chunk for the tail's share of a leaf or chunk that the cut goes through
+ * (the head keeps the original). Unused parts are freed again.
+ */
+struct ksmdev_cut {
+	struct ksmdev_region *tail;
+	struct ksmdev_chunk **leaf;
+	struct ksmdev_chunk *chunk;
+};
+
+static void ksmdev_cut_free(struct ksmdev_cut *cut)
+{
+	if (cut->tail)
+		ksmdev_region_free(cut->tail);
+	ksmdev_meta_free(cut->leaf, KSMDEV_LEAF_CHUNKS * sizeof(*cut->leaf));
+	ksmdev_meta_free(cut->chunk, sizeof(*cut->chunk));
+	memset(cut, 0, sizeof(*cut));
+}
+
+/*
+ * Allocate @cut for taking [start, end) out of the middle of @region (under
+ * ksmdev_lock). The tail's grid is the one of @region's leaf that @end is
+ * in, so that leaves, chunks and slots keep their indices when they move.
+ */
+static int ksmdev_cut_prepare(struct ksmdev_cut *cut,
+			      struct ksmdev_region *region,
+			      unsigned long start, unsigned long end)
+{
+	unsigned long base = region->base +
+		(((end - region->base) >> KSMDEV_LEAF_BITS) << KSMDEV_LEAF_BITS);
+
+	lockdep_assert_held(&ksmdev_lock);
+	cut->tail = ksmdev_region_alloc(base, end, region->end, region->flags);
+	cut->leaf = ksmdev_meta_alloc(KSMDEV_LEAF_CHUNKS * sizeof(*cut->leaf),
+				      GFP_KERNEL_ACCOUNT | __GFP_NORETRY);
+	cut->chunk = ksmdev_meta_alloc(sizeof(*cut->chunk),
+				       GFP_KERNEL_ACCOUNT | __GFP_NORETRY);
+	if (!cut->tail || !cut->leaf || !cut->chunk) {
+		ksmdev_cut_free(cut);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+/*
+ * Free the leaves and chunks of @region that no longer cover any of
+ * [start, end) (their slots were forgotten). Only the leaves at either end
+ * can be partly outside, so only theirs are looked at chunk by chunk.
+ */
+static void ksmdev_region_prune(struct ksmdev_region *region)
+{
+	unsigned long i, j, lstart, cstart;
+	struct ksmdev_chunk **leaf;
+
+	for (i = 0; i < region->nr_dir; i++) {
+		leaf = region->dir[i];
+		if (!leaf)
+			continue;
+		lstart = region->base + (i << KSMDEV_LEAF_BITS);
+		if (lstart >= region->end ||
+		    lstart + BIT(KSMDEV_LEAF_BITS) <= region->start) {
+			ksmdev_region_free_leaf(region, i);
+			continue;
+		}
+		if (lstart >= region->start &&
+		    lstart + BIT(KSMDEV_LEAF_BITS) <= region->end)
+			continue;
+		for (j = 0; j < KSMDEV_LEAF_CHUNKS; j++) {
+			cstart = lstart + (j << KSMDEV_CHUNK_BITS);
+			if (!leaf[j] || (cstart < region->end &&
+					 cstart + BIT(KSMDEV_CHUNK_BITS) >
+					 region->start))
+				continue;
+			ksmdev_meta_free(leaf[j], sizeof(*leaf[j]));
+			region->meta_bytes -= ksmdev_meta_size(sizeof(*leaf[j]));
+			leaf[j] = NULL;
+		}
+	}
+}
+
+/* Bytes of one leaf and of one chunk, as ksmdev_meta_alloc() counts them. */
+#define KSMDEV_LEAF_BYTES	\
+	ksmdev_meta_size(KSMDEV_LEAF_CHUNKS * sizeof(struct ksmdev_chunk *))
+#define KSMDEV_CHUNK_BYTES	ksmdev_meta_size(sizeof(struct ksmdev_chunk))
+
+/* @chunk goes from @region to @tail: its bytes and merged slots with it. */
+static void ksmdev_cut_account(struct ksmdev_region *region,
+			       struct ksmdev_region *tail,
+			       const struct ksmdev_chunk *chunk)
+{
+	unsigned long k, merged = 0;
+
+	for (k = 0; k < KSMDEV_CHUNK_PAGES; k++)
+		merged += !!(chunk->slot[k] & KSMDEV_SLOT_MERGED);
+	region->meta_bytes -= KSMDEV_CHUNK_BYTES;
+	tail->meta_bytes += KSMDEV_CHUNK_BYTES;
+	region->nr_merging -= merged;
+	tail->nr_merging += merged;
+}
+
+/* Move chunk @j of @from (a leaf of @region) to @to (a leaf of @tail). */
+static void ksmdev_cut_move_chunk(struct ksmdev_region *region,
+				  struct ksmdev_chunk **from,
+				  struct ksmdev_region *tail,
+				  struct ksmdev_chunk **to, unsigned long j)
+{
+	if (!from[j])
+		return;
+	ksmdev_cut_account(region, tail, from[j]);
+	to[j] = from[j];
+	from[j] = NULL;
+}
+
+/* Move leaf @i of @region, with its chunks, to leaf @t of @tail. */
+static void ksmdev_cut_move_leaf(struct ksmdev_region *region,
+				 unsigned long i, struct ksmdev_region *tail,
+				 unsigned long t)
+{
+	struct ksmdev_chunk **leaf = region->dir[i];
+	unsigned long j;
+
+	if (!leaf)
+		return;
+	for (j = 0; j < KSMDEV_LEAF_CHUNKS; j++)
+		if (leaf[j])
+			ksmdev_cut_account(region, tail, leaf[j]);
+	tail->dir[t] = leaf;
+	region->dir[i] = NULL;
+	region->meta_bytes -= KSMDEV_LEAF_BYTES;
+	tail->meta_bytes += KSMDEV_LEAF_BYTES;
+}
+
+/*
+ * Take [start, end) out of the middle of @region, whose slots there are
+ * forgotten already: @region keeps [region->start, start), cut->tail gets
+ * [end, region->end) with the slots of those pages, as they are (same
+ * context, so every counter stays right; unstable nodes are found by
+ * address, not by slot). Leaves and chunks wholly after the cut move; the
+ * ones the cut goes through are shared out, the tail's part going to the
+ * spare leaf or chunk of @cut.
+ */
+static void ksmdev_cut_middle(struct ksmdev_region *region,
+			      struct ksmdev_cut *cut,
+			      unsigned long start, unsigned long end)
+{
+	struct ksmdev_region *tail = cut->tail;
+	unsigned long le = (end - region->base) >> KSMDEV_LEAF_BITS;
+	unsigned long ls = (start - 1 - region->base) >> KSMDEV_LEAF_BITS;
+	unsigned long ce, cs, i, j, k, first;
+	struct ksmdev_chunk **from, **to;
+
+	/* Whole leaves after the one @end is in (the tail's leaf 0). */
+	for (i = le + 1; i < region->nr_dir; i++)
+		ksmdev_cut_move_leaf(region, i, tail, i - le);
+	from = region->dir[le];
+	if (!from)
+		return;
+	if (le > ls) {
+		/* The head has nothing in this leaf: it moves whole. */
+		ksmdev_cut_move_leaf(region, le, tail, 0);
+		return;
+	}
+	/* Both keep pages in leaf @le: the tail gets the spare leaf. */
+	to = cut->leaf;
+	cut->leaf = NULL;
+	tail->dir[0] = to;
+	tail->meta_bytes += KSMDEV_LEAF_BYTES;
+	ce = ((end - region->base) >> KSMDEV_CHUNK_BITS) &
+		(KSMDEV_LEAF_CHUNKS - 1);
+	cs = ((start - 1 - region->base) >> KSMDEV_CHUNK_BITS) &
+		(KSMDEV_LEAF_CHUNKS - 1);
+	for (j = ce + 1; j < KSMDEV_LEAF_CHUNKS; j++)
+		ksmdev_cut_move_chunk(region, from, tail, to, j);
+	if (ce > cs) {
+		ksmdev_cut_move_chunk(region, from, tail, to, ce);
+		return;
+	}
+	if (!from[ce])
+		return;
+	/* Both keep pages in chunk @ce: the tail's slots go to the spare. */
+	to[ce] = cut->chunk;
+	cut->chunk = NULL;
+	tail->meta_bytes += KSMDEV_CHUNK_BYTES;
+	first = ((end - region->base) >> PAGE_SHIFT) & (KSMDEV_CHUNK_PAGES - 1);
+	for (k = first; k < KSMDEV_CHUNK_PAGES; k++) {
+		u64 slot = from[ce]->slot[k];
+
+		to[ce]->slot[k] = slot;
+		from[ce]->slot[k] = 0;
+		if (slot & KSMDEV_SLOT_MERGED) {
+			region->nr_merging--;
+			tail->nr_merging++;
+		}
+	}
+}
+
+/* Link @region into @ctx's tree, by start (it overlaps none there). */
+static void ksmdev_region_insert(struct ksmdev_ctx *ctx,
+				 struct ksmdev_region *region)
+{
+	struct rb_node **link = &ctx->regions.rb_node, *parent = NULL;
+
+	while (*link) {
+		parent = *link;
+		if (region->start <
+		    rb_entry(parent, struct ksmdev_region, node)->start)
+			link = &parent->rb_left;
+		else
+			link = &parent->rb_right;
+	}
+	rb_link_node(&region->node, parent, link);
+	rb_insert_color(&region->node, &ctx->regions);
+}
+
+/*
+ * Take [start, end) (inside @region, not all of it) out of @region of @ctx,
+ * under ksmdev_lock: its pages' scan state is forgotten (their merges were
+ * undone), the rest keeps its own. Cutting the middle out uses @cut.
+ */
+static void ksmdev_region_cut(struct ksmdev_ctx *ctx,
+			      struct ksmdev_region *region,
+			      unsigned long start, unsigned long end,
+			      struct ksmdev_cut *cut)
+{
+	unsigned long pages = (end - start) >> PAGE_SHIFT;
+	struct ksmdev_region *tail;
+
+	lockdep_assert_held(&ksmdev_lock);
+	ksmdev_unstable_forget(ctx, start, end);
+	ksmdev_region_forget(ctx, region, start, end);
+	ctx->nr_pages -= pages;
+	ksmdev_stats_add(0, -(long)pages);
+	region->going = false;
+	if (start == region->start) {
+		/* The order in the tree stays: regions never overlap. */
+		region->start = end;
+	} else if (end == region->end) {
+		region->end = start;
+	} else {
+		tail = cut->tail;
+		ksmdev_cut_middle(region, cut, start, end);
+		cut->tail = NULL;
+		region->end = start;
+		/* A reference of its own to the domain, which @region holds. */
+		tail->domain = region->domain;
+		if (tail->domain)
+			tail->domain->regions++;
+		ksmdev_region_prune(tail);
+		ksmdev_region_insert(ctx, tail);
+		ctx->nr_regions++;
+		ksmdev_stats_add(1, 0);
+	}
+	ksmdev_region_prune(region);
+}
+
 /**
  * ksmdev_region_remove - unmerge and unregister the regions inside a range
  * @ctx: the caller's context (ctx->mm == current->mm)
- * @r:   a range that must cover one or more whole regions
+ * @r:   without KSM_REGION_SPLIT, a range that must cover one or more whole
+ *       regions; with it, any range: the parts of regions outside it stay
+ *       registered, as regions of their own
  *
  * Every region is unmerged before any is removed: if unmerging fails, all
  * stay registered, what was unmerged stays correct, and the call can be
- * repeated.
+ * repeated. With KSM_REGION_SPLIT only the pages inside the range are
+ * unmerged; what a cut needs is allocated before anything changes, so
+ * that ENOMEM and ENOSPC leave everything as it was.
  *
  * Locking: ctx->lock throughout, so that the regions stay (nothing else
  * removes them: close cannot run during an ioctl of the same file, the
  * scanner drops an exited context's regions only with a trylock of
  * ctx->lock). The regions are marked going under ksmdev_lock, so that the
- * scanner leaves them alone, then unmerged without ksmdev_lock (the unmerge
- * takes it for a moment per chunk), then removed under it again.
+ * scanner leaves them alone (a region being cut, all of it, for that
+ * time), then unmerged without ksmdev_lock (the unmerge takes it for a
+ * moment per chunk), then removed or cut under it again.
  *
- * Return: 0, -EINVAL (the range cuts a region), -ENOENT (no region in it),
- * -ENOMEM or -EINTR (unmerging failed).
+ * Return: 0, -EINVAL (the range cuts a region, without KSM_REGION_SPLIT),
+ * -ENOENT (no registered page in it), -ENOSPC (a cut would pass
+ * max_regions), -ENOMEM or -EINTR (unmerging failed, or no memory for a
+ * cut).
  */
 int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 {
 	unsigned long start = r->addr, end = r->addr + r->len;
+	bool split = r->flags & KSM_REGION_SPLIT;
 	struct ksmdev_region *first, *region;
+	struct ksmdev_cut cut = { };
 	struct rb_node *node;
 	int err = 0;
 
@@ -514,7 +822,7 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 		goto out;
 	}
 	/* Check the whole range before changing anything. */
-	for (node = &first->node; node; node = rb_next(node)) {
+	for (node = &first->node; node && !split; node = rb_next(node)) {
 		region = rb_entry(node, struct ksmdev_region, node);
 		if (region->start >= end)
 			break;
@@ -524,6 +832,17 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 		}
 	}
 	ksmdev_lock_acquire();
+	/* Only a region cut at both ends makes one more. */
+	if (first->start < start && first->end > end) {
+		if (ctx->nr_regions >= READ_ONCE(ksmdev_max_regions))
+			err = -ENOSPC;
+		else
+			err = ksmdev_cut_prepare(&cut, first, start, end);
+		if (err) {
+			mutex_unlock(&ksmdev_lock);
+			goto out;
+		}
+	}
 	ksmdev_regions_set_going(first, end, true);
 	mutex_unlock(&ksmdev_lock);
 
@@ -534,7 +853,9 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 			region = rb_entry(node, struct ksmdev_region, node);
 			if (region->start >= end)
 				break;
-			err = ksmdev_unmerge_region(ctx, region);
+			err = ksmdev_unmerge_range(ctx, region,
+						   max(start, region->start),
+						   min(end, region->end));
 		}
 		mmap_read_unlock(ctx->mm);
 	}
@@ -551,14 +872,38 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 		if (region->start >= end)
 			break;
 		node = rb_next(node);
+		if (region->start < start || region->end > end) {
+			ksmdev_region_cut(ctx, region, max(start, region->start),
+					  min(end, region->end), &cut);
+			continue;
+		}
 		rb_erase(&region->node, &ctx->regions);
 		ksmdev_region_drop(ctx, region);
 	}
 unlock:
+	ksmdev_cut_free(&cut);
 	mutex_unlock(&ksmdev_lock);
 out:
 	mutex_unlock(&ctx->lock);
 	return err;
+}
+
+/*
+ * This context's share of metadata_bytes (struct ksm_mm_stats): its
+ * regions with their directories, leaves and chunks, and its unstable
+ * nodes. Not the context itself, nor the stable nodes and domains, which
+ * serve every context that maps them. Called with ksmdev_lock held.
+ */
+u64 ksmdev_ctx_metadata(struct ksmdev_ctx *ctx)
+{
+	struct rb_node *node;
+	u64 bytes;
+
+	lockdep_assert_held(&ksmdev_lock);
+	bytes = (u64)ctx->nr_unstable * ksmdev_unstable_bytes();
+	for (node = rb_first(&ctx->regions); node; node = rb_next(node))
+		bytes += rb_entry(node, struct ksmdev_region, node)->meta_bytes;
+	return bytes;
 }
 
 /*
