@@ -371,6 +371,58 @@ TEST_F_TIMEOUT(domains, zero_pages_cross_domains, 300)
 	ASSERT_EQ(0, ksm_wait_bookkeeping(self->fd, base, &s, 30));
 }
 
+/*
+ * A domain goes with its last region; merged pages still mapped then are
+ * orphans, in no tree, and outlive it. The same domain made again keeps
+ * apart from them, and unregistering unmerges them.
+ */
+TEST_F_TIMEOUT(domains, domain_outlived_by_orphans, 300)
+{
+	const struct ksm_stats *base = &self->base;
+	size_t ps = self->ps;
+	char *p = ksm_mmap_anon(NPAGES * ps);
+	struct ksm_mm_stats ms;
+	struct ksm_stats s;
+	uint64_t pfn;
+	int fd;
+
+	ASSERT_NE(NULL, p);
+	ksm_fill_vals(p, 0, NPAGES, VAL);
+	fd = ksm_open();
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, reg_domain(fd, p, NPAGES * ps, 0, 3));
+	ASSERT_EQ(0, ksm_wait_mm_merging(fd, NPAGES, &ms, KSM_MERGE_WAIT_S));
+	pfn = ksm_pfn(p);
+	EXPECT_EQ(pfn, ksm_pfn(p + (NPAGES - 1) * ps));
+	/* The last region of domain 3 goes: its page is an orphan. */
+	EXPECT_EQ(0, close(fd));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+	EXPECT_EQ(base->pages_shared, s.pages_shared);
+	EXPECT_EQ(base->pages_sharing, s.pages_sharing);
+	EXPECT_EQ(base->pages_orphaned + 1, s.pages_orphaned);
+	EXPECT_EQ(pfn, ksm_pfn(p));
+	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, NPAGES, VAL));
+	/* Domain 3 again: a new one, that leaves the orphan alone. */
+	fd = ksm_open();
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, reg_domain(fd, p, NPAGES * ps, 0, 3));
+	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 2, KSM_MERGE_WAIT_S));
+	ASSERT_EQ(0, ksm_get_mm_stats(fd, &ms));
+	EXPECT_EQ(0, ms.merging_pages);
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+	EXPECT_EQ(base->pages_shared, s.pages_shared);
+	EXPECT_EQ(base->pages_orphaned + 1, s.pages_orphaned);
+	/* Unregistering unmerges what maps the orphan; then it is freed. */
+	EXPECT_EQ(0, unreg_split(fd, p, NPAGES * ps));
+	EXPECT_NE(pfn, ksm_pfn(p));
+	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, NPAGES, VAL));
+	EXPECT_EQ(0, close(fd));
+	ksm_wait_orphans_reaped(self->fd, 10);
+	ASSERT_EQ(0, ksm_wait_bookkeeping(self->fd, base, &s, 30));
+	EXPECT_EQ(base->pages_orphaned, s.pages_orphaned);
+	munmap(p, NPAGES * ps);
+}
+
 /* ---- debugfs "regions" ---- */
 
 struct rline {
