@@ -220,8 +220,10 @@ struct ksmdev_chunk {
  *           that the unmerge, which runs without ksmdev_lock, does not race
  *           with new merges; cleared again if the unmerge fails
  *
- * The tree links are protected by ksmdev_lock and the context's lock
- * together (see struct ksmdev_ctx); the slots and @going by ksmdev_lock.
+ * The tree links, @start and @end (which a KSM_REGION_SPLIT cut changes)
+ * are protected by ksmdev_lock and the context's lock together (see struct
+ * ksmdev_ctx); the slots, @dir, @going, @nr_merging, @meta_bytes and the
+ * domain's reference count by ksmdev_lock.
  */
 struct ksmdev_region {
 	struct rb_node node;
