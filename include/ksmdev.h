@@ -76,6 +76,8 @@
 /* The tables above the chunks (registry.c) have this many entries. */
 #define KSMDEV_LEAF_SHIFT	9
 #define KSMDEV_LEAF_CHUNKS	BIT(KSMDEV_LEAF_SHIFT)
+/* Address bits below a chunk's span (2 MiB). */
+#define KSMDEV_CHUNK_BITS	(KSMDEV_CHUNK_SHIFT + PAGE_SHIFT)
 
 /*
  * The slot: one word of scan state per registered page. The low bits hold
@@ -104,13 +106,35 @@
  * @unstable: struct ksmdev_unstable, by content hash; emptied at the start
  *            of every full scan
  *
- * Regions without KSM_REGION_SCOPE_MM use the global trees; those with it
- * use the trees of their context, so their pages never meet another mm's.
- * Protected by ksmdev_lock.
+ * Regions without KSM_REGION_SCOPE_MM and without a domain use the global
+ * trees; those with KSM_REGION_SCOPE_MM use the trees of their context, so
+ * their pages never meet another mm's; those with a non-zero domain use
+ * their domain's (struct ksmdev_domain), so their pages meet only pages of
+ * the same domain. Protected by ksmdev_lock.
  */
 struct ksmdev_trees {
 	struct rb_root stable;
 	struct rb_root unstable;
+};
+
+/**
+ * struct ksmdev_domain - a merge domain (ABI version 2, ksm_region.domain)
+ * @node:    in the tree of domains (tree.c), by @id
+ * @id:      the domain's number, never 0 (the global trees are domain 0)
+ * @regions: regions that belong to it. Made by the first, freed with the
+ *           last: a stable node is in @trees only while a slot of one of
+ *           those regions maps it, and an unstable node only while its
+ *           page's region lives, so the trees are empty by then. Orphans
+ *           are in no tree, and outlive their domain.
+ * @trees:   its stable and unstable trees
+ *
+ * Protected by ksmdev_lock.
+ */
+struct ksmdev_domain {
+	struct rb_node node;
+	u64 id;
+	unsigned long regions;
+	struct ksmdev_trees trees;
 };
 
 /**
@@ -182,11 +206,21 @@ struct ksmdev_chunk {
  * @node:    in ksmdev_ctx.regions, ordered by @start; regions never overlap
  * @start:   first address, page aligned
  * @end:     address past the last page
+ * @base:    where chunk 0 of @top begins: @start when registered; a
+ *           region cut off the tail of another (KSM_REGION_SPLIT) starts
+ *           its numbering at the chunk of the other that its first page is
+ *           in, so that chunks move to it as they are, slots and all
  * @flags:   KSM_REGION_* flags given at registration
+ * @domain:  its merge domain, NULL for the global domain (domain 0)
+ * @nr_merging: pages of it that map a merged page or a merged zero page
+ * @meta_bytes: metadata_bytes it accounts for: itself, @top, the tables
+ *           below and the chunks (the context's share,
+ *           ksm_mm_stats.metadata_bytes)
  * @height:  levels of tables above the chunks (registry.c)
  * @nr_top:  entries in @top
- * @top:     the top table of the radix tree of the per-page state; the
- *           tables below it and the chunks are allocated on first use
+ * @top:     the top table of the radix tree of the per-page state, whose
+ *           chunks are numbered from @base; the tables below it and the
+ *           chunks are allocated on first use
  * @nr_pages: pages it counts in registered_pages: its size; for
  *           KSM_REGION_ALL, the pages of the suitable VMAs at the last pass
  * @pass_pages: KSM_REGION_ALL: those the scanner has met in this pass
@@ -197,15 +231,21 @@ struct ksmdev_chunk {
  *           that the unmerge, which runs without ksmdev_lock, does not race
  *           with new merges; cleared again if the unmerge fails
  *
- * The tree links are protected by ksmdev_lock and the context's lock
- * together (see struct ksmdev_ctx); the slots, @going, @nr_pages and the
- * pass fields by ksmdev_lock.
+ * The tree links, @start and @end (which a KSM_REGION_SPLIT cut changes)
+ * are protected by ksmdev_lock and the context's lock together (see struct
+ * ksmdev_ctx); the slots, the tables, @going, @nr_pages, the pass fields,
+ * @nr_merging, @meta_bytes and the domain's reference count by
+ * ksmdev_lock.
  */
 struct ksmdev_region {
 	struct rb_node node;
 	unsigned long start;
 	unsigned long end;
+	unsigned long base;
 	u64 flags;
+	struct ksmdev_domain *domain;
+	unsigned long nr_merging;
+	size_t meta_bytes;
 	unsigned int height;
 	unsigned long nr_top;
 	void **top;
@@ -237,6 +277,7 @@ struct ksmdev_region {
  * @nr_pages:  pages they cover (struct ksmdev_region.nr_pages)
  * @nr_merging: pages that map a merged page or a merged zero page
  * @nr_zero:   of those, zero-page mappings
+ * @nr_unstable: its nodes in unstable trees (on @unstable)
  * @exited:    the regions were dropped for good: the mm's users dropped to
  *             zero, or the context was closed (or replaced by a persistent
  *             one at attach)
@@ -280,6 +321,7 @@ struct ksmdev_ctx {
 	unsigned long nr_pages;
 	unsigned long nr_merging;
 	unsigned long nr_zero;
+	unsigned long nr_unstable;
 	bool exited;
 	bool attached;
 	bool persistent;
@@ -329,6 +371,7 @@ static inline void ksmdev_event(u64 *event)
 
 void *ksmdev_meta_alloc(size_t size, gfp_t gfp);
 void ksmdev_meta_free(const void *ptr, size_t size);
+size_t ksmdev_meta_size(size_t size);
 void *ksmdev_meta_cache_alloc(struct kmem_cache *cache, gfp_t gfp);
 void ksmdev_meta_cache_free(struct kmem_cache *cache, void *ptr);
 void ksmdev_debugfs_init(void);
@@ -353,6 +396,7 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r);
 struct ksmdev_region *ksmdev_region_next(struct ksmdev_ctx *ctx,
 					 unsigned long addr);
 void ksmdev_ctx_drop_regions(struct ksmdev_ctx *ctx);
+u64 ksmdev_ctx_metadata(struct ksmdev_ctx *ctx);
 u64 *ksmdev_region_slot(struct ksmdev_region *region, unsigned long addr);
 u64 *ksmdev_region_slot_lookup(struct ksmdev_region *region,
 			       unsigned long addr);
@@ -370,7 +414,11 @@ extern struct ksmdev_trees ksmdev_global_trees;
 
 struct ksmdev_trees *ksmdev_trees_of(struct ksmdev_ctx *ctx,
 				     struct ksmdev_region *region);
-void ksmdev_slot_set(struct ksmdev_ctx *ctx, u64 *slot, u64 value);
+void ksmdev_slot_set(struct ksmdev_ctx *ctx, struct ksmdev_region *region,
+		     u64 *slot, u64 value);
+struct ksmdev_domain *ksmdev_domain_get(u64 id);
+void ksmdev_domain_put(struct ksmdev_domain *domain);
+size_t ksmdev_unstable_bytes(void);
 struct ksmdev_stable *ksmdev_stable_search(struct ksmdev_trees *trees,
 					   u64 hash, struct page *page);
 struct ksmdev_stable *ksmdev_stable_of(struct page *page);
@@ -386,6 +434,7 @@ void ksmdev_unstable_erase(struct ksmdev_unstable *un);
 void ksmdev_unstable_forget(struct ksmdev_ctx *ctx, unsigned long start,
 			    unsigned long end);
 void ksmdev_unstable_reset(struct ksmdev_trees *trees);
+void ksmdev_domains_unstable_reset(void);
 void ksmdev_orphans_reap(void);
 int ksmdev_trees_init(void);
 void ksmdev_trees_exit(void);
@@ -406,6 +455,8 @@ struct page *ksmdev_get_anon_page(struct vm_area_struct *vma,
 bool ksmdev_page_is_zero(struct page *page);
 int ksmdev_unmerge_region(struct ksmdev_ctx *ctx,
 			  struct ksmdev_region *region);
+int ksmdev_unmerge_range(struct ksmdev_ctx *ctx, struct ksmdev_region *region,
+			 unsigned long start, unsigned long stop);
 
 /* scan.c: the scanner thread */
 int ksmdev_scan_init(void);

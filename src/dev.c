@@ -129,9 +129,18 @@ static long ksmdev_region_ioctl(struct ksmdev_file *f, bool add,
 		return err;
 	err = ksmdev_region_check(&r, add ?
 				  KSM_REGION_FLAGS_ALL | KSM_REGION_ALL :
-				  KSM_REGION_ALL);
+				  KSM_REGION_ALL | KSM_REGION_SPLIT);
 	if (err)
 		return err;
+	/*
+	 * Domains (ABI version 2): a non-zero one only at registration, never
+	 * with KSM_REGION_SCOPE_MM (EINVAL), and only the host draws tenant
+	 * lines (EPERM).
+	 */
+	if (r.domain && (!add || (r.flags & KSM_REGION_SCOPE_MM)))
+		return -EINVAL;
+	if (r.domain && !capable(CAP_SYS_ADMIN))
+		return -EPERM;
 	if (add)
 		return ksmdev_region_add(ctx, &r);
 	return ksmdev_region_remove(ctx, &r);
@@ -167,6 +176,7 @@ static long ksmdev_mm_stats_ioctl(struct ksmdev_ctx *ctx, void __user *uarg,
 	st.registered_pages = ctx->nr_pages;
 	st.merging_pages = ctx->nr_merging;
 	st.ksm_zero_pages = ctx->nr_zero;
+	st.metadata_bytes = ksmdev_ctx_metadata(ctx);
 	mutex_unlock(&ksmdev_lock);
 	return ksmdev_copy_out(uarg, usize, &st, sizeof(st));
 }

@@ -471,11 +471,14 @@ unlock_page:
 	return done;
 }
 
-/* Forget that pages of @region were merged: they were all unmerged. */
+/*
+ * Forget that pages of [addr, end) of @region were merged: they were all
+ * unmerged.
+ */
 static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
-				   struct ksmdev_region *region)
+				   struct ksmdev_region *region,
+				   unsigned long addr, unsigned long end)
 {
-	unsigned long addr = region->start, end = region->end;
 	unsigned int n;
 	u64 *slot;
 
@@ -490,7 +493,7 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
 			if (addr >= end)
 				break;
 			if (*slot & KSMDEV_SLOT_MERGED)
-				ksmdev_slot_set(ctx, slot, 0);
+				ksmdev_slot_set(ctx, region, slot, 0);
 			addr += PAGE_SIZE;
 		}
 		mutex_unlock(&ksmdev_lock);
@@ -499,9 +502,12 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
 }
 
 /**
- * ksmdev_unmerge_region - give every merged page of @region a private copy
+ * ksmdev_unmerge_range - give every merged page of part of @region a
+ * private copy
  * @ctx:    the region's context
  * @region: the region
+ * @start:  first address, inside @region, page aligned
+ * @stop:   address past the last page, inside @region
  *
  * Called with ctx->lock held, a reference on ctx->mm and its mmap lock held
  * for read (the unshare fault runs without FAULT_FLAG_ALLOW_RETRY, so keeps
@@ -520,9 +526,10 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
  * being closed, or its process is gone: ksmdev_ctx_abandoned()), or -EFAULT
  * (the fault failed otherwise: not seen).
  */
-int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
+int ksmdev_unmerge_range(struct ksmdev_ctx *ctx, struct ksmdev_region *region,
+			 unsigned long start, unsigned long stop)
 {
-	unsigned long addr = region->start, end, last = 0;
+	unsigned long addr = start, end, last = 0;
 	unsigned long chunk[KSMDEV_UNMERGE_CHUNK];
 	struct mm_struct *mm = ctx->mm;
 	struct vm_area_struct *vma;
@@ -532,12 +539,12 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 	lockdep_assert_held(&ctx->lock);
 	lockdep_assert_not_held(&ksmdev_lock);
 	mmap_assert_locked(mm);
-	while (addr < region->end) {
+	while (addr < stop) {
 		vma = find_vma(mm, addr);
-		if (!vma || vma->vm_start >= region->end)
+		if (!vma || vma->vm_start >= stop)
 			break;
 		addr = max(addr, vma->vm_start);
-		end = min(vma->vm_end, region->end);
+		end = min(vma->vm_end, stop);
 		/* Only a COW mapping has pages to unshare. */
 		if (!vma_is_anonymous(vma) || !is_cow_mapping(vma->vm_flags)) {
 			addr = end;
@@ -605,6 +612,12 @@ int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
 			addr = chunk[0];
 		}
 	}
-	ksmdev_region_unmerged(ctx, region);
+	ksmdev_region_unmerged(ctx, region, start, stop);
 	return 0;
+}
+
+/* ksmdev_unmerge_range() of all of @region. */
+int ksmdev_unmerge_region(struct ksmdev_ctx *ctx, struct ksmdev_region *region)
+{
+	return ksmdev_unmerge_range(ctx, region, region->start, region->end);
 }

@@ -352,14 +352,18 @@ void ksmdev_region_pass_end(struct ksmdev_ctx *ctx,
 /*
  * The per-page state of a region is a radix tree of tables of
  * KSMDEV_LEAF_CHUNKS pointers (4 KiB), over chunks of KSMDEV_CHUNK_PAGES
- * slots, indexed by the chunk's number in the region. Level 0 tables point
- * to chunks, level l > 0 tables to tables of level l - 1. The top table
- * (level height - 1) has only as many entries as the region needs, and is
- * the one thing allocated at registration: 8 bytes for a region of up to 1
- * GiB, 2 KiB for the 128 TiB (or 64 PiB) of KSM_REGION_ALL. Everything
- * below it is
- * allocated when the scanner first finds a present page there, so a sparse
- * region costs memory in proportion to its present pages at every level.
+ * slots. A page's chunk number is counted from the region's @base (its
+ * start, but for a region cut off the tail of another, see ksmdev_cut):
+ * level 0 tables point to chunks, level l > 0 tables to tables of level
+ * l - 1. The top table (level height - 1) has only as many entries as the
+ * region needs, and is the one thing allocated at registration: 8 bytes
+ * for a region of up to 1 GiB, 2 KiB for the 128 TiB (or 64 PiB) of
+ * KSM_REGION_ALL. Everything below it is allocated when the scanner first
+ * finds a present page there, so a sparse region costs memory in
+ * proportion to its present pages at every level.
+ *
+ * Every table and chunk is counted in the region's @meta_bytes, which
+ * changes under ksmdev_lock like the tree itself.
  */
 static unsigned int ksmdev_level_shift(unsigned int level)
 {
@@ -369,7 +373,7 @@ static unsigned int ksmdev_level_shift(unsigned int level)
 /* The span of address space one entry of a level-@level table covers. */
 static unsigned int ksmdev_level_bits(unsigned int level)
 {
-	return PAGE_SHIFT + KSMDEV_CHUNK_SHIFT + ksmdev_level_shift(level);
+	return KSMDEV_CHUNK_BITS + ksmdev_level_shift(level);
 }
 
 /* The index into the level-@level table on the way to chunk @ci. */
@@ -383,11 +387,22 @@ static unsigned long ksmdev_level_index(const struct ksmdev_region *region,
 	return idx & (KSMDEV_LEAF_CHUNKS - 1);
 }
 
-static struct ksmdev_region *ksmdev_region_alloc(unsigned long start,
+/* Bytes of a table of @nr entries, and of a chunk, as ksmdev_meta_alloc()
+ * counts them.
+ */
+#define KSMDEV_TABLE_BYTES(nr)	ksmdev_meta_size((nr) * sizeof(void *))
+#define KSMDEV_CHUNK_BYTES	ksmdev_meta_size(sizeof(struct ksmdev_chunk))
+
+/*
+ * A region [start, end) whose chunks are numbered from @base (@start, but
+ * for a region cut off the tail of another), without a domain yet.
+ */
+static struct ksmdev_region *ksmdev_region_alloc(unsigned long base,
+						 unsigned long start,
 						 unsigned long end, u64 flags)
 {
-	unsigned long pages = (end - start) >> PAGE_SHIFT;
-	unsigned long entries = DIV_ROUND_UP(pages, KSMDEV_CHUNK_PAGES);
+	unsigned long entries = DIV_ROUND_UP((end - base) >> PAGE_SHIFT,
+					     KSMDEV_CHUNK_PAGES);
 	struct ksmdev_region *region;
 
 	/*
@@ -398,10 +413,11 @@ static struct ksmdev_region *ksmdev_region_alloc(unsigned long start,
 				   GFP_KERNEL_ACCOUNT | __GFP_NORETRY);
 	if (!region)
 		return NULL;
+	region->base = base;
 	region->start = start;
 	region->end = end;
 	region->flags = flags;
-	region->nr_pages = pages;
+	region->nr_pages = (end - start) >> PAGE_SHIFT;
 	region->height = 1;
 	while (entries > KSMDEV_LEAF_CHUNKS) {
 		entries = DIV_ROUND_UP(entries, KSMDEV_LEAF_CHUNKS);
@@ -414,33 +430,78 @@ static struct ksmdev_region *ksmdev_region_alloc(unsigned long start,
 		ksmdev_meta_free(region, sizeof(*region));
 		return NULL;
 	}
+	region->meta_bytes = ksmdev_meta_size(sizeof(*region)) +
+		KSMDEV_TABLE_BYTES(entries);
 	return region;
 }
 
-/* Free a table of level @level with @nr entries, and all below it. */
-static void ksmdev_table_free(void **table, unsigned long nr,
-			      unsigned int level)
+/*
+ * Free entry @i of the level-@level table @table of @region, and all below
+ * it (their slots are 0).
+ */
+static void ksmdev_entry_free(struct ksmdev_region *region, void **table,
+			      unsigned long i, unsigned int level)
+{
+	void **below = table[i];
+	unsigned long j;
+
+	if (!below)
+		return;
+	table[i] = NULL;
+	if (!level) {
+		ksmdev_meta_free(below, sizeof(struct ksmdev_chunk));
+		region->meta_bytes -= KSMDEV_CHUNK_BYTES;
+		return;
+	}
+	for (j = 0; j < KSMDEV_LEAF_CHUNKS; j++)
+		ksmdev_entry_free(region, below, j, level - 1);
+	ksmdev_meta_free(below, KSMDEV_LEAF_CHUNKS * sizeof(void *));
+	region->meta_bytes -= KSMDEV_TABLE_BYTES(KSMDEV_LEAF_CHUNKS);
+	cond_resched();
+}
+
+/*
+ * Free @region and its scan state, which @ctx no longer counts, and drop
+ * its domain.
+ */
+static void ksmdev_region_free(struct ksmdev_region *region)
 {
 	unsigned long i;
 
-	for (i = 0; i < nr; i++) {
-		if (!table[i])
-			continue;
-		if (level)
-			ksmdev_table_free(table[i], KSMDEV_LEAF_CHUNKS,
-					  level - 1);
-		else
-			ksmdev_meta_free(table[i], sizeof(struct ksmdev_chunk));
-		cond_resched();
-	}
-	ksmdev_meta_free(table, nr * sizeof(*table));
+	for (i = 0; i < region->nr_top; i++)
+		ksmdev_entry_free(region, region->top, i, region->height - 1);
+	ksmdev_domain_put(region->domain);
+	ksmdev_meta_free(region->top, region->nr_top * sizeof(*region->top));
+	ksmdev_meta_free(region, sizeof(*region));
 }
 
-/* Free @region and its scan state, which @ctx no longer counts. */
-static void ksmdev_region_free(struct ksmdev_region *region)
+/*
+ * The level-0 entry that points to chunk @ci of @region. With @gfp, the
+ * tables on the way are allocated where missing (NULL if that fails);
+ * without, NULL where one is missing.
+ */
+static void **ksmdev_chunk_entry(struct ksmdev_region *region,
+				 unsigned long ci, gfp_t gfp)
 {
-	ksmdev_table_free(region->top, region->nr_top, region->height - 1);
-	ksmdev_meta_free(region, sizeof(*region));
+	unsigned int level = region->height - 1;
+	void **entryp = &region->top[ksmdev_level_index(region, level, ci)];
+
+	while (level) {
+		if (!*entryp) {
+			if (!gfp)
+				return NULL;
+			*entryp = ksmdev_meta_alloc(KSMDEV_LEAF_CHUNKS *
+						    sizeof(void *), gfp);
+			if (!*entryp)
+				return NULL;
+			region->meta_bytes +=
+				KSMDEV_TABLE_BYTES(KSMDEV_LEAF_CHUNKS);
+		}
+		level--;
+		entryp = &((void **)*entryp)[ksmdev_level_index(region, level,
+								 ci)];
+	}
+	return entryp;
 }
 
 /**
@@ -461,7 +522,7 @@ unsigned long ksmdev_region_slot_next(struct ksmdev_region *region,
 				      u64 **slotp)
 {
 	while (addr < end) {
-		unsigned long off = addr - region->start;
+		unsigned long off = addr - region->base;
 		unsigned long ci = off >> ksmdev_level_bits(0);
 		unsigned int level = region->height - 1;
 		void *entry = region->top[ksmdev_level_index(region, level, ci)];
@@ -476,9 +537,9 @@ unsigned long ksmdev_region_slot_next(struct ksmdev_region *region,
 			/* Nothing below: on to the next entry of this level. */
 			off = ((off >> ksmdev_level_bits(level)) + 1) <<
 			      ksmdev_level_bits(level);
-			if (off >= end - region->start)
+			if (off >= end - region->base)
 				break;
-			addr = region->start + off;
+			addr = region->base + off;
 			continue;
 		}
 		chunk = entry;
@@ -522,7 +583,7 @@ void ksmdev_region_forget(struct ksmdev_ctx *ctx,
 	     addr < end;
 	     addr = ksmdev_region_slot_next(region, addr + PAGE_SIZE, end, &slot))
 		if (*slot)
-			ksmdev_slot_set(ctx, slot, 0);
+			ksmdev_slot_set(ctx, region, slot, 0);
 }
 
 /**
@@ -537,30 +598,22 @@ void ksmdev_region_forget(struct ksmdev_ctx *ctx,
  */
 u64 *ksmdev_region_slot(struct ksmdev_region *region, unsigned long addr)
 {
-	unsigned long page = (addr - region->start) >> PAGE_SHIFT;
-	unsigned long ci = page >> KSMDEV_CHUNK_SHIFT;
-	unsigned int level = region->height - 1;
-	void **entryp = &region->top[ksmdev_level_index(region, level, ci)];
-	struct ksmdev_chunk *chunk;
+	unsigned long page = (addr - region->base) >> PAGE_SHIFT;
+	struct ksmdev_chunk **chunkp;
 
 	lockdep_assert_held(&ksmdev_lock);
-	for (;;) {
-		if (!*entryp) {
-			*entryp = ksmdev_meta_alloc(level ?
-						    KSMDEV_LEAF_CHUNKS * sizeof(void *) :
-						    sizeof(struct ksmdev_chunk),
-						    KSMDEV_GFP_SCAN);
-			if (!*entryp)
-				return NULL;
-		}
-		if (!level)
-			break;
-		level--;
-		entryp = &((void **)*entryp)[ksmdev_level_index(region, level,
-								 ci)];
+	chunkp = (struct ksmdev_chunk **)
+		ksmdev_chunk_entry(region, page >> KSMDEV_CHUNK_SHIFT,
+				   KSMDEV_GFP_SCAN);
+	if (!chunkp)
+		return NULL;
+	if (!*chunkp) {
+		*chunkp = ksmdev_meta_alloc(sizeof(**chunkp), KSMDEV_GFP_SCAN);
+		if (!*chunkp)
+			return NULL;
+		region->meta_bytes += KSMDEV_CHUNK_BYTES;
 	}
-	chunk = *entryp;
-	return &chunk->slot[page & (KSMDEV_CHUNK_PAGES - 1)];
+	return &(*chunkp)->slot[page & (KSMDEV_CHUNK_PAGES - 1)];
 }
 
 /* The region of @ctx that holds @addr, or NULL. */
@@ -784,13 +837,21 @@ int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 		err = -EEXIST;
 		goto unlock;
 	}
-	region = ksmdev_region_alloc(start, end, r->flags);
+	region = ksmdev_region_alloc(start, start, end, r->flags);
 	if (!region) {
 		err = -ENOMEM;
 		goto unlock;
 	}
 	if (all)
 		region->nr_pages = pages;
+	if (r->domain) {
+		region->domain = ksmdev_domain_get(r->domain);
+		if (!region->domain) {
+			ksmdev_region_free(region);
+			err = -ENOMEM;
+			goto unlock;
+		}
+	}
 	link = &ctx->regions.rb_node;
 	while (*link) {
 		parent = *link;
@@ -851,33 +912,287 @@ static void ksmdev_regions_set_going(struct ksmdev_region *first,
 	}
 }
 
+/*
+ * What cutting the middle out of a region needs, allocated before anything
+ * changes (KSM_REGION_SPLIT): the region for the tail, with the tables on
+ * the way to every chunk that will move to it, and a chunk for the tail's
+ * share of a chunk that the cut goes through (the head keeps the original).
+ * Unused parts are freed again.
+ *
+ * The tail's chunks are numbered from the start of the head's chunk that
+ * its first page is in, so that chunks and slots move over as they are
+ * (only chunk numbers change) and a cut costs in proportion to the chunks
+ * that exist, not to the size of the region.
+ */
+struct ksmdev_cut {
+	struct ksmdev_region *tail;
+	struct ksmdev_chunk *chunk;
+};
+
+static void ksmdev_cut_free(struct ksmdev_cut *cut)
+{
+	if (cut->tail)
+		ksmdev_region_free(cut->tail);
+	ksmdev_meta_free(cut->chunk, sizeof(*cut->chunk));
+	memset(cut, 0, sizeof(*cut));
+}
+
+/* The number of @region's chunk that holds @addr. */
+static unsigned long ksmdev_chunk_index(const struct ksmdev_region *region,
+					unsigned long addr)
+{
+	return (addr - region->base) >> KSMDEV_CHUNK_BITS;
+}
+
+/*
+ * The first chunk of @region numbered @ci or more that exists, or ULONG_MAX.
+ * A walk over the chunks costs in proportion to the ones that exist.
+ */
+static unsigned long ksmdev_chunk_next(struct ksmdev_region *region,
+				       unsigned long ci)
+{
+	unsigned long addr = region->base + (ci << KSMDEV_CHUNK_BITS);
+	unsigned long end = region->base +
+		(region->nr_top << ksmdev_level_bits(region->height - 1));
+	u64 *slot;
+
+	addr = ksmdev_region_slot_next(region, addr, end, &slot);
+	return addr < end ? ksmdev_chunk_index(region, addr) : ULONG_MAX;
+}
+
+/*
+ * Allocate @cut for taking [start, end) out of the middle of @region (under
+ * ksmdev_lock, which is held until @region is marked going: from then on
+ * the scanner adds no chunk to it, so the tables made here are all the cut
+ * will need).
+ */
+static int ksmdev_cut_prepare(struct ksmdev_cut *cut,
+			      struct ksmdev_region *region,
+			      unsigned long start, unsigned long end)
+{
+	const gfp_t gfp = GFP_KERNEL_ACCOUNT | __GFP_NORETRY;
+	unsigned long ce = ksmdev_chunk_index(region, end);
+	unsigned long ci;
+
+	lockdep_assert_held(&ksmdev_lock);
+	cut->tail = ksmdev_region_alloc(region->base +
+					(ce << KSMDEV_CHUNK_BITS), end,
+					region->end, region->flags);
+	cut->chunk = ksmdev_meta_alloc(sizeof(*cut->chunk), gfp);
+	if (!cut->tail || !cut->chunk)
+		goto nomem;
+	for (ci = ksmdev_chunk_next(region, ce); ci != ULONG_MAX;
+	     ci = ksmdev_chunk_next(region, ci + 1))
+		if (!ksmdev_chunk_entry(cut->tail, ci - ce, gfp))
+			goto nomem;
+	return 0;
+nomem:
+	ksmdev_cut_free(cut);
+	return -ENOMEM;
+}
+
+/*
+ * Free what of entry @i of the level-@level table @table, which covers
+ * from @addr, lies outside [region->start, region->end) (its slots were
+ * forgotten). Only entries that a bound of the region goes through are
+ * looked into, so this costs in proportion to the tree's height.
+ */
+static void ksmdev_entry_prune(struct ksmdev_region *region, void **table,
+			       unsigned long i, unsigned int level,
+			       unsigned long addr)
+{
+	unsigned long span = BIT(ksmdev_level_bits(level));
+	void **below = table[i];
+	unsigned long j;
+
+	if (!below)
+		return;
+	if (addr >= region->end || addr + span <= region->start) {
+		ksmdev_entry_free(region, table, i, level);
+		return;
+	}
+	if (!level || (addr >= region->start && addr + span <= region->end))
+		return;
+	span = BIT(ksmdev_level_bits(level - 1));
+	for (j = 0; j < KSMDEV_LEAF_CHUNKS; j++)
+		ksmdev_entry_prune(region, below, j, level - 1, addr + j * span);
+	for (j = 0; j < KSMDEV_LEAF_CHUNKS; j++)
+		if (below[j])
+			return;
+	ksmdev_entry_free(region, table, i, level);
+}
+
+/* Free the tables and chunks of @region that no longer cover any of it. */
+static void ksmdev_region_prune(struct ksmdev_region *region)
+{
+	unsigned int top = region->height - 1;
+	unsigned long i;
+
+	for (i = 0; i < region->nr_top; i++)
+		ksmdev_entry_prune(region, region->top, i, top, region->base +
+				   (i << ksmdev_level_bits(top)));
+}
+
+/* @chunk goes from @region to @tail: its merged slots with it. */
+static void ksmdev_cut_account(struct ksmdev_region *region,
+			       struct ksmdev_region *tail,
+			       const struct ksmdev_chunk *chunk,
+			       unsigned long first)
+{
+	unsigned long k, merged = 0;
+
+	for (k = first; k < KSMDEV_CHUNK_PAGES; k++)
+		merged += !!(chunk->slot[k] & KSMDEV_SLOT_MERGED);
+	region->nr_merging -= merged;
+	tail->nr_merging += merged;
+}
+
+/*
+ * Take [start, end) out of the middle of @region, whose slots there are
+ * forgotten already: @region keeps [region->start, start), cut->tail gets
+ * [end, region->end) with the slots of those pages, as they are (same
+ * context, so every counter stays right; unstable nodes are found by
+ * address, not by slot). Chunks wholly after the cut move; the tail's share
+ * of one that the cut goes through goes to the spare chunk of @cut. No
+ * allocation: ksmdev_cut_prepare() made every table the tail needs.
+ */
+static void ksmdev_cut_middle(struct ksmdev_region *region,
+			      struct ksmdev_cut *cut,
+			      unsigned long start, unsigned long end)
+{
+	struct ksmdev_region *tail = cut->tail;
+	unsigned long ce = ksmdev_chunk_index(region, end);
+	unsigned long first = ((end - region->base) >> PAGE_SHIFT) &
+			      (KSMDEV_CHUNK_PAGES - 1);
+	struct ksmdev_chunk **from, **to, *chunk;
+	unsigned long ci, k;
+
+	for (ci = ksmdev_chunk_next(region, ce); ci != ULONG_MAX;
+	     ci = ksmdev_chunk_next(region, ci + 1)) {
+		from = (struct ksmdev_chunk **)ksmdev_chunk_entry(region, ci, 0);
+		to = (struct ksmdev_chunk **)ksmdev_chunk_entry(tail, ci - ce, 0);
+		if (WARN_ON_ONCE(!from || !*from || !to))
+			break;
+		chunk = *from;
+		if (ci == ce && start > region->base + (ce << KSMDEV_CHUNK_BITS)) {
+			/* Both keep pages in it: the tail's slots go over. */
+			*to = cut->chunk;
+			cut->chunk = NULL;
+			tail->meta_bytes += KSMDEV_CHUNK_BYTES;
+			ksmdev_cut_account(region, tail, chunk, first);
+			for (k = first; k < KSMDEV_CHUNK_PAGES; k++) {
+				(*to)->slot[k] = chunk->slot[k];
+				chunk->slot[k] = 0;
+			}
+			continue;
+		}
+		ksmdev_cut_account(region, tail, chunk, 0);
+		*to = chunk;
+		*from = NULL;
+		region->meta_bytes -= KSMDEV_CHUNK_BYTES;
+		tail->meta_bytes += KSMDEV_CHUNK_BYTES;
+	}
+}
+
+/* Link @region into @ctx's tree, by start (it overlaps none there). */
+static void ksmdev_region_insert(struct ksmdev_ctx *ctx,
+				 struct ksmdev_region *region)
+{
+	struct rb_node **link = &ctx->regions.rb_node, *parent = NULL;
+
+	while (*link) {
+		parent = *link;
+		if (region->start <
+		    rb_entry(parent, struct ksmdev_region, node)->start)
+			link = &parent->rb_left;
+		else
+			link = &parent->rb_right;
+	}
+	rb_link_node(&region->node, parent, link);
+	rb_insert_color(&region->node, &ctx->regions);
+}
+
+/*
+ * Take [start, end) (inside @region, not all of it) out of @region of @ctx,
+ * under ksmdev_lock: its pages' scan state is forgotten (their merges were
+ * undone), the rest keeps its own. Cutting the middle out uses @cut.
+ */
+static void ksmdev_region_cut(struct ksmdev_ctx *ctx,
+			      struct ksmdev_region *region,
+			      unsigned long start, unsigned long end,
+			      struct ksmdev_cut *cut)
+{
+	unsigned long pages = (end - start) >> PAGE_SHIFT;
+	struct ksmdev_region *tail;
+
+	lockdep_assert_held(&ksmdev_lock);
+	ksmdev_unstable_forget(ctx, start, end);
+	ksmdev_region_forget(ctx, region, start, end);
+	ctx->nr_pages -= pages;
+	ksmdev_stats_add(0, -(long)pages);
+	region->going = false;
+	if (start == region->start) {
+		/* The order in the tree stays: regions never overlap. */
+		region->start = end;
+	} else if (end == region->end) {
+		region->end = start;
+	} else {
+		tail = cut->tail;
+		ksmdev_cut_middle(region, cut, start, end);
+		cut->tail = NULL;
+		region->end = start;
+		/* A reference of its own to the domain, which @region holds. */
+		tail->domain = region->domain;
+		if (tail->domain)
+			tail->domain->regions++;
+		ksmdev_region_prune(tail);
+		ksmdev_region_insert(ctx, tail);
+		ctx->nr_regions++;
+		ksmdev_stats_add(1, 0);
+	}
+	/* Never KSM_REGION_ALL, whose count is not its size: it is not cut. */
+	region->nr_pages = (region->end - region->start) >> PAGE_SHIFT;
+	ksmdev_region_prune(region);
+}
+
 /**
  * ksmdev_region_remove - unmerge and unregister the regions inside a range
  * @ctx: the caller's context (ctx->mm == current->mm)
- * @r:   a range that must cover one or more whole regions
+ * @r:   without KSM_REGION_SPLIT, a range that must cover one or more whole
+ *       regions; with it, any range: the parts of regions outside it stay
+ *       registered, as regions of their own
  *
  * Every region is unmerged before any is removed: if unmerging fails, all
  * stay registered, what was unmerged stays correct, and the call can be
- * repeated.
+ * repeated. With KSM_REGION_SPLIT only the pages inside the range are
+ * unmerged; what a cut needs is allocated before anything changes, so
+ * that ENOMEM and ENOSPC leave everything as it was.
  *
  * Locking: ctx->lock throughout, so that the regions stay (nothing else
  * removes them: close cannot run during an ioctl of the same file, the
  * scanner drops an exited context's regions only with a trylock of
  * ctx->lock). The regions are marked going under ksmdev_lock, so that the
- * scanner leaves them alone, then unmerged without ksmdev_lock (the unmerge
- * takes it for a moment per chunk), then removed under it again.
+ * scanner leaves them alone (a region being cut, all of it, for that
+ * time), then unmerged without ksmdev_lock (the unmerge takes it for a
+ * moment per chunk), then removed or cut under it again.
  *
  * With KSM_REGION_ALL (addr = len = 0): the context's KSM_REGION_ALL
- * region, which a range never removes (it would cut it: -EINVAL).
+ * region, which a range never removes nor cuts (-EINVAL, with or without
+ * KSM_REGION_SPLIT): it stands for all of the address space, including
+ * what is mapped later, so a part of it cannot be let go.
  *
- * Return: 0, -EINVAL (the range cuts a region), -ENOENT (no region in it),
- * -ENOMEM or -EINTR (unmerging failed), -ESRCH (the process the context is
+ * Return: 0, -EINVAL (the range cuts a region, without KSM_REGION_SPLIT,
+ * or meets the KSM_REGION_ALL region), -ENOENT (no registered page in it),
+ * -ENOSPC (a cut would pass max_regions), -ENOMEM or -EINTR (unmerging
+ * failed, or no memory for a cut), -ESRCH (the process the context is
  * attached to is gone).
  */
 int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 {
 	unsigned long start = r->addr, end = r->addr + r->len;
+	bool split = r->flags & KSM_REGION_SPLIT;
 	struct ksmdev_region *first, *region;
+	struct ksmdev_cut cut = { };
 	struct rb_node *node;
 	int err = 0;
 
@@ -904,13 +1219,24 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 		region = rb_entry(node, struct ksmdev_region, node);
 		if (region->start >= end)
 			break;
-		if (region->start < start || region->end > end ||
+		if ((!split && (region->start < start || region->end > end)) ||
 		    (region->flags & ~r->flags & KSM_REGION_ALL)) {
 			err = -EINVAL;
 			goto put;
 		}
 	}
 	ksmdev_lock_acquire();
+	/* Only a region cut at both ends makes one more. */
+	if (first->start < start && first->end > end) {
+		if (ctx->nr_regions >= READ_ONCE(ksmdev_max_regions))
+			err = -ENOSPC;
+		else
+			err = ksmdev_cut_prepare(&cut, first, start, end);
+		if (err) {
+			mutex_unlock(&ksmdev_lock);
+			goto put;
+		}
+	}
 	ksmdev_regions_set_going(first, end, true);
 	mutex_unlock(&ksmdev_lock);
 
@@ -921,7 +1247,9 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 			region = rb_entry(node, struct ksmdev_region, node);
 			if (region->start >= end)
 				break;
-			err = ksmdev_unmerge_region(ctx, region);
+			err = ksmdev_unmerge_range(ctx, region,
+						   max(start, region->start),
+						   min(end, region->end));
 		}
 		mmap_read_unlock(ctx->mm);
 	}
@@ -938,16 +1266,40 @@ int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r)
 		if (region->start >= end)
 			break;
 		node = rb_next(node);
+		if (region->start < start || region->end > end) {
+			ksmdev_region_cut(ctx, region, max(start, region->start),
+					  min(end, region->end), &cut);
+			continue;
+		}
 		rb_erase(&region->node, &ctx->regions);
 		ksmdev_region_drop(ctx, region);
 	}
 unlock:
+	ksmdev_cut_free(&cut);
 	mutex_unlock(&ksmdev_lock);
 put:
 	mmput_async(ctx->mm);
 out:
 	mutex_unlock(&ctx->lock);
 	return err;
+}
+
+/*
+ * This context's share of metadata_bytes (struct ksm_mm_stats): its
+ * regions with their directories, leaves and chunks, and its unstable
+ * nodes. Not the context itself, nor the stable nodes and domains, which
+ * serve every context that maps them. Called with ksmdev_lock held.
+ */
+u64 ksmdev_ctx_metadata(struct ksmdev_ctx *ctx)
+{
+	struct rb_node *node;
+	u64 bytes;
+
+	lockdep_assert_held(&ksmdev_lock);
+	bytes = (u64)ctx->nr_unstable * ksmdev_unstable_bytes();
+	for (node = rb_first(&ctx->regions); node; node = rb_next(node))
+		bytes += rb_entry(node, struct ksmdev_region, node)->meta_bytes;
+	return bytes;
 }
 
 /*

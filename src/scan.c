@@ -294,12 +294,12 @@ static bool ksmdev_merge_unstable(struct ksmdev_scan *s, unsigned long addr,
 	if (!stable)
 		goto put;
 	if (!ksmdev_replace_page(s->vma, addr, page, stable->kpage)) {
-		ksmdev_slot_set(s->ctx, slot,
+		ksmdev_slot_set(s->ctx, s->region, slot,
 				ksmdev_slot_stable_value(stable->kpage));
 		merged = true;
 	}
 	if (!ksmdev_replace_page(qvma, qaddr, qpage, stable->kpage))
-		ksmdev_slot_set(qctx, qslot,
+		ksmdev_slot_set(qctx, qregion, qslot,
 				ksmdev_slot_stable_value(stable->kpage));
 	ksmdev_stable_release(stable);
 	ksmdev_unstable_erase(un);
@@ -334,9 +334,9 @@ static void ksmdev_scan_kpage(struct ksmdev_scan *s, struct page *page,
 	stable = ksmdev_stable_of(page);
 	if (stable && stable->trees == ksmdev_trees_of(s->ctx, s->region) &&
 	    !PageHWPoison(page))
-		ksmdev_slot_set(s->ctx, slot, mapped);
+		ksmdev_slot_set(s->ctx, s->region, slot, mapped);
 	else if (*slot)
-		ksmdev_slot_set(s->ctx, slot, 0);
+		ksmdev_slot_set(s->ctx, s->region, slot, 0);
 }
 
 /* The passes a page of age @age may be passed by, as mm/ksm.c's skip_age(). */
@@ -360,7 +360,7 @@ static unsigned int ksmdev_skip_age(unsigned int age)
  * its checksum; it only misses this pass's unstable tree. Returns true if
  * the scanner passes the page by this time.
  */
-static bool ksmdev_smart_skip(struct ksmdev_ctx *ctx, u64 *slot)
+static bool ksmdev_smart_skip(struct ksmdev_scan *s, u64 *slot)
 {
 	u64 old = *slot, value = old;
 	unsigned int age, skips;
@@ -375,13 +375,13 @@ static bool ksmdev_smart_skip(struct ksmdev_ctx *ctx, u64 *slot)
 	if (age >= 3) {
 		if (skips) {
 			value -= FIELD_PREP(KSMDEV_SLOT_SKIPS, 1);
-			ksmdev_slot_set(ctx, slot, value);
+			ksmdev_slot_set(s->ctx, s->region, slot, value);
 			ksmdev_event(&ksmdev_events.skips);
 			return true;
 		}
 		value |= FIELD_PREP(KSMDEV_SLOT_SKIPS, ksmdev_skip_age(age));
 	}
-	ksmdev_slot_set(ctx, slot, value);
+	ksmdev_slot_set(s->ctx, s->region, slot, value);
 	return false;
 }
 
@@ -409,14 +409,14 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 	/* New, changed, or written after a merge (COW broke it): volatile. */
 	if (!(old & KSMDEV_SLOT_SEEN) ||
 	    (old & KSMDEV_SLOT_CSUM_MASK) != (hash & KSMDEV_SLOT_CSUM_MASK)) {
-		ksmdev_slot_set(s->ctx, slot, value);
+		ksmdev_slot_set(s->ctx, s->region, slot, value);
 		return;
 	}
 
 	if (READ_ONCE(ksmdev_config.use_zero_pages) &&
 	    hash == ksmdev_zero_hash && !ksmdev_split_page(page) &&
 	    !ksmdev_replace_page(s->vma, addr, page, NULL)) {
-		ksmdev_slot_set(s->ctx, slot, KSMDEV_SLOT_ZERO);
+		ksmdev_slot_set(s->ctx, s->region, slot, KSMDEV_SLOT_ZERO);
 		return;
 	}
 
@@ -425,7 +425,7 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 		if (!ksmdev_split_page(page) &&
 		    !ksmdev_replace_page(s->vma, addr, page, stable->kpage))
 			value = ksmdev_slot_stable_value(stable->kpage);
-		ksmdev_slot_set(s->ctx, slot, value);
+		ksmdev_slot_set(s->ctx, s->region, slot, value);
 		return;
 	}
 
@@ -436,7 +436,7 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 	}
 	if (!ksmdev_unstable_insert(trees, hash, s->ctx, addr))
 		value |= KSMDEV_SLOT_UNSTABLE;
-	ksmdev_slot_set(s->ctx, slot, value);
+	ksmdev_slot_set(s->ctx, s->region, slot, value);
 }
 
 /*
@@ -466,12 +466,12 @@ static unsigned int ksmdev_scan_pages(struct ksmdev_scan *s,
 			/* A zero page: still ours if the slot says so. */
 			slot = ksmdev_region_slot_lookup(s->region, at);
 			if (slot && *slot != (*slot & KSMDEV_SLOT_ZERO))
-				ksmdev_slot_set(s->ctx, slot,
+				ksmdev_slot_set(s->ctx, s->region, slot,
 						*slot & KSMDEV_SLOT_ZERO);
 		} else {
 			slot = ksmdev_region_slot(s->region, at);
 			if (slot && ksmdev_page_candidate(page)) {
-				if (ksmdev_smart_skip(s->ctx, slot)) {
+				if (ksmdev_smart_skip(s, slot)) {
 					put_page(page);
 					skipped++;
 					continue;
@@ -658,6 +658,7 @@ static void ksmdev_scan_pass_begin(void)
 	struct ksmdev_ctx *ctx;
 
 	ksmdev_unstable_reset(&ksmdev_global_trees);
+	ksmdev_domains_unstable_reset();
 	list_for_each_entry(ctx, &ksmdev_ctx_list, list)
 		ksmdev_unstable_reset(&ctx->trees);
 	/*

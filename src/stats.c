@@ -4,7 +4,8 @@
  * file per struct ksm_stats field (decimal and a newline), except that
  * "mms" is a table with a line per context, "pid regions registered_pages
  * merging_pages": ABI.md gives that name to both, and the table's line
- * count is the counter.
+ * count is the counter; "regions" likewise (ABI version 2), a line per
+ * region, "pid start end domain flags merging_pages".
  *
  * The counters are written only under ksmdev_lock. Readers (the ioctl,
  * debugfs) read them without it and accept a momentarily stale value; each
@@ -27,7 +28,7 @@ static struct dentry *ksmdev_debugfs_dir;
  * a vmalloc) and returns to its old value when the objects are gone.
  * Called with ksmdev_lock held, or before an object is visible to anyone.
  */
-static size_t ksmdev_meta_size(size_t size)
+size_t ksmdev_meta_size(size_t size)
 {
 	if (size > KMALLOC_MAX_CACHE_SIZE)
 		return PAGE_ALIGN(size);
@@ -116,6 +117,34 @@ static int ksmdev_mms_show(struct seq_file *m, void *unused)
 }
 DEFINE_SHOW_ATTRIBUTE(ksmdev_mms);
 
+/*
+ * One line per region of every context, in list then address order:
+ * "pid start end domain flags merging_pages", the addresses and flags in
+ * hexadecimal (0x...), the rest in decimal. ksmdev_lock is held for as
+ * many lines as there are regions, as "mms" holds it for a line per
+ * context: a few thousand lines of formatting, no page work.
+ */
+static int ksmdev_regions_show(struct seq_file *m, void *unused)
+{
+	struct ksmdev_region *region;
+	struct ksmdev_ctx *ctx;
+	struct rb_node *node;
+
+	ksmdev_lock_acquire();
+	list_for_each_entry(ctx, &ksmdev_ctx_list, list) {
+		for (node = rb_first(&ctx->regions); node; node = rb_next(node)) {
+			region = rb_entry(node, struct ksmdev_region, node);
+			seq_printf(m, "%d %#lx %#lx %llu %#llx %lu\n", ctx->pid,
+				   region->start, region->end,
+				   region->domain ? region->domain->id : 0,
+				   region->flags, region->nr_merging);
+		}
+	}
+	mutex_unlock(&ksmdev_lock);
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(ksmdev_regions);
+
 void ksmdev_debugfs_init(void)
 {
 	int i;
@@ -123,8 +152,12 @@ void ksmdev_debugfs_init(void)
 	/* debugfs is optional: without it the ioctls still tell everything. */
 	ksmdev_debugfs_dir = debugfs_create_dir("ksm", NULL);
 	for (i = 0; i < ARRAY_SIZE(ksmdev_stat_files); i++) {
-		/* "mms" is the table below; its line count is the counter. */
-		if (ksmdev_stat_files[i].value == &ksmdev_stats.mms)
+		/*
+		 * "mms" and "regions" are the tables below; the line count
+		 * of each is the counter.
+		 */
+		if (ksmdev_stat_files[i].value == &ksmdev_stats.mms ||
+		    ksmdev_stat_files[i].value == &ksmdev_stats.regions)
 			continue;
 		debugfs_create_file_unsafe(ksmdev_stat_files[i].name, 0444,
 					   ksmdev_debugfs_dir,
@@ -133,6 +166,8 @@ void ksmdev_debugfs_init(void)
 	}
 	debugfs_create_file("mms", 0444, ksmdev_debugfs_dir, NULL,
 			    &ksmdev_mms_fops);
+	debugfs_create_file("regions", 0444, ksmdev_debugfs_dir, NULL,
+			    &ksmdev_regions_fops);
 	/* Diagnostics, not ABI: how much merging and breaking went on. */
 	debugfs_create_file_unsafe("merge_events", 0444, ksmdev_debugfs_dir,
 				   &ksmdev_events.merges, &ksmdev_stat_fops);

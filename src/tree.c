@@ -92,12 +92,93 @@ static DECLARE_DELAYED_WORK(ksmdev_reap_work, ksmdev_reap_fn);
 /* Slots with KSMDEV_SLOT_SEEN: candidates being tracked. */
 static unsigned long ksmdev_nr_tracked;
 
+/*
+ * The merge domains (ABI version 2), by id: a region with a non-zero
+ * domain holds a reference (struct ksmdev_domain.regions). A handful of
+ * tenants, looked up at registration only.
+ */
+static struct rb_root ksmdev_domains = RB_ROOT;
+
 struct ksmdev_trees *ksmdev_trees_of(struct ksmdev_ctx *ctx,
 				     struct ksmdev_region *region)
 {
 	if (region->flags & KSM_REGION_SCOPE_MM)
 		return &ctx->trees;
+	if (region->domain)
+		return &region->domain->trees;
 	return &ksmdev_global_trees;
+}
+
+/**
+ * ksmdev_domain_get - a reference to domain @id, made on first use
+ * @id: non-zero
+ *
+ * Called with ksmdev_lock held. Return: the domain, or NULL without memory.
+ */
+struct ksmdev_domain *ksmdev_domain_get(u64 id)
+{
+	struct rb_node **link = &ksmdev_domains.rb_node, *parent = NULL;
+	struct ksmdev_domain *domain;
+
+	lockdep_assert_held(&ksmdev_lock);
+	while (*link) {
+		parent = *link;
+		domain = rb_entry(parent, struct ksmdev_domain, node);
+		if (id == domain->id) {
+			domain->regions++;
+			return domain;
+		}
+		link = id < domain->id ? &parent->rb_left : &parent->rb_right;
+	}
+	/* Under ksmdev_lock: one try at reclaim, ENOMEM rather than an OOM. */
+	domain = ksmdev_meta_alloc(sizeof(*domain),
+				   GFP_KERNEL_ACCOUNT | __GFP_NORETRY);
+	if (!domain)
+		return NULL;
+	domain->id = id;
+	domain->regions = 1;
+	domain->trees.stable = RB_ROOT;
+	domain->trees.unstable = RB_ROOT;
+	rb_link_node(&domain->node, parent, link);
+	rb_insert_color(&domain->node, &ksmdev_domains);
+	return domain;
+}
+
+/*
+ * Drop a region's reference to @domain (NULL: the global domain). With the
+ * last, the domain goes: its trees are empty (see struct ksmdev_domain).
+ * Should a stable node remain all the same, the domain stays, to be freed
+ * at unload, rather than leave the node pointing at freed trees.
+ */
+void ksmdev_domain_put(struct ksmdev_domain *domain)
+{
+	lockdep_assert_held(&ksmdev_lock);
+	if (!domain || --domain->regions)
+		return;
+	if (WARN_ON_ONCE(!RB_EMPTY_ROOT(&domain->trees.stable)))
+		return;
+	ksmdev_unstable_reset(&domain->trees);
+	rb_erase(&domain->node, &ksmdev_domains);
+	ksmdev_meta_free(domain, sizeof(*domain));
+}
+
+/* A full scan begins: every domain's unstable tree is emptied. */
+void ksmdev_domains_unstable_reset(void)
+{
+	struct ksmdev_domain *domain;
+	struct rb_node *node;
+
+	lockdep_assert_held(&ksmdev_lock);
+	for (node = rb_first(&ksmdev_domains); node; node = rb_next(node)) {
+		domain = rb_entry(node, struct ksmdev_domain, node);
+		ksmdev_unstable_reset(&domain->trees);
+	}
+}
+
+/* What one unstable node costs (struct ksm_mm_stats.metadata_bytes). */
+size_t ksmdev_unstable_bytes(void)
+{
+	return kmem_cache_size(ksmdev_unstable_cache);
 }
 
 static void ksmdev_stat_add(u64 *counter, long delta)
@@ -245,15 +326,20 @@ static long ksmdev_flag_delta(u64 old, u64 new, u64 flag)
 
 /**
  * ksmdev_slot_set - change a page's scan state, and the counters with it
- * @ctx:   the context of the page's region
- * @slot:  the page's slot
+ * @ctx:    the context of the page's region
+ * @region: the page's region
+ * @slot:   the page's slot
  * @value: the new state
  *
- * The only place where slots change, so that the counters (global and of
- * @ctx) and the stable nodes' sharers always agree with the slots.
+ * The only place where slots change, so that the counters (global, of @ctx
+ * and of @region) and the stable nodes' sharers always agree with the
+ * slots. (Cutting a region moves slots as they are, with their counts:
+ * registry.c.)
  */
-void ksmdev_slot_set(struct ksmdev_ctx *ctx, u64 *slot, u64 value)
+void ksmdev_slot_set(struct ksmdev_ctx *ctx, struct ksmdev_region *region,
+		     u64 *slot, u64 value)
 {
+	long merged = ksmdev_flag_delta(*slot, value, KSMDEV_SLOT_MERGED);
 	u64 old = *slot;
 	long zero = ksmdev_flag_delta(old, value, KSMDEV_SLOT_ZERO);
 
@@ -278,7 +364,8 @@ void ksmdev_slot_set(struct ksmdev_ctx *ctx, u64 *slot, u64 value)
 	WRITE_ONCE(ksmdev_stats.pages_volatile,
 		   ksmdev_nr_tracked - ksmdev_stats.pages_unshared);
 	ctx->nr_zero += zero;
-	ctx->nr_merging += ksmdev_flag_delta(old, value, KSMDEV_SLOT_MERGED);
+	ctx->nr_merging += merged;
+	region->nr_merging += merged;
 }
 
 /* The first node of @root whose hash is not below @hash. */
@@ -440,6 +527,7 @@ int ksmdev_unstable_insert(struct ksmdev_trees *trees, u64 hash,
 	un->ctx = ctx;
 	un->addr = addr;
 	list_add(&un->link, &ctx->unstable);
+	ctx->nr_unstable++;
 	ksmdev_tree_insert(&trees->unstable, &un->node, hash,
 			   KSMDEV_UNSTABLE_HASH);
 	return 0;
@@ -449,6 +537,7 @@ void ksmdev_unstable_erase(struct ksmdev_unstable *un)
 {
 	rb_erase(&un->node, &un->trees->unstable);
 	list_del(&un->link);
+	un->ctx->nr_unstable--;
 	ksmdev_meta_cache_free(ksmdev_unstable_cache, un);
 }
 
@@ -472,6 +561,7 @@ void ksmdev_unstable_reset(struct ksmdev_trees *trees)
 	lockdep_assert_held(&ksmdev_lock);
 	rbtree_postorder_for_each_entry_safe(un, tmp, &trees->unstable, node) {
 		list_del(&un->link);
+		un->ctx->nr_unstable--;
 		ksmdev_meta_cache_free(ksmdev_unstable_cache, un);
 	}
 	trees->unstable = RB_ROOT;
@@ -501,6 +591,7 @@ int ksmdev_trees_init(void)
  */
 void ksmdev_trees_exit(void)
 {
+	struct ksmdev_domain *domain, *dtmp;
 	struct ksmdev_stable *stable, *tmp;
 
 	cancel_delayed_work_sync(&ksmdev_reap_work);
@@ -514,6 +605,16 @@ void ksmdev_trees_exit(void)
 					     &ksmdev_global_trees.stable, node)
 		ksmdev_stable_free(stable);
 	ksmdev_global_trees.stable = RB_ROOT;
+	/* Domains, as insurance too: each went with its last region. */
+	rbtree_postorder_for_each_entry_safe(domain, dtmp, &ksmdev_domains,
+					     node) {
+		rbtree_postorder_for_each_entry_safe(stable, tmp,
+						     &domain->trees.stable,
+						     node)
+			ksmdev_stable_free(stable);
+		ksmdev_meta_free(domain, sizeof(*domain));
+	}
+	ksmdev_domains = RB_ROOT;
 	mutex_unlock(&ksmdev_lock);
 	kmem_cache_destroy(ksmdev_stable_cache);
 	kmem_cache_destroy(ksmdev_unstable_cache);

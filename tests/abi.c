@@ -330,7 +330,7 @@ TEST_F(abi, unregister_two_regions_and_gaps)
 TEST_F(abi, api_version)
 {
 	EXPECT_EQ(KSMDEV_API_VERSION, ioctl(self->fd, KSM_GET_API_VERSION));
-	EXPECT_EQ(1, ioctl(self->fd, KSM_GET_API_VERSION));
+	EXPECT_EQ(2, ioctl(self->fd, KSM_GET_API_VERSION));
 }
 
 TEST_F(abi, unknown_ioctl)
@@ -356,24 +356,156 @@ TEST_F(abi, register_larger_struct)
 {
 	size_t ps = self->ps;
 	char *p = ksm_mmap_anon(ps);
-	uint64_t arg[4] = { (uintptr_t)p, ps, 0, 1 };
+	/* addr, len, flags, domain, and a word this version does not know. */
+	uint64_t arg[5] = { (uintptr_t)p, ps, 0, 0, 1 };
 
 	ASSERT_NE(NULL, p);
 	EXPECT_EQ(-E2BIG, ksm_ioctl_sized(self->fd, KSM_REGISTER_REGION, sizeof(arg), arg));
-	arg[3] = 1ULL << 63;
+	arg[4] = 1ULL << 63;
 	EXPECT_EQ(-E2BIG, ksm_ioctl_sized(self->fd, KSM_REGISTER_REGION, sizeof(arg), arg));
 	EXPECT_EQ(0, mm_regions(_metadata, self->fd));
-	arg[3] = 0;
+	arg[4] = 0;
 	EXPECT_EQ(0, ksm_ioctl_sized(self->fd, KSM_REGISTER_REGION, sizeof(arg), arg));
 	EXPECT_EQ(1, mm_regions(_metadata, self->fd));
 	/* Unregister takes the same sizes. */
-	arg[3] = 1;
+	arg[4] = 1;
 	EXPECT_EQ(-E2BIG, ksm_ioctl_sized(self->fd, KSM_UNREGISTER_REGION, sizeof(arg), arg));
 	EXPECT_EQ(1, mm_regions(_metadata, self->fd));
-	arg[3] = 0;
+	arg[4] = 0;
 	EXPECT_EQ(0, ksm_ioctl_sized(self->fd, KSM_UNREGISTER_REGION, sizeof(arg), arg));
 	EXPECT_EQ(0, mm_regions(_metadata, self->fd));
 	munmap(p, ps);
+}
+
+/*
+ * A version-1 caller: its structures end before domain and metadata_bytes,
+ * and its ioctl numbers carry their sizes. Whatever lies after them in its
+ * memory is never read (a domain there would keep these pages apart from
+ * the global domain's) nor written.
+ */
+struct ksm_region_v1 {
+	__u64 addr;
+	__u64 len;
+	__u64 flags;
+};
+
+struct ksm_mm_stats_v1 {
+	__u64 regions;
+	__u64 registered_pages;
+	__u64 merging_pages;
+	__u64 ksm_zero_pages;
+};
+
+#define KSM_REGISTER_REGION_V1	_IOW(KSMDEV_IOCTL_MAGIC, 0x01, struct ksm_region_v1)
+#define KSM_UNREGISTER_REGION_V1 _IOW(KSMDEV_IOCTL_MAGIC, 0x02, struct ksm_region_v1)
+#define KSM_GET_MM_STATS_V1	_IOR(KSMDEV_IOCTL_MAGIC, 0x04, struct ksm_mm_stats_v1)
+
+TEST_F_TIMEOUT(abi, version_1_caller, 300)
+{
+	size_t ps = self->ps, n = 8;
+	char *p = ksm_mmap_anon(2 * n * ps);
+	struct {
+		struct ksm_region_v1 r;
+		uint64_t after[2];
+	} v1 = { .after = { 9, PAT } };
+	struct {
+		struct ksm_mm_stats_v1 ms;
+		uint64_t after[2];
+	} st = { .after = { PAT, PAT } };
+	struct ksm_mm_stats ms;
+
+	ASSERT_NE(NULL, p);
+	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+	ksm_fill_vals(p, 0, 2 * n, PAT);
+	v1.r.addr = (uintptr_t)p;
+	v1.r.len = n * ps;
+	EXPECT_EQ(24, _IOC_SIZE(KSM_REGISTER_REGION_V1));
+	EXPECT_EQ(0, ksm_ioctl(self->fd, KSM_REGISTER_REGION_V1, &v1));
+	/* The second half in the global domain, through version 2. */
+	EXPECT_EQ(0, ksm_register(self->fd, p + n * ps, n * ps, 0));
+	/* All in one domain: one page for all of them. */
+	ASSERT_EQ(0, ksm_wait_mm_merging(self->fd, 2 * n, &ms, KSM_MERGE_WAIT_S));
+	EXPECT_EQ(ksm_pfn(p), ksm_pfn(p + (2 * n - 1) * ps));
+	EXPECT_EQ(32, _IOC_SIZE(KSM_GET_MM_STATS_V1));
+	EXPECT_EQ(0, ksm_ioctl(self->fd, KSM_GET_MM_STATS_V1, &st));
+	EXPECT_EQ(2, st.ms.regions);
+	EXPECT_EQ(2 * n, st.ms.registered_pages);
+	EXPECT_EQ(2 * n, st.ms.merging_pages);
+	EXPECT_EQ(0, st.ms.ksm_zero_pages);
+	EXPECT_EQ(PAT, st.after[0]);
+	EXPECT_EQ(PAT, st.after[1]);
+	/* Unregister the version-1 way: unmerged, gone. */
+	EXPECT_EQ(0, ksm_ioctl(self->fd, KSM_UNREGISTER_REGION_V1, &v1));
+	ASSERT_EQ(0, ksm_get_mm_stats(self->fd, &ms));
+	EXPECT_EQ(1, ms.regions);
+	EXPECT_EQ(n, ms.merging_pages);
+	EXPECT_NE(ksm_pfn(p), ksm_pfn(p + (2 * n - 1) * ps));
+	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, 2 * n, PAT));
+	/* Version 1's rules hold: the range must cover whole regions. */
+	v1.r.addr = (uintptr_t)p + n * ps;
+	v1.r.len = ps;
+	EXPECT_EQ(-EINVAL, ksm_ioctl(self->fd, KSM_UNREGISTER_REGION_V1, &v1));
+	v1.r.len = n * ps;
+	EXPECT_EQ(0, ksm_ioctl(self->fd, KSM_UNREGISTER_REGION_V1, &v1));
+	EXPECT_EQ(0, mm_regions(_metadata, self->fd));
+	munmap(p, 2 * n * ps);
+}
+
+/*
+ * ksm_mm_stats.metadata_bytes: the context's regions and their per-page
+ * state, which grows with the pages present, and its unstable nodes; with
+ * the scanner stopped, exactly what the global metadata_bytes gained; 0
+ * again once nothing is registered.
+ */
+TEST_F_TIMEOUT(abi, mm_metadata_bytes, 300)
+{
+	size_t ps = self->ps, n = 2048, i;
+	char *p = ksm_mmap_anon(n * ps);
+	struct ksm_mm_stats ms, ms2;
+	struct ksm_stats s0, s1, s2;
+	uint64_t empty;
+
+	ASSERT_NE(NULL, p);
+	ASSERT_EQ(0, ksm_get_mm_stats(self->fd, &ms));
+	EXPECT_EQ(0, ms.metadata_bytes);
+	/* Earlier tests' orphans, reaped meanwhile, would blur the sums. */
+	ksm_wait_orphans_reaped(self->fd, 10);
+	ASSERT_EQ(0, ksm_set_run(self->fd, KSM_RUN_STOP));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s0));
+	ASSERT_EQ(0, ksm_register(self->fd, p, n * ps, 0));
+	ASSERT_EQ(0, ksm_get_mm_stats(self->fd, &ms));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s1));
+	/* The region and its directory, nothing per page yet. */
+	empty = ms.metadata_bytes;
+	EXPECT_LT(0, empty);
+	EXPECT_GT(4096, empty);
+	EXPECT_EQ(s1.metadata_bytes - s0.metadata_bytes, empty);
+	/* Unique pages: a slot each, and an unstable node each. */
+	ksm_fill_pages(p, n, 77);
+	ASSERT_EQ(0, ksm_set_fast_config(self->fd));
+	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 3, KSM_MERGE_WAIT_S));
+	ASSERT_EQ(0, ksm_set_run(self->fd, KSM_RUN_STOP));
+	/* A batch may be finishing: two snapshots alike. */
+	for (i = 0; i < 100; i++) {
+		ASSERT_EQ(0, ksm_get_mm_stats(self->fd, &ms));
+		ASSERT_EQ(0, ksm_get_stats(self->fd, &s1));
+		ASSERT_EQ(0, ksm_get_mm_stats(self->fd, &ms2));
+		ASSERT_EQ(0, ksm_get_stats(self->fd, &s2));
+		if (ms.metadata_bytes == ms2.metadata_bytes &&
+		    s1.metadata_bytes == s2.metadata_bytes)
+			break;
+		ksm_sleep_ms(20);
+	}
+	/* n / 512 chunks of 4 KiB, one leaf, and unstable nodes (< 256 B). */
+	EXPECT_LE(empty + (n / 512) * 4096 + 4096, ms.metadata_bytes);
+	EXPECT_GE(empty + (n / 512) * 4096 + 4096 + n * 256, ms.metadata_bytes);
+	EXPECT_EQ(s2.metadata_bytes - s0.metadata_bytes, ms.metadata_bytes);
+	ASSERT_EQ(0, ksm_unregister(self->fd, p, n * ps));
+	ASSERT_EQ(0, ksm_get_mm_stats(self->fd, &ms));
+	EXPECT_EQ(0, ms.metadata_bytes);
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s1));
+	EXPECT_EQ(s0.metadata_bytes, s1.metadata_bytes);
+	munmap(p, n * ps);
 }
 
 TEST_F(abi, register_smaller_struct)
@@ -709,8 +841,9 @@ static long debugfs_lines(const char *name)
 }
 
 /*
- * Every counter has its file, except "mms": that name is the table of
- * contexts (ABI.md), whose line count is the counter.
+ * Every counter has its file, except "mms" and "regions": those names are
+ * the tables of contexts and of regions (ABI.md), whose line counts are
+ * the counters.
  */
 TEST_F(abi, debugfs_counters)
 {
@@ -735,8 +868,9 @@ TEST_F(abi, debugfs_counters)
 		snprintf(path, sizeof(path), KSM_DEBUGFS_DIR "/%s", stat_names[i]);
 		ASSERT_EQ(0, stat(path, &st)) TH_LOG("%s missing", path);
 		EXPECT_EQ(0, st.st_mode & 0222) TH_LOG("%s is writable", path);
-		if (!strcmp(stat_names[i], "mms")) {
-			v[i] = debugfs_lines("mms");
+		if (!strcmp(stat_names[i], "mms") ||
+		    !strcmp(stat_names[i], "regions")) {
+			v[i] = debugfs_lines(stat_names[i]);
 			continue;
 		}
 		EXPECT_EQ(0, ksm_read_debugfs(stat_names[i], &v[i]))

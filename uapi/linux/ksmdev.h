@@ -6,7 +6,7 @@
  * memory; a scanner thread merges identical pages into one read-only page that
  * is broken again by copy-on-write on the next write.
  *
- * ABI rules (version 1):
+ * ABI rules (version 1, and version 2, which only adds):
  *  - Every structure is made of __u64 fields only and only ever grows at its
  *    end. The driver takes the size from _IOC_SIZE(cmd): a smaller (older)
  *    structure is accepted, its missing tail read as zero and not written; a
@@ -22,6 +22,21 @@
  *    page it first replaced, and the module's bookkeeping for a context to
  *    that context's process: merging never lets a process hold more than
  *    its memory.max.
+ *  - Version 2 grows struct ksm_region (domain) and struct ksm_mm_stats
+ *    (metadata_bytes) at their ends: a version-1 caller's smaller
+ *    structures still work, with domain 0 and without metadata_bytes.
+ *  - ksm_region.domain: 0 is the global domain. A non-zero domain is taken
+ *    by KSM_REGISTER_REGION only, needs CAP_SYS_ADMIN (EPERM), and is
+ *    EINVAL with KSM_REGION_SCOPE_MM, or on KSM_UNREGISTER_REGION. Pages
+ *    of a region merge only with pages of regions of the same domain, in
+ *    any process; zero-page merging (use_zero_pages) crosses domains.
+ *  - KSM_REGION_SPLIT is taken by KSM_UNREGISTER_REGION only (EINVAL on
+ *    register): the range may then cut regions; the parts outside it stay
+ *    registered as regions of their own (ENOSPC, nothing changed, if that
+ *    would pass max_regions: only a range inside one region, touching
+ *    neither of its ends, makes one more), the pages inside are unmerged
+ *    (ENOMEM, EINTR as for any unregister), and a range without any
+ *    registered page is ENOENT.
  */
 #ifndef _UAPI_LINUX_KSMDEV_H
 #define _UAPI_LINUX_KSMDEV_H
@@ -29,7 +44,7 @@
 #include <linux/types.h>
 #include <linux/ioctl.h>
 
-#define KSMDEV_API_VERSION	1
+#define KSMDEV_API_VERSION	2
 
 /* Not listed in Documentation/userspace-api/ioctl/ioctl-number.rst. */
 #define KSMDEV_IOCTL_MAGIC	0xD5
@@ -128,8 +143,15 @@ struct ksm_stats {
  * @merging_pages:    pages that map a merged page or a merged zero page
  * @ksm_zero_pages:   of those, mappings of the zero page
  * @metadata_bytes:   version 2: this context's share of
- *                    ksm_stats.metadata_bytes; its profit is
- *                    merging_pages * page size - metadata_bytes
+ *                    ksm_stats.metadata_bytes, in bytes as the allocator
+ *                    hands them out: its regions, their per-page state
+ *                    (8 bytes per page, in 4 KiB chunks allocated for
+ *                    512 pages at a time once a page there is present,
+ *                    and their directories) and its pages' nodes in the
+ *                    unstable trees. Not the context itself, nor stable
+ *                    nodes and domains, which serve every context that
+ *                    maps them: 0 while nothing is registered. Its
+ *                    profit is merging_pages * page size - metadata_bytes
  */
 struct ksm_mm_stats {
 	__u64 regions;
