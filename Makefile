@@ -92,8 +92,9 @@ TOOL_CFLAGS = $(CPPFLAGS) $(CFLAGS) -Wall -Wextra -I uapi
 tools/libksmdev-preload.so: tools/ksmdev-preload.c uapi/linux/ksmdev.h
 	$(CC) -shared -fPIC $(TOOL_CFLAGS) $(LDFLAGS) -o $@ $<
 
-tools/ksmdevctl: tools/ksmdevctl.c uapi/linux/ksmdev.h
-	$(CC) $(TOOL_CFLAGS) $(LDFLAGS) -o $@ $<
+# The tool's version is dkms.conf's, as the module's (Kbuild).
+tools/ksmdevctl: tools/ksmdevctl.c uapi/linux/ksmdev.h dkms.conf
+	$(CC) $(TOOL_CFLAGS) -DKSMDEV_VERSION='"$(VERSION)"' $(LDFLAGS) -o $@ $<
 
 # What make install writes (below DESTDIR), for uninstall.
 INSTALLED = $(PREFIX)/include/linux/ksmdev.h $(PREFIX)/sbin/ksmdevctl \
