@@ -52,6 +52,9 @@ build_tests() {
 	done
 	result_cmd "build tools/ksmdevctl.c" "$BUILD/logs/tests/ksmdevctl.build.log" \
 		build_tool ksmdevctl || true
+	# The libvirt hook (tests/integrations.c runs it in the guest).
+	install -D -m 0755 "$KSMDEV_ROOT/packaging/libvirt-hook-qemu" \
+		"$BUILD/tests/libvirt-hook-qemu"
 	result_cmd "build tools/ksmdev-preload.c, tests/fakevm.c" \
 		"$BUILD/logs/tests/preload.build.log" build_preload || true
 	# tests/hypervisor.c boots this kernel in QEMU inside the guest.
