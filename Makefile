@@ -18,7 +18,9 @@
 #   make preload                           tools/libksmdev-preload.so
 #   make install [DESTDIR=] [INSTALL_DKMS=0]
 #                                          the header, ksmdevctl, the preload
-#                                          library, the udev rule, examples,
+#                                          library, the udev rule,
+#                                          ksmdev.service and its
+#                                          /etc/ksmdev/ksmdev.conf, examples,
 #                                          the module's sources for DKMS (and,
 #                                          without DESTDIR, dkms install for
 #                                          KVER; nothing is loaded)
@@ -34,6 +36,8 @@ LIBDIR ?= $(PREFIX)/lib/$(shell $(CC) -print-multiarch 2>/dev/null)
 PRELOADDIR ?= $(LIBDIR)/ksmdev
 DOCDIR ?= $(PREFIX)/share/doc/ksmdev
 MANDIR ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 INSTALL_DKMS ?= 1
 KDIR ?= /lib/modules/$(KVER)/build
 KERNELS ?= 6.1 6.12 sid
@@ -92,15 +96,17 @@ TOOL_CFLAGS = $(CPPFLAGS) $(CFLAGS) -Wall -Wextra -I uapi
 tools/libksmdev-preload.so: tools/ksmdev-preload.c uapi/linux/ksmdev.h
 	$(CC) -shared -fPIC $(TOOL_CFLAGS) $(LDFLAGS) -o $@ $<
 
-tools/ksmdevctl: tools/ksmdevctl.c uapi/linux/ksmdev.h
-	$(CC) $(TOOL_CFLAGS) $(LDFLAGS) -o $@ $<
+# The tool's version is dkms.conf's, as the module's (Kbuild).
+tools/ksmdevctl: tools/ksmdevctl.c uapi/linux/ksmdev.h dkms.conf
+	$(CC) $(TOOL_CFLAGS) -DKSMDEV_VERSION='"$(VERSION)"' $(LDFLAGS) -o $@ $<
 
 # What make install writes (below DESTDIR), for uninstall.
 INSTALLED = $(PREFIX)/include/linux/ksmdev.h $(PREFIX)/sbin/ksmdevctl \
 	$(MANDIR)/man8/ksmdevctl.8 \
 	$(PRELOADDIR)/libksmdev-preload.so $(PREFIX)/lib/udev/rules.d/60-ksmdev.rules \
 	$(DOCDIR)/examples/modules-load.d/ksmdev.conf \
-	$(DOCDIR)/examples/modprobe.d/ksmdev.conf
+	$(DOCDIR)/examples/modprobe.d/ksmdev.conf \
+	$(DOCDIR)/examples/libvirt-hook-qemu $(SYSTEMDUNITDIR)/ksmdev.service
 
 install: tools/ksmdevctl tools/libksmdev-preload.so
 	install -D -m 0644 uapi/linux/ksmdev.h $(DESTDIR)$(PREFIX)/include/linux/ksmdev.h
@@ -113,6 +119,14 @@ install: tools/ksmdevctl tools/libksmdev-preload.so
 		$(DESTDIR)$(DOCDIR)/examples/modules-load.d/ksmdev.conf
 	install -D -m 0644 packaging/modprobe.conf \
 		$(DESTDIR)$(DOCDIR)/examples/modprobe.d/ksmdev.conf
+	install -D -m 0644 packaging/libvirt-hook-qemu \
+		$(DESTDIR)$(DOCDIR)/examples/libvirt-hook-qemu
+	install -D -m 0644 packaging/ksmdev.service \
+		$(DESTDIR)$(SYSTEMDUNITDIR)/ksmdev.service
+	# The settings are the administrator's: an existing file stays.
+	[ -e $(DESTDIR)$(SYSCONFDIR)/ksmdev/ksmdev.conf ] || \
+		install -D -m 0644 packaging/ksmdev.conf \
+			$(DESTDIR)$(SYSCONFDIR)/ksmdev/ksmdev.conf
 	rm -rf $(DESTDIR)/usr/src/ksmdev-$(VERSION)
 	mkdir -p $(DESTDIR)/usr/src/ksmdev-$(VERSION)
 	cp -r Kbuild Makefile dkms.conf src include uapi $(DESTDIR)/usr/src/ksmdev-$(VERSION)/
@@ -126,6 +140,13 @@ uninstall:
 		dkms remove ksmdev/$(VERSION) --all; \
 	fi
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	# ... unless it was changed.
+	if cmp -s packaging/ksmdev.conf $(DESTDIR)$(SYSCONFDIR)/ksmdev/ksmdev.conf; then \
+		rm -f $(DESTDIR)$(SYSCONFDIR)/ksmdev/ksmdev.conf; \
+		rmdir $(DESTDIR)$(SYSCONFDIR)/ksmdev 2>/dev/null || true; \
+	elif [ -e $(DESTDIR)$(SYSCONFDIR)/ksmdev/ksmdev.conf ]; then \
+		echo "kept $(DESTDIR)$(SYSCONFDIR)/ksmdev/ksmdev.conf (changed)"; \
+	fi
 	rm -rf $(DESTDIR)/usr/src/ksmdev-$(VERSION)
 	-rmdir -p --ignore-fail-on-non-empty $(dir $(addprefix $(DESTDIR),$(INSTALLED))) 2>/dev/null
 

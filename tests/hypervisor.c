@@ -14,6 +14,11 @@
  * one guest counts once) come to at least the size of the kernel image
  * both loaded, and pages_sharing grows by at least as much.
  *
+ * Two variants: "preload", as above; "merge_pid", the same two QEMUs
+ * started plainly (no library), then enrolled once both guests are up by
+ * `ksmdevctl merge --pid` (KSM_ATTACH_PROCESS and KSM_REGION_ALL, ABI
+ * version 2: SKIP before), with the same bar.
+ *
  * Runs as root in a QEMU guest with ksmdev loaded, QEMU and its libraries
  * and firmware copied into the image with the inner kernel and initramfs
  * (the harness does it for this test); never on a host.
@@ -26,6 +31,7 @@
 
 #define QEMU		"/usr/bin/qemu-system-x86_64"
 #define PRELOAD		"/tests/libksmdev-preload.so"
+#define KSMDEVCTL	"/tests/ksmdevctl"
 #define KERNEL		"/boot/inner-kernel"
 #define INITRD		"/boot/inner-initrd"
 #define UP_LINE		"ksmdev inner guest: up"
@@ -58,6 +64,19 @@ FIXTURE(hypervisor) {
 	struct vm vms[NR_VMS];
 };
 
+/* How the QEMUs come to ksmdev. */
+FIXTURE_VARIANT(hypervisor) {
+	bool preload;	/* else ksmdevctl merge --pid, once they run */
+};
+
+FIXTURE_VARIANT_ADD(hypervisor, preload) {
+	.preload = true,
+};
+
+FIXTURE_VARIANT_ADD(hypervisor, merge_pid) {
+	.preload = false,
+};
+
 FIXTURE_SETUP(hypervisor)
 {
 	self->fd = ksm_open_fast(&self->saved, &self->base);
@@ -79,7 +98,7 @@ FIXTURE_TEARDOWN(hypervisor)
 }
 
 /* Boot one QEMU on KERNEL and INITRD; its stderr goes to @err. */
-static pid_t start_qemu(const struct vm *vm, int err)
+static pid_t start_qemu(const struct vm *vm, int err, bool preload)
 {
 	char serial[80];
 	pid_t pid = fork();
@@ -88,7 +107,8 @@ static pid_t start_qemu(const struct vm *vm, int err)
 		return pid;
 	dup2(err, 2);
 	snprintf(serial, sizeof(serial), "file:%s", vm->log);
-	setenv("LD_PRELOAD", PRELOAD, 1);
+	if (preload)
+		setenv("LD_PRELOAD", PRELOAD, 1);
 	execl(QEMU, "qemu-system-x86_64", "-accel", "tcg", "-m", RAM,
 	      "-nodefaults", "-display", "none", "-monitor", "none",
 	      "-no-reboot", "-machine", "mem-merge=on",
@@ -233,6 +253,8 @@ TEST_F_TIMEOUT(hypervisor, two_qemus_boot_and_share_their_kernel, TIMEOUT_S)
 	long shared = 0;
 	ssize_t n;
 
+	if (!variant->preload && ioctl(self->fd, KSM_GET_API_VERSION) < 2)
+		SKIP(return, "module has no KSM_ATTACH_PROCESS (API version < 2)");
 	ASSERT_EQ(0, access(QEMU, X_OK)) TH_LOG(QEMU ": %s", strerror(errno));
 	ASSERT_EQ(0, stat(INITRD, &st)) TH_LOG(INITRD ": %s", strerror(errno));
 	ASSERT_EQ(0, stat(KERNEL, &kernel)) TH_LOG(KERNEL ": %s", strerror(errno));
@@ -244,7 +266,7 @@ TEST_F_TIMEOUT(hypervisor, two_qemus_boot_and_share_their_kernel, TIMEOUT_S)
 		snprintf(self->vms[i].log, sizeof(self->vms[i].log),
 			 "/tmp/inner-guest-%d.log", i);
 		unlink(self->vms[i].log);
-		self->vms[i].pid = start_qemu(&self->vms[i], err[1]);
+		self->vms[i].pid = start_qemu(&self->vms[i], err[1], variant->preload);
 		ASSERT_LT(0, self->vms[i].pid);
 	}
 	close(err[1]);
@@ -282,6 +304,19 @@ TEST_F_TIMEOUT(hypervisor, two_qemus_boot_and_share_their_kernel, TIMEOUT_S)
 			TH_LOG("no %d MiB mapping in QEMU %d", RAM_MB, i);
 	}
 
+	/* Plain QEMUs, running: enrolled from outside, as an operator would. */
+	if (!variant->preload) {
+		char cmd[160], out[1024] = "";
+
+		snprintf(cmd, sizeof(cmd), KSMDEVCTL " merge --pid %d %d > /tmp/merge.out 2>&1",
+			 self->vms[0].pid, self->vms[1].pid);
+		status = system(cmd);
+		ksm_read_text("/tmp/merge.out", out, sizeof(out));
+		ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+			TH_LOG("%s: %s", cmd, out);
+		t0 = ksm_now_ms() - boot_ms;	/* merge_ms from here */
+	}
+
 	/* The kernel image's size, in pages: both loaded it. */
 	want = kernel.st_size / ksm_page_size();
 	end = ksm_now_ms() + MERGE_WAIT_S * 1000ULL;
@@ -301,8 +336,9 @@ TEST_F_TIMEOUT(hypervisor, two_qemus_boot_and_share_their_kernel, TIMEOUT_S)
 		TH_LOG("%ld distinct non-zero pages shared by the guests, want %llu",
 		       shared, (unsigned long long)want);
 	EXPECT_LE(self->base.pages_sharing + want, s.pages_sharing);
-	TH_LOG("%d QEMUs booted a %lld KiB kernel in %llu ms: %llu contexts, %llu regions, %llu MiB registered; %ld distinct non-zero pages in both guests' RAM (the kernel: %llu pages); pages_shared %llu, pages_sharing %llu (%llu MiB saved) %llu ms later",
-	       NR_VMS, (long long)kernel.st_size >> 10, (unsigned long long)boot_ms,
+	TH_LOG("%d QEMUs (%s) booted a %lld KiB kernel in %llu ms: %llu contexts, %llu regions, %llu MiB registered; %ld distinct non-zero pages in both guests' RAM (the kernel: %llu pages); pages_shared %llu, pages_sharing %llu (%llu MiB saved) %llu ms later",
+	       NR_VMS, variant->preload ? "preload library" : "ksmdevctl merge --pid",
+	       (long long)kernel.st_size >> 10, (unsigned long long)boot_ms,
 	       (unsigned long long)(s.mms - self->base.mms),
 	       (unsigned long long)(s.regions - self->base.regions),
 	       (unsigned long long)((s.registered_pages - self->base.registered_pages) *

@@ -52,6 +52,9 @@ build_tests() {
 	done
 	result_cmd "build tools/ksmdevctl.c" "$BUILD/logs/tests/ksmdevctl.build.log" \
 		build_tool ksmdevctl || true
+	# The libvirt hook (tests/integrations.c runs it in the guest).
+	install -D -m 0755 "$KSMDEV_ROOT/packaging/libvirt-hook-qemu" \
+		"$BUILD/tests/libvirt-hook-qemu"
 	result_cmd "build tools/ksmdev-preload.c, tests/fakevm.c" \
 		"$BUILD/logs/tests/preload.build.log" build_preload || true
 	# tests/hypervisor.c boots this kernel in QEMU inside the guest.
@@ -283,14 +286,19 @@ package_checks() {
 		test -f \$d/usr/src/ksmdev-$ver/dkms.conf &&
 		ls \$d/usr/lib/*/ksmdev/libksmdev-preload.so &&
 		ls \$d/usr/share/doc/ksmdev/examples/*/ksmdev.conf &&
+		test -f \$d/usr/share/doc/ksmdev/examples/libvirt-hook-qemu &&
+		test -f \$d/usr/lib/systemd/system/ksmdev.service &&
+		test -f \$d/etc/ksmdev/ksmdev.conf &&
 		make uninstall DESTDIR=\$d && ! find \$d -type f | grep . &&
 		make clean > /dev/null && rm -rf \$d" || true
+	result_cmd "ksmdev.service: systemd-analyze verify finds nothing (keys, commands, man page)" \
+		"$logs/systemd.log" systemd_unit_check "$src" || true
 	result_cmd "deb: dpkg-buildpackage" "$logs/build.log" \
 		sh -c "cd '$src' && dpkg-buildpackage -us -uc -b" || return 0
 	# What the packages would put on a machine, read from the .debs: they
 	# are not installed here (dpkg -i would register ksmdev with the host's
 	# DKMS, and replace a user's own ksmdev).
-	result_cmd "deb: contents (the DKMS sources, ksmdevctl and its man page, the library, the header, the udev rule)" \
+	result_cmd "deb: contents (the DKMS sources, ksmdevctl and its man page, the library, the header, the udev rule, ksmdev.service, its conffile, the libvirt hook)" \
 		"$logs/contents.log" deb_contents_check "$dir" "$ver" || true
 	# dpkg refuses to install two packages that ship one path (ksmctl was
 	# ksmtuned's): none of ours may be in Debian 12's Contents index.
@@ -302,6 +310,31 @@ package_checks() {
 		lintian_check "$dir"/ksmdev_"$ver"_*.changes || true
 	result_cmd "deb: dpkg -i in throwaway roots (Debian 12, unstable) builds and signs the module for every kernel; dpkg -r leaves nothing" \
 		"$logs/install.log" package_install_check "$dir" "$ver" || true
+}
+
+# systemd_unit_check SRC: packaging/ksmdev.service as `make install` puts
+# it (DESTDIR), checked by systemd-analyze verify in that root, where its
+# commands must be: ksmdevctl from the install, modprobe (kmod's, which the
+# module's package needs anyway) and systemd's units copied from the host. Any word it says
+# fails (an unknown key is only a warning to it); its man page check finds
+# ksmdevctl(8) through MANPATH.
+systemd_unit_check() {
+	local src=$1 d out rc=0
+	d=$(mktemp -d)
+	(cd "$src" && make install DESTDIR="$d" INSTALL_DKMS=0 > /dev/null) || rc=1
+	mkdir -p "$d/sbin" "$d/lib/systemd"
+	cp "$(PATH=$PATH:/usr/sbin:/sbin command -v modprobe)" "$d/sbin/modprobe" || rc=1
+	# systemd's own units (sysinit.target, ...), which the unit's
+	# default dependencies name.
+	cp -a /lib/systemd/system "$d/lib/systemd/" || rc=1
+	if [ $rc -eq 0 ]; then
+		echo "systemd-analyze verify --root=$d ksmdev.service"
+		out=$(MANPATH=$d/usr/share/man systemd-analyze verify --root="$d" \
+			ksmdev.service 2>&1) || rc=1
+		[ -z "$out" ] || { echo "$out"; rc=1; }
+	fi
+	rm -rf "$d"
+	return $rc
 }
 
 # The throwaway root the packages are installed into: Debian 12 with dkms
@@ -380,6 +413,10 @@ package_install_cmd() {
 	shift
 	echo "dpkg -i /tmp/ksmdev-dkms_*.deb /tmp/ksmdev-tools_*.deb
 		ksmdevctl --help > /dev/null
+		ksmdevctl --version | grep -x 'ksmdevctl $ver (built for ksmdev API version [0-9]*)'
+		test -f /lib/systemd/system/ksmdev.service
+		test -f /etc/ksmdev/ksmdev.conf
+		test -f /usr/share/doc/ksmdev-tools/examples/libvirt-hook-qemu
 		test -f /usr/share/man/man8/ksmdevctl.8.gz
 		test -f /usr/lib/*/ksmdev/libksmdev-preload.so
 		test -f /usr/include/linux/ksmdev.h
@@ -506,7 +543,9 @@ deb_contents_check() {
 	for f in "./usr/src/ksmdev-$ver/dkms.conf" "./usr/src/ksmdev-$ver/Kbuild" \
 		 ./usr/sbin/ksmdevctl ./usr/share/man/man8/ksmdevctl.8.gz \
 		 "./usr/lib/$(gcc -print-multiarch)/ksmdev/libksmdev-preload.so" \
-		 ./usr/include/linux/ksmdev.h ./usr/lib/udev/rules.d/60-ksmdev.rules; do
+		 ./usr/include/linux/ksmdev.h ./usr/lib/udev/rules.d/60-ksmdev.rules \
+		 ./lib/systemd/system/ksmdev.service ./etc/ksmdev/ksmdev.conf \
+		 ./usr/share/doc/ksmdev-tools/examples/libvirt-hook-qemu; do
 		grep -qE " $f( |\$)" <<< "$list" && continue
 		echo "missing from the packages: $f"
 		bad=1

@@ -19,9 +19,11 @@ MODULE_FILES="Kbuild Makefile dkms.conf src include uapi"
 # headers package pulls in its kernel image (the host's next boot kernel),
 # and busybox-static replaces a host's busybox. setup.sh fetches both with
 # `apt-get download` and unpacks them into .cache/ instead.
+# systemd: for systemd-analyze (check.sh verifies ksmdev.service), already
+# there on a machine that boots with systemd.
 HOST_PACKAGES="qemu-system-x86 kmod dkms sparse cpio gcc make
 	xz-utils libc6-dev perl linux-source-6.12
-	dpkg-dev debhelper dh-dkms groff-base dwarves lintian mmdebstrap"
+	dpkg-dev debhelper dh-dkms groff-base dwarves lintian mmdebstrap systemd"
 # What building a kernel from linux-source-6.12 needs on top (the debug
 # kernel of check-debug.sh, the inner guests' kernel of tests/hypervisor.c).
 # shellcheck disable=SC2034 # used by setup.sh
@@ -448,10 +450,12 @@ add_test_kmods() {
 }
 
 # build_tool NAME: tools/NAME.c (a userspace helper) into build/tests/NAME
-# (static), with every warning an error.
+# (static), with every warning an error, and dkms.conf's version (as the
+# Makefile passes it).
 build_tool() {
 	mkdir -p "$BUILD/tests"
 	gcc -static -O2 -Wall -Wextra -Werror -I "$KSMDEV_ROOT/uapi" \
+		-DKSMDEV_VERSION="\"$(module_version)\"" \
 		-o "$BUILD/tests/$1" "$KSMDEV_ROOT/tools/$1.c"
 }
 
@@ -742,8 +746,9 @@ build_initramfs() {
 	add_test_kmods "$root" "$kver"
 	# The dynamic ones (fakevm, the preload library) need libc and ld.so.
 	copy_dynamic_libs "$root" "$root"/tests/*
+	# tests/integrations.c starts a QEMU for the libvirt hook too.
 	case " $* " in
-	*" hypervisor "*) add_qemu "$root" ;;
+	*" hypervisor "*|*" integrations "*) add_qemu "$root" ;;
 	esac
 
 	mod=$(built_module "$kver") || die "no DKMS-installed ksmdev for $kver"
@@ -768,7 +773,7 @@ build_initramfs() {
 GUEST_MODULES="null_blk"
 # Userspace helpers the tests run (tests/cli.c, tests/preload.c); never
 # run as tests themselves.
-GUEST_TOOLS="ksmdevctl libksmdev-preload.so fakevm"
+GUEST_TOOLS="ksmdevctl libksmdev-preload.so fakevm libvirt-hook-qemu"
 
 KERNEL_CMDLINE="console=ttyS0 panic=-1 panic_on_warn=1 oops=panic softlockup_panic=1 hung_task_panic=1 nmi_watchdog=0 quiet loglevel=4"
 
