@@ -43,6 +43,11 @@ extern struct lockdep_map *ksmdev_mmu_start_map;
 #define VM_DROPPABLE	VM_NONE
 #endif
 
+/* 6.6 added x86 user shadow stacks (VM_SHADOW_STACK); before, none. */
+#ifndef VM_SHADOW_STACK
+#define VM_SHADOW_STACK	VM_NONE
+#endif
+
 /*
  * After 6.12 (7.2 has none), nth_page() is gone: the memmap of a folio is
  * contiguous on every configuration, so the pages of a huge page are found

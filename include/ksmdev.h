@@ -271,6 +271,14 @@ struct ksmdev_region {
  *             call through the file knows when the process has exited or
  *             exec'd, even while somebody (the scanner) still holds a user
  *             of @mm for a moment; NULL for the opener's own mm
+ * @exit_wait: attached: on @target's wait_pidfd queue, which the kernel
+ *             wakes when the process exits (as it wakes a pidfd's poll):
+ *             the module's only hook into a target's exit. One-shot: the
+ *             wake takes it off the queue (under the queue's lock) and
+ *             queues @exit_work
+ * @exit_work: drops the regions of an exited target at once, whatever
+ *             the scanner does (ABI.md: "the target's exit frees all of
+ *             it"); holds a reference while queued or running
  * @trees:     the trees of this context's KSM_REGION_SCOPE_MM regions
  * @regions:   region tree (struct ksmdev_region.node)
  * @nr_regions: regions in @regions
@@ -315,6 +323,8 @@ struct ksmdev_ctx {
 	struct list_head unstable;
 	pid_t pid;
 	struct pid *target;
+	struct wait_queue_entry exit_wait;
+	struct work_struct exit_work;
 	struct ksmdev_trees trees;
 	struct rb_root regions;
 	unsigned long nr_regions;
@@ -389,6 +399,7 @@ struct ksmdev_ctx *ksmdev_ctx_attach(struct ksmdev_ctx *own,
 bool ksmdev_ctx_gone(struct ksmdev_ctx *ctx);
 void ksmdev_region_pass_end(struct ksmdev_ctx *ctx,
 			    struct ksmdev_region *region);
+int ksmdev_registry_init(void);
 void ksmdev_registry_exit(void);
 bool ksmdev_ctx_abandoned(struct ksmdev_ctx *ctx);
 int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r);

@@ -186,6 +186,9 @@ static int __init ksmdev_init(void)
 	err = ksmdev_trees_init();
 	if (err)
 		return err;
+	err = ksmdev_registry_init();
+	if (err)
+		goto err_trees;
 	ksmdev_debugfs_init();
 	err = ksmdev_scan_init();
 	if (err)
@@ -200,6 +203,8 @@ err_scan:
 	ksmdev_scan_exit();
 err_debugfs:
 	ksmdev_debugfs_exit();
+	ksmdev_registry_exit();
+err_trees:
 	ksmdev_trees_exit();
 	return err;
 }

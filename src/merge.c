@@ -35,14 +35,18 @@
 /*
  * Private anonymous memory: the scanner may read its pages. Not
  * VM_DROPPABLE memory (MAP_DROPPABLE, 6.11): its pages are there for the
- * kernel to free under pressure, which a merged page can never be.
+ * kernel to free under pressure, which a merged page can never be. Not a
+ * shadow stack (VM_SHADOW_STACK): the CPU writes it on every call with its
+ * own PTE encoding (Write=0, Dirty=1), which a read-only kernel page's PTE
+ * does not keep; KSM_REGION_ALL meets such VMAs in every process that
+ * enables user shadow stacks.
  */
 bool ksmdev_vma_scannable(struct vm_area_struct *vma)
 {
 	return vma_is_anonymous(vma) &&
 	       !(vma->vm_flags & (VM_SHARED | VM_MAYSHARE | VM_PFNMAP |
 				  VM_MIXEDMAP | VM_HUGETLB | VM_IO |
-				  VM_DROPPABLE));
+				  VM_DROPPABLE | VM_SHADOW_STACK));
 }
 
 /* Merging is done only in VMAs where the kernel will do the rest right. */

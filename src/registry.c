@@ -21,6 +21,8 @@
 #include <linux/sched/signal.h>
 #include <linux/sched/task.h>
 #include <linux/slab.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
 
 #include "ksmdev.h"
 
@@ -64,6 +66,23 @@ struct ksmdev_ctx *ksmdev_ctx_create(void)
 	return ctx;
 }
 
+/*
+ * Runs exit work (struct ksmdev_ctx.exit_work); drained at unload, after
+ * every context is unhooked, so that no work runs module code afterwards.
+ */
+static struct workqueue_struct *ksmdev_exit_wq;
+
+/* Take @ctx off its target's wait_pidfd queue, if it is still on it. */
+static void ksmdev_exit_unhook(struct ksmdev_ctx *ctx)
+{
+	wait_queue_head_t *wq = &ctx->target->wait_pidfd;
+	unsigned long flags;
+
+	spin_lock_irqsave(&wq->lock, flags);
+	list_del_init(&ctx->exit_wait.entry);
+	spin_unlock_irqrestore(&wq->lock, flags);
+}
+
 /**
  * ksmdev_ctx_put - drop a reference to @ctx, freeing it with the last
  * @ctx: a context, already off the list if this is the last reference
@@ -75,6 +94,8 @@ void ksmdev_ctx_put(struct ksmdev_ctx *ctx)
 	lockdep_assert_held(&ksmdev_lock);
 	if (!refcount_dec_and_test(&ctx->ref))
 		return;
+	if (ctx->target)
+		ksmdev_exit_unhook(ctx);
 	put_pid(ctx->target);
 	mmdrop(ctx->mm);
 	mutex_destroy(&ctx->lock);
@@ -169,9 +190,10 @@ void ksmdev_ctx_close(struct ksmdev_ctx *ctx, struct ksmdev_ctx *own)
  *
  * Its regions go, without unmerging (the memory is gone or going); a
  * persistent context leaves the list too: nobody can reach it again but
- * its handles, which then see ESRCH. The module cannot hook the mm's exit
- * (the kernel calls nothing of ours there), so this runs when the scanner,
- * an unmerge-all or a handle's ioctl first finds mm_users at zero.
+ * its handles, which then see ESRCH. This runs when the target's exit
+ * wakes its pidfd waiters (ksmdev_exit_work()), or, after an exec (which
+ * wakes nobody), when the scanner, an unmerge-all or a handle's ioctl first
+ * finds the mm without users or without the target.
  *
  * Return: true if the caller must drop the list's reference, after it let
  * go of ctx->lock.
@@ -187,6 +209,72 @@ bool ksmdev_ctx_gone(struct ksmdev_ctx *ctx)
 	ctx->exited = true;
 	ksmdev_ctx_drop_regions(ctx);
 	return false;
+}
+
+static bool ksmdev_target_alive(struct ksmdev_ctx *ctx);
+
+/*
+ * The target of @ctx has exited (or a spurious wake: then nothing is done
+ * here, and the scanner or the next call through a file finds the exit).
+ * Takes ctx->lock, then ksmdev_lock, as any call does; an unmerge-all
+ * holding ctx->lock on the exited mm sees it abandoned and lets go.
+ */
+static void ksmdev_exit_work(struct work_struct *work)
+{
+	struct ksmdev_ctx *ctx = container_of(work, struct ksmdev_ctx,
+					      exit_work);
+	bool put = false;
+
+	mutex_lock(&ctx->lock);
+	if (!ctx->exited && !ksmdev_target_alive(ctx)) {
+		ksmdev_lock_acquire();
+		put = ksmdev_ctx_gone(ctx);
+		mutex_unlock(&ksmdev_lock);
+	}
+	mutex_unlock(&ctx->lock);
+	ksmdev_lock_acquire();
+	if (put)
+		ksmdev_ctx_put(ctx);	/* the list's */
+	ksmdev_ctx_put(ctx);		/* the work's */
+	mutex_unlock(&ksmdev_lock);
+}
+
+/*
+ * Called by the wake-up of the target's wait_pidfd queue, with its lock
+ * held and interrupts off (exit_notify(), and on 7.2 the reaping as
+ * well): nothing but taking the entry off and queueing the work. A context
+ * whose last reference is going (refcount zero) is left alone: its
+ * ksmdev_ctx_put() unhooks it under the same lock.
+ */
+static int ksmdev_exit_wake(struct wait_queue_entry *wait, unsigned int mode,
+			    int sync, void *key)
+{
+	struct ksmdev_ctx *ctx = container_of(wait, struct ksmdev_ctx,
+					      exit_wait);
+
+	list_del_init(&wait->entry);
+	if (refcount_inc_not_zero(&ctx->ref))
+		queue_work(ksmdev_exit_wq, &ctx->exit_work);
+	return 0;
+}
+
+/*
+ * Hook @ctx, just attached to @pid, into the process's exit. If the process
+ * exited before the hook was in place, its wake-up came first, and its
+ * threads' mm pointers were cleared before it (exit_mm() precedes
+ * exit_notify()), which the queue's lock orders before the check here: the
+ * work is queued by hand.
+ */
+static void ksmdev_exit_hook(struct ksmdev_ctx *ctx, struct pid *pid)
+{
+	init_waitqueue_func_entry(&ctx->exit_wait, ksmdev_exit_wake);
+	INIT_WORK(&ctx->exit_work, ksmdev_exit_work);
+	add_wait_queue(&pid->wait_pidfd, &ctx->exit_wait);
+	if (ksmdev_target_alive(ctx))
+		return;
+	ksmdev_exit_unhook(ctx);
+	refcount_inc(&ctx->ref);
+	queue_work(ksmdev_exit_wq, &ctx->exit_work);
 }
 
 /* The persistent context of @mm, if it has one (under ksmdev_lock). */
@@ -286,6 +374,7 @@ struct ksmdev_ctx *ksmdev_ctx_attach(struct ksmdev_ctx *own,
 		own->pid = pid_nr(pid);
 		own->target = pid;
 		pid = NULL;
+		ksmdev_exit_hook(own, own->target);
 		if (at->flags & KSM_ATTACH_PERSIST) {
 			own->persistent = true;
 			own->handles = 1;
@@ -1324,9 +1413,27 @@ void ksmdev_ctx_drop_regions(struct ksmdev_ctx *ctx)
  * stopped, so what is left on the list is persistent contexts without a
  * handle. They go as at a close: regions dropped without unmerging.
  */
+int ksmdev_registry_init(void)
+{
+	ksmdev_exit_wq = alloc_workqueue("ksmdev_exit", WQ_UNBOUND, 0);
+	return ksmdev_exit_wq ? 0 : -ENOMEM;
+}
+
 void ksmdev_registry_exit(void)
 {
 	struct ksmdev_ctx *ctx, *tmp;
+
+	/*
+	 * No file is open: every context left is a persistent one on the
+	 * list. Unhooked first, so that no exit queues work any more; then
+	 * the work queued already runs to its end.
+	 */
+	mutex_lock(&ksmdev_lock);
+	list_for_each_entry(ctx, &ksmdev_ctx_list, list)
+		if (ctx->target)
+			ksmdev_exit_unhook(ctx);
+	mutex_unlock(&ksmdev_lock);
+	destroy_workqueue(ksmdev_exit_wq);
 
 	mutex_lock(&ksmdev_lock);
 	list_for_each_entry_safe(ctx, tmp, &ksmdev_ctx_list, list) {

@@ -598,6 +598,65 @@ TEST_F_TIMEOUT(attach, target_exits_while_attached, TEST_S)
 }
 
 /*
+ * The target's exit frees what was registered in it at once, without the
+ * scanner (run=0) and without a call through a file (ABI.md: "The target's
+ * exit frees all of it, persistent or not, without waiting on the
+ * scanner"): a persistent context with no handle left goes whole; a
+ * context attached by a file that stays open loses its regions.
+ */
+TEST_F_TIMEOUT(attach, exit_frees_without_scanner, TEST_S)
+{
+	struct target *t = self->t;
+	const size_t n = 16;
+	uint64_t end;
+	struct ksm_stats s;
+	int fd, pidfd;
+
+	ASSERT_EQ(0, ksm_set_run(self->fd, 0));
+	ASSERT_EQ(0, target_start(&t[0], n, 0xe1, true));
+	ASSERT_EQ(0, target_start(&t[1], n, 0xe2, true));
+
+	pidfd = pidfd_open(t[0].pid);
+	ASSERT_LE(0, pidfd);
+	fd = ksm_open();
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, ksm_attach(fd, pidfd, KSM_ATTACH_PERSIST));
+	ASSERT_EQ(0, ksm_region_all(fd, KSM_REGISTER_REGION));
+	close(fd);
+	close(pidfd);
+
+	pidfd = pidfd_open(t[1].pid);
+	ASSERT_LE(0, pidfd);
+	fd = ksm_open();
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, ksm_attach(fd, pidfd, 0));
+	close(pidfd);
+	ASSERT_EQ(0, ksm_register(fd, t[1].addr, n * self->ps, 0));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+	EXPECT_EQ(self->base.mms + 2, s.mms);
+	EXPECT_EQ(self->base.regions + 2, s.regions);
+
+	EXPECT_EQ(0, target_stop(&t[0]));
+	EXPECT_EQ(0, target_stop(&t[1]));
+	/* Only the open file's context is left, with no region. */
+	end = ksm_now_ms() + WAIT_S * 1000ULL;
+	for (;;) {
+		ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+		if ((s.mms == self->base.mms + 1 &&
+		     s.regions == self->base.regions &&
+		     s.registered_pages == self->base.registered_pages) ||
+		    ksm_now_ms() > end)
+			break;
+		ksm_sleep_ms(10);
+	}
+	EXPECT_EQ(self->base.mms + 1, s.mms);
+	EXPECT_EQ(self->base.regions, s.regions);
+	EXPECT_EQ(self->base.registered_pages, s.registered_pages);
+	close(fd);
+	expect_baseline(_metadata, self->fd, &self->base);
+}
+
+/*
  * The ptrace check (PTRACE_MODE_ATTACH_REALCREDS): nobody may not attach
  * to a root process (EPERM), but may to a process of its own.
  */
