@@ -71,6 +71,8 @@ struct ksmdev_ctx *ksmdev_ctx_create(void)
  * every context is unhooked, so that no work runs module code afterwards.
  */
 static struct workqueue_struct *ksmdev_exit_wq;
+/* Set at unload under ksmdev_lock: no entry goes back on a queue. */
+static bool ksmdev_exit_closing;
 
 /* Take @ctx off its target's wait_pidfd queue, if it is still on it. */
 static void ksmdev_exit_unhook(struct ksmdev_ctx *ctx)
@@ -213,9 +215,11 @@ bool ksmdev_ctx_gone(struct ksmdev_ctx *ctx)
 
 static bool ksmdev_target_alive(struct ksmdev_ctx *ctx);
 
+static void ksmdev_exit_arm(struct ksmdev_ctx *ctx);
+
 /*
- * The target of @ctx has exited (or a spurious wake: then nothing is done
- * here, and the scanner or the next call through a file finds the exit).
+ * The target of @ctx has exited; or its leader thread has, the others
+ * running on: then the entry goes back on the queue for the real exit.
  * Takes ctx->lock, then ksmdev_lock, as any call does; an unmerge-all
  * holding ctx->lock on the exited mm sees it abandoned and lets go.
  */
@@ -226,9 +230,13 @@ static void ksmdev_exit_work(struct work_struct *work)
 	bool put = false;
 
 	mutex_lock(&ctx->lock);
-	if (!ctx->exited && !ksmdev_target_alive(ctx)) {
+	if (!ctx->exited) {
 		ksmdev_lock_acquire();
-		put = ksmdev_ctx_gone(ctx);
+		if (!ksmdev_target_alive(ctx))
+			put = ksmdev_ctx_gone(ctx);
+		else if (!ksmdev_exit_closing)
+			/* Its leader thread exited (6.9+ wakes then too). */
+			ksmdev_exit_arm(ctx);
 		mutex_unlock(&ksmdev_lock);
 	}
 	mutex_unlock(&ctx->lock);
@@ -259,22 +267,29 @@ static int ksmdev_exit_wake(struct wait_queue_entry *wait, unsigned int mode,
 }
 
 /*
- * Hook @ctx, just attached to @pid, into the process's exit. If the process
- * exited before the hook was in place, its wake-up came first, and its
- * threads' mm pointers were cleared before it (exit_mm() precedes
- * exit_notify()), which the queue's lock orders before the check here: the
- * work is queued by hand.
+ * Put @ctx's entry on its target's queue (under ksmdev_lock, which keeps
+ * ksmdev_exit_closing as it is). If the process exited before the entry
+ * was in place, its wake-up came first, and its threads' mm pointers were
+ * cleared before it (exit_mm() precedes exit_notify()), which the queue's
+ * lock orders before the check here: the work is queued by hand.
  */
-static void ksmdev_exit_hook(struct ksmdev_ctx *ctx, struct pid *pid)
+static void ksmdev_exit_arm(struct ksmdev_ctx *ctx)
 {
-	init_waitqueue_func_entry(&ctx->exit_wait, ksmdev_exit_wake);
-	INIT_WORK(&ctx->exit_work, ksmdev_exit_work);
-	add_wait_queue(&pid->wait_pidfd, &ctx->exit_wait);
+	lockdep_assert_held(&ksmdev_lock);
+	add_wait_queue(&ctx->target->wait_pidfd, &ctx->exit_wait);
 	if (ksmdev_target_alive(ctx))
 		return;
 	ksmdev_exit_unhook(ctx);
 	refcount_inc(&ctx->ref);
 	queue_work(ksmdev_exit_wq, &ctx->exit_work);
+}
+
+/* Hook @ctx, just attached to a process (ctx->target), into its exit. */
+static void ksmdev_exit_hook(struct ksmdev_ctx *ctx)
+{
+	init_waitqueue_func_entry(&ctx->exit_wait, ksmdev_exit_wake);
+	INIT_WORK(&ctx->exit_work, ksmdev_exit_work);
+	ksmdev_exit_arm(ctx);
 }
 
 /* The persistent context of @mm, if it has one (under ksmdev_lock). */
@@ -374,7 +389,7 @@ struct ksmdev_ctx *ksmdev_ctx_attach(struct ksmdev_ctx *own,
 		own->pid = pid_nr(pid);
 		own->target = pid;
 		pid = NULL;
-		ksmdev_exit_hook(own, own->target);
+		ksmdev_exit_hook(own);
 		if (at->flags & KSM_ATTACH_PERSIST) {
 			own->persistent = true;
 			own->handles = 1;
@@ -1429,6 +1444,7 @@ void ksmdev_registry_exit(void)
 	 * the work queued already runs to its end.
 	 */
 	mutex_lock(&ksmdev_lock);
+	ksmdev_exit_closing = true;
 	list_for_each_entry(ctx, &ksmdev_ctx_list, list)
 		if (ctx->target)
 			ksmdev_exit_unhook(ctx);
