@@ -899,6 +899,9 @@ TEST_F_TIMEOUT(attach, region_all_sparse, TEST_S)
 	EXPECT_LE(s0.pages_scanned + SPARSE_PAGES, s.pages_scanned);
 	EXPECT_LE(s0.pages_unshared + SPARSE_PAGES / 2, s.pages_unshared);
 	EXPECT_GT(s0.metadata_bytes + SPARSE_BOUND, s.metadata_bytes);
+	/* The context's own share: its radix tree and nodes, nothing more. */
+	EXPECT_LT(SPARSE_PAGES * sizeof(uint64_t), ms.metadata_bytes);
+	EXPECT_GT(SPARSE_BOUND, ms.metadata_bytes);
 	close(fd);
 	EXPECT_EQ(0, target_stop(t));
 	expect_baseline(_metadata, self->fd, &self->base);
