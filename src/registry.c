@@ -1049,17 +1049,19 @@ static unsigned long ksmdev_chunk_index(const struct ksmdev_region *region,
 }
 
 /*
- * The first chunk of @region numbered @ci or more that exists, or ULONG_MAX.
- * A walk over the chunks costs in proportion to the ones that exist.
+ * The first chunk of @region numbered @ci or more that exists and holds a
+ * page of it, or ULONG_MAX. A walk over the chunks costs in proportion to
+ * the ones that exist.
  */
 static unsigned long ksmdev_chunk_next(struct ksmdev_region *region,
 				       unsigned long ci)
 {
 	unsigned long addr = region->base + (ci << KSMDEV_CHUNK_BITS);
-	unsigned long end = region->base +
-		(region->nr_top << ksmdev_level_bits(region->height - 1));
+	unsigned long end = region->end;
 	u64 *slot;
 
+	if (addr >= end)
+		return ULONG_MAX;
 	addr = ksmdev_region_slot_next(region, addr, end, &slot);
 	return addr < end ? ksmdev_chunk_index(region, addr) : ULONG_MAX;
 }
