@@ -288,6 +288,7 @@ static void ksmdev_exit_arm(struct ksmdev_ctx *ctx)
 static void ksmdev_exit_hook(struct ksmdev_ctx *ctx)
 {
 	init_waitqueue_func_entry(&ctx->exit_wait, ksmdev_exit_wake);
+	INIT_LIST_HEAD(&ctx->exit_wait.entry);
 	INIT_WORK(&ctx->exit_work, ksmdev_exit_work);
 	ksmdev_exit_arm(ctx);
 }
