@@ -46,19 +46,9 @@ FIXTURE_TEARDOWN(cli)
 static int ksmdevctl(char *out, size_t size, const char *args)
 {
 	char cmd[512];
-	size_t n = 0;
-	FILE *f;
-	int st;
 
 	snprintf(cmd, sizeof(cmd), KSMDEVCTL " %s 2>&1", args);
-	f = popen(cmd, "r");
-	if (!f)
-		return -1;
-	while (n + 1 < size && fgets(out + n, size - n, f))
-		n += strlen(out + n);
-	out[n] = 0;
-	st = pclose(f);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	return ksm_run_capture(cmd, out, size);
 }
 
 /* The number after "key": in a JSON text; -1 if absent. */
@@ -743,27 +733,6 @@ static int wait_ready(int fd)
 	return read_bounded(fd, &c, 2, 60, NULL) == 1 ? 0 : -1;
 }
 
-/* The line of debugfs mms for @pid: its registered and merging pages; -1 if none. */
-static int mms_of(pid_t pid, unsigned long long *registered, unsigned long long *merging)
-{
-	unsigned long long p, regions, r, m;
-	char line[256];
-	int found = -1;
-	FILE *f = fopen(KSM_DEBUGFS_DIR "/mms", "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "%llu %llu %llu %llu", &p, &regions, &r, &m) == 4 &&
-		    (pid_t)p == pid) {
-			*registered = r;
-			*merging = m;
-			found = 0;
-		}
-	fclose(f);
-	return found;
-}
-
 /* Bounded: until @pid's context merges at least @n pages. */
 static int wait_mms_merging(pid_t pid, unsigned long long n, int secs)
 {
@@ -771,7 +740,7 @@ static int wait_mms_merging(pid_t pid, unsigned long long n, int secs)
 	uint64_t end = ksm_now_ms() + secs * 1000ULL;
 
 	do {
-		if (!mms_of(pid, &r, &m) && m >= n)
+		if (!ksm_mms_of(pid, &r, &m) && m >= n)
 			return 0;
 		ksm_sleep_ms(50);
 	} while (ksm_now_ms() < end);
@@ -795,7 +764,7 @@ TEST_F_TIMEOUT(cli, merge_and_unmerge_pids, 600)
 	ASSERT_LT(0, b);
 	ASSERT_EQ(0, wait_ready(ra));
 	ASSERT_EQ(0, wait_ready(rb));
-	EXPECT_EQ(-1, mms_of(a, &r, &m));
+	EXPECT_EQ(-1, ksm_mms_of(a, &r, &m));
 
 	snprintf(cmd, sizeof(cmd), "merge --pid %d %d --domain 7", a, b);
 	EXPECT_EQ(0, ksmdevctl(self->out, sizeof(self->out), cmd)) TH_LOG("%s", self->out);
@@ -815,7 +784,7 @@ TEST_F_TIMEOUT(cli, merge_and_unmerge_pids, 600)
 	snprintf(cmd, sizeof(cmd), "unmerge --pid %d", a);
 	EXPECT_EQ(0, ksmdevctl(self->out, sizeof(self->out), cmd)) TH_LOG("%s", self->out);
 	EXPECT_NE(NULL, strstr(self->out, "unmerged and unregistered")) TH_LOG("%s", self->out);
-	EXPECT_TRUE(mms_of(a, &r, &m) || (r == 0 && m == 0)) TH_LOG("%llu %llu", r, m);
+	EXPECT_TRUE(ksm_mms_of(a, &r, &m) || (r == 0 && m == 0)) TH_LOG("%llu %llu", r, m);
 	EXPECT_EQ(0, ksmdevctl(self->out, sizeof(self->out), cmd)) TH_LOG("%s", self->out);
 	EXPECT_NE(NULL, strstr(self->out, "nothing to unmerge")) TH_LOG("%s", self->out);
 

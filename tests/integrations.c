@@ -78,8 +78,6 @@ static int run_hook(const char *env, const char *name, const char *op,
 		    const char *xml, char *out, size_t size)
 {
 	char cmd[512], path[] = "/tmp/hook-xml-XXXXXX";
-	size_t n = 0;
-	FILE *f;
 	int st, fd = mkstemp(path);
 
 	if (fd < 0 || write(fd, xml, strlen(xml)) != (ssize_t)strlen(xml))
@@ -87,15 +85,9 @@ static int run_hook(const char *env, const char *name, const char *op,
 	close(fd);
 	snprintf(cmd, sizeof(cmd), "env PATH=/tests:/bin:/sbin:/usr/bin:/usr/sbin %s "
 		 HOOK " %s %s begin - < %s 2>&1", env, name, op, path);
-	f = popen(cmd, "r");
-	if (!f)
-		return -1;
-	while (n + 1 < size && fgets(out + n, size - n, f))
-		n += strlen(out + n);
-	out[n] = 0;
-	st = pclose(f);
+	st = ksm_run_capture(cmd, out, size);
 	unlink(path);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	return st;
 }
 
 static void write_pidfile(const char *name, const char *content)
@@ -180,26 +172,6 @@ TEST_F_TIMEOUT(hook, reads_the_xml_and_the_pid_file, 120)
 	unlink(RUN_DIR "/vm1.pid");
 }
 
-/* The line of debugfs mms for @pid: 0 and its registered pages, or -1. */
-static int mms_registered(pid_t pid, unsigned long long *registered)
-{
-	unsigned long long p, regions, r, m;
-	char line[256];
-	int found = -1;
-	FILE *f = fopen(KSM_DEBUGFS_DIR "/mms", "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "%llu %llu %llu %llu", &p, &regions, &r, &m) == 4 &&
-		    (pid_t)p == pid && r) {
-			*registered = r;
-			found = 0;
-		}
-	fclose(f);
-	return found;
-}
-
 /*
  * A QEMU started here, with its pid file where libvirt keeps it, and the
  * hook called as libvirt calls it once QEMU runs: QEMU's memory is
@@ -209,7 +181,7 @@ static int mms_registered(pid_t pid, unsigned long long *registered)
 TEST_F_TIMEOUT(hook, enrols_a_qemu, 600)
 {
 	char pidbuf[32], want[128];
-	unsigned long long registered = 0;
+	unsigned long long registered = 0, merging;
 	uint64_t end;
 	pid_t qemu, pid = 0;
 	int status, ok;
@@ -243,7 +215,8 @@ TEST_F_TIMEOUT(hook, enrols_a_qemu, 600)
 	EXPECT_EQ(NULL, strstr(self->out, "ksmdev hook:")) TH_LOG("%s", self->out);
 	/* The scanner's next pass counts the pages of QEMU's VMAs (bounded). */
 	end = ksm_now_ms() + KSM_MERGE_WAIT_S * 1000ULL;
-	while (mms_registered(qemu, &registered) && ksm_now_ms() < end)
+	while ((ksm_mms_of(qemu, &registered, &merging) || !registered) &&
+	       ksm_now_ms() < end)
 		ksm_sleep_ms(100);
 	EXPECT_LT(0, registered);
 	/* Its domain, from debugfs regions, through ksmdevctl ps. */
@@ -257,7 +230,8 @@ TEST_F_TIMEOUT(hook, enrols_a_qemu, 600)
 	ASSERT_EQ(0, ksm_waitpid_timeout(qemu, &status, 60));
 	/* Its exit ends the context (bounded). */
 	end = ksm_now_ms() + 60000;
-	while (!(ok = mms_registered(qemu, &registered)) && ksm_now_ms() < end)
+	while (!(ok = ksm_mms_of(qemu, &registered, &merging) || !registered) &&
+	       ksm_now_ms() < end)
 		ksm_sleep_ms(100);
 	EXPECT_NE(0, ok);
 	unlink(RUN_DIR "/vm7.pid");

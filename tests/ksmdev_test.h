@@ -434,6 +434,51 @@ static inline int ksm_wait_mm_merging(int fd, uint64_t n,
 /* ---- files: debugfs counters, module parameters ---- */
 
 /*
+ * Run the shell command @cmd (popen): its output in @out (stdout; stderr
+ * too if @cmd redirects it), NUL-terminated; its exit status, or -1.
+ */
+static inline int ksm_run_capture(const char *cmd, char *out, size_t size)
+{
+	size_t n = 0;
+	FILE *f = popen(cmd, "r");
+	int st;
+
+	if (!f)
+		return -1;
+	while (n + 1 < size && fgets(out + n, size - n, f))
+		n += strlen(out + n);
+	out[n] = 0;
+	st = pclose(f);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/*
+ * The line of debugfs mms for @pid ("pid regions registered merging"), the
+ * one with the most registered pages if there are several: 0 and its
+ * counts, or -1 if there is none.
+ */
+static inline int ksm_mms_of(pid_t pid, unsigned long long *registered,
+			     unsigned long long *merging)
+{
+	unsigned long long p, regions, r, m;
+	char line[256];
+	int found = -1;
+	FILE *f = fopen(KSM_DEBUGFS_DIR "/mms", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%llu %llu %llu %llu", &p, &regions, &r, &m) == 4 &&
+		    (pid_t)p == pid && (found || r >= *registered)) {
+			*registered = r;
+			*merging = m;
+			found = 0;
+		}
+	fclose(f);
+	return found;
+}
+
+/*
  * Read the start of the text file @path into @buf (@size bytes, a NUL at the
  * end, one read: what procfs and sysfs files give at once). Returns the
  * length read or -errno.
