@@ -333,6 +333,25 @@ TEST_F_TIMEOUT(preload, qemu_like_program, 300)
 }
 
 /*
+ * Block @a of @pid after pages 128 .. 383 were cut out of it: two
+ * regions, around the hole, their pages still merged and counted.
+ */
+static void expect_cut_regions(struct __test_metadata *_metadata, pid_t pid,
+			       uintptr_t a)
+{
+	size_t ps = ksm_page_size();
+	struct rline r[4];
+
+	ASSERT_EQ(2, regions_in(pid, a, a + NPAGES * ps, r, 4));
+	EXPECT_EQ(a, r[0].start);
+	EXPECT_EQ(a + 128 * ps, r[0].end);
+	EXPECT_EQ(128, r[0].merging);
+	EXPECT_EQ(a + 384 * ps, r[1].start);
+	EXPECT_EQ(a + NPAGES * ps, r[1].end);
+	EXPECT_EQ(HALF - 384, r[1].merging);
+}
+
+/*
  * MADV_UNMERGEABLE on pages 128 .. 383 of a block: those are unmerged and
  * unregistered; pages 0 .. 127 and 384 .. 511 stay merged (the scanner is
  * stopped: never unmerged), in two regions that still count them.
@@ -340,8 +359,6 @@ TEST_F_TIMEOUT(preload, qemu_like_program, 300)
 TEST_F_TIMEOUT(preload, partial_unmergeable, 300)
 {
 	uint64_t pfn0[NPAGES], pfn1[NPAGES];
-	size_t ps = ksm_page_size();
-	struct rline r[4];
 	struct vm vm;
 	char buf[64];
 	uintptr_t a;
@@ -357,13 +374,7 @@ TEST_F_TIMEOUT(preload, partial_unmergeable, 300)
 	EXPECT_EQ(0, count_not(pfn1, pfn0, 0, 128, true));
 	EXPECT_EQ(0, count_not(pfn1, pfn0, 128, 384, false));
 	EXPECT_EQ(0, count_not(pfn1, pfn0, 384, HALF, true));
-	ASSERT_EQ(2, regions_in(vm.pid, a, a + NPAGES * ps, r, 4));
-	EXPECT_EQ(a, r[0].start);
-	EXPECT_EQ(a + 128 * ps, r[0].end);
-	EXPECT_EQ(128, r[0].merging);
-	EXPECT_EQ(a + 384 * ps, r[1].start);
-	EXPECT_EQ(a + NPAGES * ps, r[1].end);
-	EXPECT_EQ(HALF - 384, r[1].merging);
+	expect_cut_regions(_metadata, vm.pid, a);
 	vm_finish(_metadata, self, &vm);
 }
 
@@ -374,8 +385,6 @@ TEST_F_TIMEOUT(preload, partial_unmergeable, 300)
 TEST_F_TIMEOUT(preload, partial_munmap, 300)
 {
 	uint64_t pfn0[NPAGES], pfn1[NPAGES];
-	size_t ps = ksm_page_size();
-	struct rline r[4];
 	struct vm vm;
 	char buf[64];
 	uintptr_t a;
@@ -387,13 +396,7 @@ TEST_F_TIMEOUT(preload, partial_munmap, 300)
 	ASSERT_EQ(0, pid_pfns(vm.pid, a, NPAGES, pfn1));
 	EXPECT_EQ(0, count_not(pfn1, pfn0, 0, 128, true));
 	EXPECT_EQ(0, count_not(pfn1, pfn0, 384, HALF, true));
-	ASSERT_EQ(2, regions_in(vm.pid, a, a + NPAGES * ps, r, 4));
-	EXPECT_EQ(a, r[0].start);
-	EXPECT_EQ(a + 128 * ps, r[0].end);
-	EXPECT_EQ(128, r[0].merging);
-	EXPECT_EQ(a + 384 * ps, r[1].start);
-	EXPECT_EQ(a + NPAGES * ps, r[1].end);
-	EXPECT_EQ(HALF - 384, r[1].merging);
+	expect_cut_regions(_metadata, vm.pid, a);
 	vm_finish(_metadata, self, &vm);
 }
 
