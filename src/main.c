@@ -26,6 +26,14 @@ atomic_t ksmdev_lock_waiters = ATOMIC_INIT(0);
  * while everything else goes on.
  */
 static DEFINE_MUTEX(ksmdev_config_lock);
+/*
+ * Set by the module's exit under ksmdev_config_lock: a parameter store
+ * holds no reference to the module (kernel/params.c), and sysfs goes only
+ * after the exit (free_module()), so a store that comes later must not
+ * touch what the exit freed, and one in progress (a run=2 unmerging) is
+ * waited for.
+ */
+static bool ksmdev_unloading;
 
 /* Before load completes, max_kernel_pages holds this: "a quarter of RAM". */
 #define KSMDEV_MAX_KERNEL_PAGES_DEFAULT	U64_MAX
@@ -137,6 +145,10 @@ static int ksmdev_param_set(const char *val, const struct kernel_param *kp)
 
 	if (mutex_lock_killable(&ksmdev_config_lock))
 		return -EINTR;
+	if (ksmdev_unloading) {
+		mutex_unlock(&ksmdev_config_lock);
+		return -ENODEV;
+	}
 	cfg = ksmdev_config;
 	/* Parameters given to modprobe are set before ksmdev_init(). */
 	if (cfg.max_kernel_pages == KSMDEV_MAX_KERNEL_PAGES_DEFAULT)
@@ -145,8 +157,9 @@ static int ksmdev_param_set(const char *val, const struct kernel_param *kp)
 	err = ksmdev_config_check(&cfg);
 	if (!err)
 		err = ksmdev_config_apply(&cfg);
-	mutex_unlock(&ksmdev_config_lock);
+	/* Under the lock: the exit stops the scanner only after taking it. */
 	ksmdev_scan_wake();
+	mutex_unlock(&ksmdev_config_lock);
 	return err;
 }
 
@@ -211,6 +224,9 @@ err_trees:
 
 static void __exit ksmdev_exit(void)
 {
+	mutex_lock(&ksmdev_config_lock);
+	ksmdev_unloading = true;
+	mutex_unlock(&ksmdev_config_lock);
 	ksmdev_dev_exit();
 	ksmdev_scan_exit();
 	/* Before the trees: dropping regions makes orphans of stable pages. */

@@ -35,18 +35,21 @@
 /*
  * Private anonymous memory: the scanner may read its pages. Not
  * VM_DROPPABLE memory (MAP_DROPPABLE, 6.11): its pages are there for the
- * kernel to free under pressure, which a merged page can never be. Not a
- * shadow stack (VM_SHADOW_STACK): the CPU writes it on every call with its
- * own PTE encoding (Write=0, Dirty=1), which a read-only kernel page's PTE
- * does not keep; KSM_REGION_ALL meets such VMAs in every process that
- * enables user shadow stacks.
+ * kernel to free under pressure, which a merged page can never be. Not
+ * VM_DONTEXPAND (a driver's or a special mapping), as mm/ksm.c skips it.
+ * Not a shadow stack (VM_SHADOW_STACK): mm/ksm.c would merge one, and the
+ * CPU's next call would fault and copy it back (7.2 arch/x86/mm/fault.c
+ * treats a shadow-stack access as a write); return addresses gain nothing
+ * from sharing, KSM_REGION_ALL meets them in every process with user
+ * shadow stacks, and TCG, where we test, has no CET to prove that path.
  */
 bool ksmdev_vma_scannable(struct vm_area_struct *vma)
 {
 	return vma_is_anonymous(vma) &&
 	       !(vma->vm_flags & (VM_SHARED | VM_MAYSHARE | VM_PFNMAP |
 				  VM_MIXEDMAP | VM_HUGETLB | VM_IO |
-				  VM_DROPPABLE | VM_SHADOW_STACK));
+				  VM_DONTEXPAND | VM_DROPPABLE |
+				  VM_SHADOW_STACK));
 }
 
 /* Merging is done only in VMAs where the kernel will do the rest right. */

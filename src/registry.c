@@ -326,6 +326,27 @@ static struct mm_struct *ksmdev_pidfd_mm(u64 pidfd, struct pid **pid)
 		return ERR_CAST(task);
 	mm = static_call(ksmdev_sc_mm_access)(task,
 					      PTRACE_MODE_ATTACH_REALCREDS);
+	if (mm == ERR_PTR(-ESRCH)) {
+		/*
+		 * The leader exited (a zombie until the group is empty), but
+		 * the process may live on in other threads: ask one of them.
+		 */
+		struct task_struct *t, *live = NULL;
+
+		rcu_read_lock();
+		for_each_thread(task, t) {
+			if (READ_ONCE(t->mm) && !(t->flags & PF_KTHREAD)) {
+				live = get_task_struct(t);
+				break;
+			}
+		}
+		rcu_read_unlock();
+		if (live) {
+			mm = static_call(ksmdev_sc_mm_access)(live,
+							      PTRACE_MODE_ATTACH_REALCREDS);
+			put_task_struct(live);
+		}
+	}
 	if (!IS_ERR(mm))
 		*pid = get_task_pid(task, PIDTYPE_TGID);
 	put_task_struct(task);
