@@ -14,6 +14,7 @@
  */
 #define _GNU_SOURCE
 #include <grp.h>
+#include <pthread.h>
 #include <sys/prctl.h>
 
 #include "ksmdev_test.h"
@@ -937,6 +938,410 @@ TEST_F_TIMEOUT(attach, unload_with_persistent, TEST_S)
 	ASSERT_LE(0, self->fd);
 	/* Unmerged by nobody: still the one page, written by nobody. */
 	EXPECT_EQ(64, target_count_pfn(t, pfn));
+	EXPECT_EQ(0, target_stop(t));
+}
+
+/*
+ * The exec'd image of a ctl target (command 'x'): tell the parent it runs,
+ * then wait for the command pipe to close. Runs before the harness's main.
+ */
+__attribute__((constructor)) static void attach_sleeper(void)
+{
+	const char *env = getenv("KSMDEV_ATTACH_SLEEP_FDS");
+	int cmd, rdy;
+	char c = 'X';
+
+	if (!env || sscanf(env, "%d,%d", &cmd, &rdy) != 2)
+		return;
+	if (write(rdy, &c, 1) != 1)
+		_exit(1);
+	while (read(cmd, &c, 1) > 0)
+		;
+	_exit(0);
+}
+
+/* A target that takes commands: 'x' exec, 'f' fork, 'l' leader exits. */
+struct ctl {
+	struct target t;
+	int rdy;
+};
+
+static int ctl_cmd_fd;
+
+static void *ctl_thread(void *arg)
+{
+	int rdy = (int)(intptr_t)arg;
+	pid_t tid = gettid();
+	char c;
+
+	if (write(rdy, &tid, sizeof(tid)) != sizeof(tid))
+		_exit(1);
+	while (read(ctl_cmd_fd, &c, 1) > 0)
+		;
+	exit(0);	/* the whole group */
+}
+
+static int ctl_start(struct ctl *c, size_t npages, uint64_t val)
+{
+	int cmd[2], rdy[2], fd;
+	pid_t parent = getpid();
+	size_t i;
+	char *p;
+	char x;
+
+	if (pipe(cmd) || pipe(rdy))
+		return -errno;
+	fflush(NULL);
+	c->t.pid = fork();
+	if (c->t.pid < 0)
+		return -errno;
+	if (c->t.pid) {
+		close(cmd[0]);
+		close(rdy[1]);
+		c->t.cmd = cmd[1];
+		c->t.npages = npages;
+		c->rdy = rdy[0];
+		if (ksm_pipe_io(c->rdy, &c->t.addr, sizeof(c->t.addr), false,
+				WAIT_S))
+			return -EIO;
+		return 0;
+	}
+	for (fd = 3; fd < 1024; fd++)
+		if (fd != cmd[0] && fd != rdy[1])
+			close(fd);
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
+		_exit(1);
+	p = ksm_mmap_anon(npages * ksm_page_size());
+	if (!p)
+		_exit(1);
+	for (i = 0; i < npages; i++)
+		ksm_fill_val(p, i, val + i);
+	if (write(rdy[1], &p, sizeof(p)) != sizeof(p))
+		_exit(1);
+	ctl_cmd_fd = cmd[0];
+	while (read(cmd[0], &x, 1) > 0) {
+		char env[64];
+		pthread_t th;
+		pid_t pid;
+
+		switch (x) {
+		case 'x':
+			snprintf(env, sizeof(env), "%d,%d", cmd[0], rdy[1]);
+			setenv("KSMDEV_ATTACH_SLEEP_FDS", env, 1);
+			execl("/proc/self/exe", "attach-sleeper", (char *)NULL);
+			_exit(4);
+		case 'f':
+			pid = fork();
+			if (pid < 0)
+				_exit(5);
+			if (!pid) {
+				pid = getpid();
+				if (write(rdy[1], &pid, sizeof(pid)) != sizeof(pid))
+					_exit(1);
+				while (read(cmd[0], &x, 1) > 0)
+					;
+				_exit(0);
+			}
+			break;
+		case 'l':
+			if (pthread_create(&th, NULL, ctl_thread,
+					   (void *)(intptr_t)rdy[1]))
+				_exit(6);
+			/* The leader alone: the thread keeps the process. */
+			syscall(SYS_exit, 0);
+			break;
+		}
+	}
+	_exit(0);
+}
+
+static int ctl_stop(struct ctl *c)
+{
+	int ret = target_stop(&c->t);
+
+	close(c->rdy);
+	return ret;
+}
+
+/* Any line of debugfs mms for @pid. */
+static bool mms_has_pid(pid_t pid)
+{
+	char buf[65536], want[32], *line;
+
+	if (ksm_read_text(KSM_DEBUGFS_DIR "/mms", buf, sizeof(buf)) < 0)
+		return false;
+	snprintf(want, sizeof(want), "%d ", (int)pid);
+	for (line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+		if (!strncmp(line, want, strlen(want)))
+			return true;
+	return false;
+}
+
+/*
+ * exec of an attached target: the context ends with the old mm (handle
+ * calls ESRCH, the list is left), does not follow the new mm, and a new
+ * attach makes a new context on the new mm. Then without a handle: the
+ * scanner drops it.
+ */
+TEST_F_TIMEOUT(attach, exec_ends_context, TEST_S)
+{
+	const size_t n = 16;
+	struct ksm_stats s;
+	int fd, fd2, pidfd;
+	struct ctl c;
+	char x;
+
+	ASSERT_EQ(0, ctl_start(&c, n, 0xe8ec));
+	self->t[0] = c.t;
+	pidfd = pidfd_open(c.t.pid);
+	ASSERT_LE(0, pidfd);
+	fd = ksm_open();
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, ksm_attach(fd, pidfd, KSM_ATTACH_PERSIST));
+	ASSERT_EQ(0, ksm_register(fd, c.t.addr, n * self->ps, 0));
+	ASSERT_EQ(1, write(c.t.cmd, "x", 1));
+	ASSERT_EQ(0, ksm_pipe_io(c.rdy, &x, 1, false, WAIT_S));
+	ASSERT_EQ('X', x);
+
+	EXPECT_EQ(-ESRCH, ksm_register(fd, c.t.addr, self->ps, 0));
+	EXPECT_EQ(-ESRCH, ksm_region_all(fd, KSM_REGISTER_REGION));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+	EXPECT_EQ(self->base.mms, s.mms);
+	EXPECT_EQ(self->base.regions, s.regions);
+	EXPECT_FALSE(mms_has_pid(c.t.pid));
+
+	fd2 = ksm_open();
+	ASSERT_LE(0, fd2);
+	EXPECT_EQ(0, ksm_attach(fd2, pidfd, KSM_ATTACH_PERSIST));
+	EXPECT_EQ(0, ksm_region_all(fd2, KSM_REGISTER_REGION));
+	EXPECT_TRUE(mms_line(c.t.pid, 1, -1));
+	close(fd);
+	close(fd2);
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+	EXPECT_EQ(self->base.mms + 1, s.mms);
+	EXPECT_EQ(self->base.regions + 1, s.regions);
+
+	/* The target exits: the scanner drops the new one too. */
+	EXPECT_EQ(0, ctl_stop(&c));
+	self->t[0].pid = -1;
+	expect_baseline(_metadata, self->fd, &self->base);
+
+	/* exec with no handle open: the scanner drops the old mm's. */
+	ASSERT_EQ(0, ctl_start(&c, n, 0xe8ed));
+	self->t[0] = c.t;
+	close(pidfd);
+	pidfd = pidfd_open(c.t.pid);
+	ASSERT_LE(0, pidfd);
+	fd = ksm_open();
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, ksm_attach(fd, pidfd, KSM_ATTACH_PERSIST));
+	ASSERT_EQ(0, ksm_register(fd, c.t.addr, n * self->ps, 0));
+	close(fd);
+	ASSERT_EQ(1, write(c.t.cmd, "x", 1));
+	ASSERT_EQ(0, ksm_pipe_io(c.rdy, &x, 1, false, WAIT_S));
+	expect_baseline(_metadata, self->fd, &self->base);
+	close(pidfd);
+	EXPECT_EQ(0, ctl_stop(&c));
+	self->t[0].pid = -1;
+}
+
+/*
+ * fork of a target attached with KSM_REGION_ALL: the child is not
+ * registered (no line in debugfs mms, mms unchanged across full scans),
+ * and attaching to the child makes a context of its own.
+ */
+TEST_F_TIMEOUT(attach, fork_child_not_registered, TEST_S)
+{
+	const size_t n = 16;
+	struct ksm_stats s, s0;
+	int fd, fd3, pidfd, cpidfd;
+	struct ctl c;
+	pid_t child;
+
+	ASSERT_EQ(0, ctl_start(&c, n, 0xf0f0));
+	self->t[0] = c.t;
+	pidfd = pidfd_open(c.t.pid);
+	ASSERT_LE(0, pidfd);
+	fd = ksm_open();
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, ksm_attach(fd, pidfd, KSM_ATTACH_PERSIST));
+	ASSERT_EQ(0, ksm_region_all(fd, KSM_REGISTER_REGION));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s0));
+	ASSERT_EQ(1, write(c.t.cmd, "f", 1));
+	ASSERT_EQ(0, ksm_pipe_io(c.rdy, &child, sizeof(child), false, WAIT_S));
+	ASSERT_EQ(0, ksm_wait_full_scans(self->fd, 2, WAIT_S));
+	EXPECT_TRUE(mms_line(c.t.pid, 1, -1));
+	EXPECT_FALSE(mms_has_pid(child));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+	EXPECT_EQ(s0.mms, s.mms);
+	EXPECT_EQ(s0.regions, s.regions);
+
+	cpidfd = pidfd_open(child);
+	ASSERT_LE(0, cpidfd);
+	fd3 = ksm_open();
+	ASSERT_LE(0, fd3);
+	EXPECT_EQ(0, ksm_attach(fd3, cpidfd, KSM_ATTACH_PERSIST));
+	EXPECT_EQ(0, ksm_region_all(fd3, KSM_REGISTER_REGION));
+	EXPECT_TRUE(mms_line(child, 1, -1));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+	EXPECT_EQ(s0.mms + 1, s.mms);
+	close(fd3);
+	close(cpidfd);
+	close(fd);
+	close(pidfd);
+	EXPECT_EQ(0, ctl_stop(&c));	/* the child sees EOF too */
+	self->t[0].pid = -1;
+	expect_baseline(_metadata, self->fd, &self->base);
+}
+
+/*
+ * A process whose thread-group leader called exit(2) (SYS_exit) while
+ * another thread runs has not exited (ABI: ESRCH is for "the process has
+ * exited or has no mm"). Also reported: a PIDFD_THREAD pidfd of that
+ * thread.
+ */
+TEST_F_TIMEOUT(attach, leader_exited_threads_alive, TEST_S)
+{
+	uint64_t end = ksm_now_ms() + WAIT_S * 1000ULL;
+	char path[64], buf[4096], *st;
+	int fd, pidfd, tfd, ret;
+	struct ctl c;
+	pid_t tid;
+
+	ASSERT_EQ(0, ctl_start(&c, 4, 0x1ead));
+	self->t[0] = c.t;
+	pidfd = pidfd_open(c.t.pid);
+	ASSERT_LE(0, pidfd);
+	ASSERT_EQ(1, write(c.t.cmd, "l", 1));
+	ASSERT_EQ(0, ksm_pipe_io(c.rdy, &tid, sizeof(tid), false, WAIT_S));
+	/* Wait until the leader is a zombie (the group lives on). */
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)c.t.pid);
+	for (;;) {
+		ASSERT_LT(0, ksm_read_text(path, buf, sizeof(buf)));
+		st = strstr(buf, "State:");
+		ASSERT_NE(NULL, st);
+		if (st[7] == 'Z')
+			break;
+		ASSERT_LT(ksm_now_ms(), end);
+		ksm_sleep_ms(20);
+	}
+	ASSERT_EQ(0, kill(c.t.pid, 0));
+	fd = ksm_open();
+	ASSERT_LE(0, fd);
+	ret = ksm_attach(fd, pidfd, 0);
+	EXPECT_EQ(0, ret) TH_LOG("attach to a live process whose leader exited: %s",
+				 strerror(-ret));
+	close(fd);
+	/* PIDFD_THREAD (O_EXCL, 6.9+): informational only. */
+	tfd = syscall(__NR_pidfd_open, tid, O_EXCL);
+	if (tfd >= 0) {
+		fd = ksm_open();
+		ASSERT_LE(0, fd);
+		ret = ksm_attach(fd, tfd, 0);
+		TH_LOG("attach through a PIDFD_THREAD pidfd of a non-leader thread: %d (%s)",
+		       ret, ret ? strerror(-ret) : "ok");
+		close(fd);
+		close(tfd);
+	}
+	close(pidfd);
+	EXPECT_EQ(0, ctl_stop(&c));
+	self->t[0].pid = -1;
+}
+
+/* The PFN that page @i of @t maps (0: absent or unreadable). */
+static uint64_t target_pfn(const struct target *t, size_t i)
+{
+	size_t ps = ksm_page_size();
+	uint64_t e = 0;
+	char path[64];
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)t->pid);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return 0;
+	if (pread(fd, &e, sizeof(e),
+		  ((uintptr_t)t->addr / ps + i) * sizeof(e)) != sizeof(e))
+		e = 0;
+	close(fd);
+	return e & KSM_PM_PRESENT ? e & KSM_PM_PFN_MASK : 0;
+}
+
+static long tainted(void)
+{
+	uint64_t v = 0;
+
+	return ksm_read_u64_file("/proc/sys/kernel/tainted", &v, false) ?
+	       -1 : (long)v;
+}
+
+/*
+ * rmmod while run=2 (written to the module parameter, which holds no
+ * reference to the module) unmerges a persistent context: delete_module()
+ * calls ksmdev_exit() while the store still runs (kernel/module/main.c:
+ * mod->exit() before free_module() -> mod_sysfs_teardown()), so
+ * ksmdev_registry_exit() finds the context's lock held. Nothing may WARN
+ * (TAINT_WARN), and nothing may be touched after the trees are gone
+ * (dmesg is checked by the harness: KASAN on the debug kernel).
+ */
+TEST_F_TIMEOUT(attach, rmmod_during_run2_unmerge, 600)
+{
+	struct target *t = &self->t[0];
+	const size_t n = 4096;
+	uint64_t end, pfn0, pfn;
+	struct ksm_mm_stats ms;
+	long taint0 = tainted();
+	int fd, pidfd, ret = 0, st;
+	bool hit = false;
+	pid_t writer;
+
+	ASSERT_LE(0, taint0);
+	ASSERT_EQ(0, target_start(t, n, 0x2a2a, false));
+	pidfd = pidfd_open(t->pid);
+	ASSERT_LE(0, pidfd);
+	fd = ksm_open();
+	ASSERT_LE(0, fd);
+	ASSERT_EQ(0, ksm_attach(fd, pidfd, KSM_ATTACH_PERSIST));
+	close(pidfd);
+	ASSERT_EQ(0, ksm_region_all(fd, KSM_REGISTER_REGION));
+	ASSERT_EQ(0, ksm_wait_mm_merging(fd, n, &ms, 300))
+		TH_LOG("merging_pages %llu", (unsigned long long)ms.merging_pages);
+	pfn0 = target_pfn(t, 0);
+	ASSERT_NE(0, pfn0);
+	ASSERT_EQ(pfn0, target_pfn(t, n - 1));
+	close(fd);
+	close(self->fd);
+	self->fd = -1;
+
+	fflush(NULL);
+	writer = fork();
+	ASSERT_LE(0, writer);
+	if (!writer)
+		_exit(ksm_write_param("run", 2) ? 1 : 0);
+	/* The unmerge has begun (page 0 copied) and not ended (last merged). */
+	end = ksm_now_ms() + 60000;
+	while (ksm_now_ms() < end) {
+		pfn = target_pfn(t, 0);
+		if (pfn && pfn != pfn0) {
+			hit = target_pfn(t, n - 1) == pfn0;
+			break;
+		}
+	}
+	if (hit)
+		ret = ksm_delete_module(KSM_MODULE_NAME, O_NONBLOCK);
+	ASSERT_EQ(0, ksm_waitpid_timeout(writer, &st, 300));
+	TH_LOG("run=2 writer exit %d; rmmod %s during the unmerge (%d)",
+	       ksm_exit_code(st), hit ? "tried" : "NOT tried (window missed)",
+	       hit ? ret : 0);
+	if (!hit)
+		SKIP(return, "the unmerge window was missed");
+	if (ret)
+		ASSERT_EQ(0, ksm_unload_module());
+	EXPECT_EQ(0, (tainted() & ~taint0) & 512)
+		TH_LOG("TAINT_WARN newly set: tainted %ld -> %ld", taint0, tainted());
+	ASSERT_EQ(0, ksm_load_module(""));
+	self->fd = ksm_open();
+	ASSERT_LE(0, self->fd);
 	EXPECT_EQ(0, target_stop(t));
 }
 
