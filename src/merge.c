@@ -508,6 +508,27 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
 	}
 }
 
+/*
+ * Somebody waits for the mmap lock of @mm: the process's own mmap() or
+ * munmap() (a writer) while another process unmerges it (run=2, or an
+ * unregister through a file attached to it), or, on 6.1, its page faults
+ * queued behind such a writer. Let them in between two chunks, so that an
+ * unmerge of gigabytes never stalls the process it works on for longer
+ * than one chunk, as mm/ksm.c's unmerge does not do. Returns true if the
+ * lock was dropped: the VMAs must be found again. The lock is taken back
+ * whatever happens (the callers unlock it); a fatal signal is seen by the
+ * unmerge loop at its next chunk.
+ */
+static bool ksmdev_mmap_yield(struct mm_struct *mm)
+{
+	if (!mmap_lock_is_contended(mm))
+		return false;
+	mmap_read_unlock(mm);
+	cond_resched();
+	mmap_read_lock(mm);
+	return true;
+}
+
 /**
  * ksmdev_unmerge_range - give every merged page of part of @region a
  * private copy
@@ -518,7 +539,8 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
  *
  * Called with ctx->lock held, a reference on ctx->mm and its mmap lock held
  * for read (the unshare fault runs without FAULT_FLAG_ALLOW_RETRY, so keeps
- * it held), and without ksmdev_lock: the page faults run without it, so
+ * it held; between chunks it is let go to a waiter, see ksmdev_mmap_yield(),
+ * and held again on return), and without ksmdev_lock: the page faults run without it, so
  * that nobody else waits for them. It is taken for a moment per chunk, to
  * find the next merged pages (their slots say which zero pages are ours),
  * and at the end to forget that the region's pages were merged. Nothing
@@ -579,6 +601,8 @@ int ksmdev_unmerge_range(struct ksmdev_ctx *ctx, struct ksmdev_region *region,
 			mutex_unlock(&ksmdev_lock);
 			if (!nr) {
 				/* None in this round's page tables: on. */
+				if (ksmdev_mmap_yield(mm))
+					break;
 				cond_resched();
 				continue;
 			}
@@ -617,6 +641,9 @@ int ksmdev_unmerge_range(struct ksmdev_ctx *ctx, struct ksmdev_region *region,
 			 * again.
 			 */
 			addr = chunk[0];
+			/* After a chunk's work, so that each yield is earned. */
+			if (ksmdev_mmap_yield(mm))
+				break;
 		}
 	}
 	ksmdev_region_unmerged(ctx, region, start, stop);

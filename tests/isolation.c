@@ -4,7 +4,8 @@
  * issue, item 6): while process A unmerges hundreds of MiB (its own
  * KSM_UNREGISTER_REGION, or a run=2 asked for by a third process), another
  * process's exit after SIGKILL, its close(), its KSM_REGISTER_REGION and its
- * KSM_GET_MM_STATS each complete within STALL_MS. After every measurement
+ * KSM_GET_MM_STATS each complete within STALL_MS, and so do A's own mmap()
+ * and munmap() while a run=2 unmerges it. After every measurement
  * the test checks that A's unmerge is still in progress (A's RssAnon below
  * 95% of its region), so no measurement can pass by coming after it.
  *
@@ -15,6 +16,7 @@
  * Runs as root in a QEMU guest with ksmdev loaded; never on a host.
  */
 #define _GNU_SOURCE
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -90,6 +92,37 @@ enum unmerger_mode {
 };
 
 /*
+ * A, while another process's run=2 unmerges it: its own mmap() and munmap()
+ * (which need its mmap lock for writing, which the unmerge holds for
+ * reading) go on, one page at a time, until a byte comes on @go. Exit code:
+ * 0, or 5 if one of them waited for the bound (the unmerge let nobody in),
+ * 4 if @go failed.
+ */
+static int probe_mmap_until(int go)
+{
+	uint64_t t0, dt, worst = 0;
+	struct pollfd pfd = { .fd = go, .events = POLLIN };
+	char c;
+	void *q;
+
+	while (!poll(&pfd, 1, 0)) {
+		t0 = ksm_now_ms();
+		q = mmap(NULL, ksm_page_size(), PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (q == MAP_FAILED || munmap(q, ksm_page_size()))
+			return 6;
+		dt = ksm_now_ms() - t0;
+		worst = dt > worst ? dt : worst;
+		ksm_sleep_ms(1);
+	}
+	if (read(go, &c, 1) != 1)
+		return 4;
+	fprintf(stderr, "# A: worst mmap+munmap during the run=2 %llu ms\n",
+		(unsigned long long)worst);
+	return worst >= stall_ms() ? 5 : 0;
+}
+
+/*
  * Process A: registers @npages identical pages, waits until all are merged
  * (and two more passes), says so on @ready, waits for a byte on @go, then
  * unregisters (UNREGISTER) or waits for a second byte (RUN_UNMERGE).
@@ -115,9 +148,7 @@ static pid_t start_unmerger(size_t npages, enum unmerger_mode mode,
 		_exit(2);
 	if (mode == UNREGISTER)
 		_exit(ksm_unregister(fd, p, npages * ksm_page_size()) ? 3 : 0);
-	if (read(go, &c, 1) != 1)
-		_exit(4);
-	_exit(0);
+	_exit(probe_mmap_until(go));
 }
 
 /* Process B: SMALL_PAGES registered pages; says so on @ready, then waits. */
@@ -289,7 +320,10 @@ static void run_case(struct __test_metadata *_metadata,
 		ASSERT_EQ(1, write(go[1], "g", 1));
 	}
 	ASSERT_EQ(0, ksm_waitpid_timeout(a, &status, UNMERGE_TIMEOUT_S));
-	EXPECT_EQ(0, ksm_exit_code(status)) TH_LOG("A's unmerge failed");
+	EXPECT_EQ(0, ksm_exit_code(status))
+		TH_LOG("A: %s", ksm_exit_code(status) == 5 ?
+		       "its own mmap() waited for the run=2 unmerging it" :
+		       "the unmerge failed");
 	if (mode == UNREGISTER)
 		TH_LOG("A's unregister took %llu ms",
 		       (unsigned long long)(ksm_now_ms() - t0));
