@@ -13,6 +13,8 @@
  *         -> ksmdev_lock (mutex)
  *           -> [mm->mmap_lock of any mm: mmap_read_trylock() only]
  *             -> page table lock
+ *           -> a target's pid->wait_pidfd.lock (spinlock, irqsave: only
+ *              to put an exit waiter on the queue or take it off)
  *
  * ksmdev_lock protects the shared state: the list of contexts, the stable
  * and unstable trees, the per-page scan state (slots) of every region and
@@ -41,13 +43,20 @@
  * is about to scan, it lets go of ksmdev_lock, waits for the mmap lock, and
  * takes ksmdev_lock again (ksmdev_scan_ctx()).
  *
- * Nothing ksmdev does ever runs from inside the kernel's own mm paths (fault,
- * fork, exit): the kernel never calls back into the module. Process exit is
- * seen by the scanner as mm_users == 0 (mmget_not_zero() fails), by the
- * release of the file descriptor, and, for a context attached to another
- * process (KSM_ATTACH_PROCESS), by the next register or unregister through
- * one of its files. A persistent context (KSM_ATTACH_PERSIST), which no
- * file need hold, is freed by whichever of these comes first, or at unload.
+ * Nothing ksmdev does runs from inside the kernel's own mm paths (fault,
+ * fork, exit) but one callback: for a context attached to another process
+ * (KSM_ATTACH_PROCESS), ksmdev_exit_wake() on the target's wait_pidfd
+ * queue, which the kernel calls from the exit path (exit_notify() or the
+ * reaping, with tasklist_lock held for writing and interrupts off). It
+ * takes no lock of ours: it takes its entry off the queue (under the
+ * queue's lock, held by the caller) and queues work (the workqueue's pool
+ * lock), which drops the context's regions in a kworker, taking ctx->lock
+ * and ksmdev_lock in the order above. Otherwise process exit is seen by
+ * the scanner as mm_users == 0 (mmget_not_zero() fails), by the release
+ * of the file descriptor, and, for an attached context, by the next call
+ * through one of its files (an exec, which wakes nobody, is seen only
+ * these ways). A persistent context (KSM_ATTACH_PERSIST), which no file
+ * need hold, is freed by whichever of these comes first, or at unload.
  */
 #ifndef _KSMDEV_H
 #define _KSMDEV_H

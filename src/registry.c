@@ -74,15 +74,22 @@ static struct workqueue_struct *ksmdev_exit_wq;
 /* Set at unload under ksmdev_lock: no entry goes back on a queue. */
 static bool ksmdev_exit_closing;
 
-/* Take @ctx off its target's wait_pidfd queue, if it is still on it. */
-static void ksmdev_exit_unhook(struct ksmdev_ctx *ctx)
+/*
+ * Take @ctx off its target's wait_pidfd queue, if it is still on it.
+ * Returns true if it was: then no wake-up has taken it off (and queued
+ * the work) and none will.
+ */
+static bool ksmdev_exit_unhook(struct ksmdev_ctx *ctx)
 {
 	wait_queue_head_t *wq = &ctx->target->wait_pidfd;
 	unsigned long flags;
+	bool queued;
 
 	spin_lock_irqsave(&wq->lock, flags);
+	queued = !list_empty(&ctx->exit_wait.entry);
 	list_del_init(&ctx->exit_wait.entry);
 	spin_unlock_irqrestore(&wq->lock, flags);
+	return queued;
 }
 
 /**
@@ -235,7 +242,11 @@ static void ksmdev_exit_work(struct work_struct *work)
 		if (!ksmdev_target_alive(ctx))
 			put = ksmdev_ctx_gone(ctx);
 		else if (!ksmdev_exit_closing)
-			/* Its leader thread exited (6.9+ wakes then too). */
+			/*
+			 * Its leader thread exited, the others run on: 7.2
+			 * wakes pidfd waiters then if the leader is ptraced
+			 * (kernel/exit.c:764).
+			 */
 			ksmdev_exit_arm(ctx);
 		mutex_unlock(&ksmdev_lock);
 	}
@@ -279,7 +290,14 @@ static void ksmdev_exit_arm(struct ksmdev_ctx *ctx)
 	add_wait_queue(&ctx->target->wait_pidfd, &ctx->exit_wait);
 	if (ksmdev_target_alive(ctx))
 		return;
-	ksmdev_exit_unhook(ctx);
+	/*
+	 * Whoever takes the entry off queues the work: a wake-up that came
+	 * after add_wait_queue() did so already, with its own reference, and
+	 * the work may still be pending, so that a second queue_work() would
+	 * do nothing and leak ours.
+	 */
+	if (!ksmdev_exit_unhook(ctx))
+		return;
 	refcount_inc(&ctx->ref);
 	queue_work(ksmdev_exit_wq, &ctx->exit_work);
 }
@@ -1447,17 +1465,18 @@ void ksmdev_ctx_drop_regions(struct ksmdev_ctx *ctx)
 	ctx->regions = RB_ROOT;
 }
 
-/*
- * At unload: no file is open (each holds the module), and the scanner has
- * stopped, so what is left on the list is persistent contexts without a
- * handle. They go as at a close: regions dropped without unmerging.
- */
+/* At load: the workqueue of the exit hooks (struct ksmdev_ctx.exit_work). */
 int ksmdev_registry_init(void)
 {
 	ksmdev_exit_wq = alloc_workqueue("ksmdev_exit", WQ_UNBOUND, 0);
 	return ksmdev_exit_wq ? 0 : -ENOMEM;
 }
 
+/*
+ * At unload: no file is open (each holds the module), and the scanner has
+ * stopped, so what is left on the list is persistent contexts without a
+ * handle. They go as at a close: regions dropped without unmerging.
+ */
 void ksmdev_registry_exit(void)
 {
 	struct ksmdev_ctx *ctx, *tmp;
