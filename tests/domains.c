@@ -9,10 +9,11 @@
  * cross domains; a non-zero domain needs CAP_SYS_ADMIN and is refused with
  * KSM_REGION_SCOPE_MM; debugfs "regions" has a line per region.
  *
- * Cutting: a region of 3 GiB of address space with a few present pages,
- * placed on either side of chunk (2 MiB) and directory leaf (1 GiB)
- * boundaries, all merged; then cuts in the middle, at the head, at the
- * tail, across two regions and over a munmap()ed range. The scanner is
+ * Cutting: a region of 3 GiB of address space, starting 7 pages past a
+ * 2 MiB boundary, with a few present pages placed on either side of chunk
+ * (512 pages from the region's start), PMD and 1 GiB table boundaries,
+ * all merged; then cuts in the middle, at the head, at the tail, of tails
+ * and heads already cut, across two regions and over a munmap()ed range. The scanner is
  * stopped (run=0) while the counters are compared with a model of which
  * pages stay registered and merged, so that only the cut's own
  * bookkeeping is seen, not a scanner that would count things again; then
@@ -506,15 +507,23 @@ TEST_F_TIMEOUT(domains, debugfs_regions, 300)
 #define LEAF_PAGES	(1UL << 18)	/* 1 GiB of 4 KiB pages */
 #define BIG_PAGES	(3 * LEAF_PAGES + 5)
 
-/* The present pages: on either side of chunk and leaf boundaries. */
+/* The region begins this many pages past a 2 MiB (PMD) boundary. */
+#define OFF		7UL
+
+/*
+ * The present pages: on either side of chunk boundaries (512 pages from
+ * the region's start), of PMD boundaries (OFF pages before those), and of
+ * the 1 GiB tables.
+ */
 static const size_t present[] = {
-	0, 1, 2, 3, 510, 511, 512, 513, 1000, 1023, 1024, 1025,
-	LEAF_PAGES - 2, LEAF_PAGES - 1, LEAF_PAGES, LEAF_PAGES + 1,
-	LEAF_PAGES + 600, 2 * LEAF_PAGES - 1, 2 * LEAF_PAGES,
-	2 * LEAF_PAGES + 1, 3 * LEAF_PAGES - 100, BIG_PAGES - 1,
+	0, 1, 2, 3, 504, 505, 506, 510, 511, 512, 513, 1000, 1016, 1017,
+	1023, 1024, 1025, LEAF_PAGES - 8, LEAF_PAGES - 7, LEAF_PAGES - 2,
+	LEAF_PAGES - 1, LEAF_PAGES, LEAF_PAGES + 1, LEAF_PAGES + 600,
+	2 * LEAF_PAGES - 1, 2 * LEAF_PAGES, 2 * LEAF_PAGES + 1,
+	3 * LEAF_PAGES - 100, BIG_PAGES - 1,
 };
 #define NPRESENT	ARRAY_SIZE(present)
-#define MAX_CUTS	8
+#define MAX_CUTS	12
 
 /* The model of what the module should hold. */
 struct model {
@@ -630,10 +639,20 @@ static void big_setup(struct __test_metadata *_metadata,
 	size_t ps = self->ps, i;
 	struct ksm_mm_stats ms;
 
+	size_t pmd = 512 * ps, total = (BIG_PAGES + 1024) * ps;
+	char *raw;
+
 	memset(m, 0, sizeof(*m));
-	m->p = mmap(NULL, BIG_PAGES * ps, PROT_READ | PROT_WRITE,
-		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	ASSERT_NE(MAP_FAILED, m->p);
+	/* OFF pages past a 2 MiB boundary, nothing mapped around it. */
+	raw = mmap(NULL, total, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ASSERT_NE(MAP_FAILED, raw);
+	m->p = (char *)(((uintptr_t)raw + pmd - 1) & ~(pmd - 1)) + OFF * ps;
+	if (m->p > raw)
+		ASSERT_EQ(0, munmap(raw, m->p - raw));
+	ASSERT_EQ(0, munmap(m->p + BIG_PAGES * ps,
+			    raw + total - (m->p + BIG_PAGES * ps)));
+	ASSERT_EQ(OFF * ps, (uintptr_t)m->p % pmd);
 	madvise(m->p, BIG_PAGES * ps, MADV_NOHUGEPAGE);
 	for (i = 0; i < NPRESENT; i++) {
 		ksm_fill_val(m->p, present[i], VAL);
@@ -734,6 +753,43 @@ TEST_F_TIMEOUT(domains, split_across_regions, 300)
 	big_cut(_metadata, self, &m, 3, 1024);
 	/* Tail of the first, all of the second, head of the third. */
 	big_cut(_metadata, self, &m, 2, LEAF_PAGES + 600);
+	big_teardown(_metadata, self, &m);
+}
+
+/*
+ * Chunk boundaries of the region (512, 1024 pages from its start) and PMD
+ * boundaries (505, 1017: OFF pages before them) cut in the middle, the
+ * tails cut again, at the head, and across the 1 GiB table.
+ */
+TEST_F_TIMEOUT(domains, split_unaligned_middle, 300)
+{
+	struct model m;
+
+	big_setup(_metadata, self, &m);
+	big_cut(_metadata, self, &m, 505, 506);		/* at a PMD */
+	big_cut(_metadata, self, &m, 511, 512);		/* the tail's */
+	big_cut(_metadata, self, &m, 1017, 1024);	/* PMD to chunk */
+	big_cut(_metadata, self, &m, 1, 2);		/* head's middle */
+	big_cut(_metadata, self, &m, LEAF_PAGES - 7, LEAF_PAGES);
+	big_cut(_metadata, self, &m, 0, 1);		/* a head */
+	big_cut(_metadata, self, &m, 1024, 1025);	/* tail of a tail */
+	big_cut(_metadata, self, &m, 2 * LEAF_PAGES, 2 * LEAF_PAGES + 1);
+	big_teardown(_metadata, self, &m);
+}
+
+/* Head cuts, then middle cuts of what is left, then tail cuts. */
+TEST_F_TIMEOUT(domains, split_unaligned_head_then_middle, 300)
+{
+	struct model m;
+
+	big_setup(_metadata, self, &m);
+	big_cut(_metadata, self, &m, 0, 505);
+	big_cut(_metadata, self, &m, 505, 511);
+	big_cut(_metadata, self, &m, 512, 1017);	/* chunk to PMD */
+	big_cut(_metadata, self, &m, 1024, LEAF_PAGES - 7);
+	big_cut(_metadata, self, &m, LEAF_PAGES + 1, 2 * LEAF_PAGES - 1);
+	big_cut(_metadata, self, &m, 3 * LEAF_PAGES - 100, BIG_PAGES - 1);
+	big_cut(_metadata, self, &m, 511, 513);
 	big_teardown(_metadata, self, &m);
 }
 
