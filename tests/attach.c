@@ -1078,6 +1078,31 @@ static bool mms_has_pid(pid_t pid)
 }
 
 /*
+ * Start a ctl target in self->t[0] (@n distinct pages from @val), and
+ * attach a new file to it with KSM_ATTACH_PERSIST: the file, or -1; its
+ * pidfd in *@pidfd.
+ */
+static int ctl_attach(FIXTURE_DATA(attach) *self, struct ctl *c, size_t n,
+		      uint64_t val, int *pidfd)
+{
+	int fd;
+
+	*pidfd = -1;
+	if (ctl_start(c, n, val))
+		return -1;
+	self->t[0] = c->t;
+	*pidfd = pidfd_open(c->t.pid);
+	fd = ksm_open();
+	if (*pidfd < 0 || fd < 0 ||
+	    ksm_attach(fd, *pidfd, KSM_ATTACH_PERSIST)) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/*
  * exec of an attached target: the context ends with the old mm (handle
  * calls ESRCH, the list is left), does not follow the new mm, and a new
  * attach makes a new context on the new mm. Then without a handle: the
@@ -1091,13 +1116,8 @@ TEST_F_TIMEOUT(attach, exec_ends_context, TEST_S)
 	struct ctl c;
 	char x;
 
-	ASSERT_EQ(0, ctl_start(&c, n, 0xe8ec));
-	self->t[0] = c.t;
-	pidfd = pidfd_open(c.t.pid);
-	ASSERT_LE(0, pidfd);
-	fd = ksm_open();
+	fd = ctl_attach(self, &c, n, 0xe8ec, &pidfd);
 	ASSERT_LE(0, fd);
-	ASSERT_EQ(0, ksm_attach(fd, pidfd, KSM_ATTACH_PERSIST));
 	ASSERT_EQ(0, ksm_register(fd, c.t.addr, n * self->ps, 0));
 	ASSERT_EQ(1, write(c.t.cmd, "x", 1));
 	ASSERT_EQ(0, ksm_pipe_io(c.rdy, &x, 1, false, WAIT_S));
@@ -1127,14 +1147,9 @@ TEST_F_TIMEOUT(attach, exec_ends_context, TEST_S)
 	expect_baseline(_metadata, self->fd, &self->base);
 
 	/* exec with no handle open: the scanner drops the old mm's. */
-	ASSERT_EQ(0, ctl_start(&c, n, 0xe8ed));
-	self->t[0] = c.t;
 	close(pidfd);
-	pidfd = pidfd_open(c.t.pid);
-	ASSERT_LE(0, pidfd);
-	fd = ksm_open();
+	fd = ctl_attach(self, &c, n, 0xe8ed, &pidfd);
 	ASSERT_LE(0, fd);
-	ASSERT_EQ(0, ksm_attach(fd, pidfd, KSM_ATTACH_PERSIST));
 	ASSERT_EQ(0, ksm_register(fd, c.t.addr, n * self->ps, 0));
 	close(fd);
 	ASSERT_EQ(1, write(c.t.cmd, "x", 1));
@@ -1158,13 +1173,8 @@ TEST_F_TIMEOUT(attach, fork_child_not_registered, TEST_S)
 	struct ctl c;
 	pid_t child;
 
-	ASSERT_EQ(0, ctl_start(&c, n, 0xf0f0));
-	self->t[0] = c.t;
-	pidfd = pidfd_open(c.t.pid);
-	ASSERT_LE(0, pidfd);
-	fd = ksm_open();
+	fd = ctl_attach(self, &c, n, 0xf0f0, &pidfd);
 	ASSERT_LE(0, fd);
-	ASSERT_EQ(0, ksm_attach(fd, pidfd, KSM_ATTACH_PERSIST));
 	ASSERT_EQ(0, ksm_region_all(fd, KSM_REGISTER_REGION));
 	ASSERT_EQ(0, ksm_get_stats(self->fd, &s0));
 	ASSERT_EQ(1, write(c.t.cmd, "f", 1));

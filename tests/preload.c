@@ -352,30 +352,45 @@ static void expect_cut_regions(struct __test_metadata *_metadata, pid_t pid,
 }
 
 /*
- * MADV_UNMERGEABLE on pages 128 .. 383 of a block: those are unmerged and
- * unregistered; pages 0 .. 127 and 384 .. 511 stay merged (the scanner is
- * stopped: never unmerged), in two regions that still count them.
+ * Cut pages 128 .. 383 out of block 1 of a merged, stopped VM with @cmd
+ * ("unmerge" or "munmap"): pages 0 .. 127 and 384 .. 511 stay merged (the
+ * scanner is stopped: never unmerged), in two regions that still count
+ * them; with @unmerged, the pages inside (still mapped) are unmerged.
  */
-TEST_F_TIMEOUT(preload, partial_unmergeable, 300)
+static void cut_block(struct __test_metadata *_metadata,
+		      FIXTURE_DATA(preload) *self, const char *cmd,
+		      bool unmerged)
 {
 	uint64_t pfn0[NPAGES], pfn1[NPAGES];
 	struct vm vm;
-	char buf[64];
+	char buf[64], line[64];
 	uintptr_t a;
 
 	vm_merged_stopped(_metadata, self, &vm, pfn0);
 	a = vm_addr(&vm, 1);
 	ASSERT_NE(0, a);
-	ASSERT_EQ(0, pid_pfns(vm.pid, a, NPAGES, pfn1));
-	ASSERT_EQ(0, count_not(pfn1, pfn0, 0, HALF, true));
-
-	ASSERT_STREQ("done 0", vm_call(&vm, "unmerge 1 128 256", buf, sizeof(buf)));
+	if (unmerged) {
+		ASSERT_EQ(0, pid_pfns(vm.pid, a, NPAGES, pfn1));
+		ASSERT_EQ(0, count_not(pfn1, pfn0, 0, HALF, true));
+	}
+	snprintf(line, sizeof(line), "%s 1 128 256", cmd);
+	ASSERT_STREQ("done 0", vm_call(&vm, line, buf, sizeof(buf)));
 	ASSERT_EQ(0, pid_pfns(vm.pid, a, NPAGES, pfn1));
 	EXPECT_EQ(0, count_not(pfn1, pfn0, 0, 128, true));
-	EXPECT_EQ(0, count_not(pfn1, pfn0, 128, 384, false));
+	if (unmerged)
+		EXPECT_EQ(0, count_not(pfn1, pfn0, 128, 384, false));
 	EXPECT_EQ(0, count_not(pfn1, pfn0, 384, HALF, true));
 	expect_cut_regions(_metadata, vm.pid, a);
 	vm_finish(_metadata, self, &vm);
+}
+
+/*
+ * MADV_UNMERGEABLE on pages 128 .. 383 of a block: those are unmerged and
+ * unregistered; the rest stays registered and merged.
+ */
+TEST_F_TIMEOUT(preload, partial_unmergeable, 300)
+{
+	cut_block(_metadata, self, "unmerge", true);
 }
 
 /*
@@ -384,20 +399,7 @@ TEST_F_TIMEOUT(preload, partial_unmergeable, 300)
  */
 TEST_F_TIMEOUT(preload, partial_munmap, 300)
 {
-	uint64_t pfn0[NPAGES], pfn1[NPAGES];
-	struct vm vm;
-	char buf[64];
-	uintptr_t a;
-
-	vm_merged_stopped(_metadata, self, &vm, pfn0);
-	a = vm_addr(&vm, 1);
-	ASSERT_NE(0, a);
-	ASSERT_STREQ("done 0", vm_call(&vm, "munmap 1 128 256", buf, sizeof(buf)));
-	ASSERT_EQ(0, pid_pfns(vm.pid, a, NPAGES, pfn1));
-	EXPECT_EQ(0, count_not(pfn1, pfn0, 0, 128, true));
-	EXPECT_EQ(0, count_not(pfn1, pfn0, 384, HALF, true));
-	expect_cut_regions(_metadata, vm.pid, a);
-	vm_finish(_metadata, self, &vm);
+	cut_block(_metadata, self, "munmap", false);
 }
 
 /*
