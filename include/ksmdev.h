@@ -357,7 +357,7 @@ extern struct ksm_config ksmdev_config;
 extern unsigned int ksmdev_max_regions;
 
 void ksmdev_lock_acquire(void);
-int ksmdev_config_set(const struct ksm_config *cfg);
+int ksmdev_config_set(const struct ksm_config *cfg, size_t size);
 
 /* stats.c: counters (written under ksmdev_lock) and debugfs */
 extern struct ksm_stats ksmdev_stats;
@@ -413,6 +413,7 @@ void ksmdev_registry_exit(void);
 bool ksmdev_ctx_abandoned(struct ksmdev_ctx *ctx);
 int ksmdev_region_add(struct ksmdev_ctx *ctx, const struct ksm_region *r);
 int ksmdev_region_remove(struct ksmdev_ctx *ctx, const struct ksm_region *r);
+long ksmdev_region_merge(struct ksmdev_ctx *ctx, const struct ksm_region *r);
 struct ksmdev_region *ksmdev_region_next(struct ksmdev_ctx *ctx,
 					 unsigned long addr);
 void ksmdev_ctx_drop_regions(struct ksmdev_ctx *ctx);
@@ -484,6 +485,8 @@ void ksmdev_scan_exit(void);
 void ksmdev_scan_wake(void);
 void ksmdev_scan_forget_ctx(struct ksmdev_ctx *ctx);
 int ksmdev_unmerge_all(void);
+long ksmdev_merge_now(struct ksmdev_ctx *ctx, unsigned long start,
+		      unsigned long end);
 
 /* dev.c: the misc device */
 int ksmdev_dev_init(void);

@@ -146,6 +146,28 @@ static long ksmdev_region_ioctl(struct ksmdev_file *f, bool add,
 	return ksmdev_region_remove(ctx, &r);
 }
 
+/*
+ * KSM_MERGE_REGION (ABI.md, "Merge now"): from any holder of the file, as
+ * every ioctl but register and unregister (uapi header).
+ */
+static long ksmdev_merge_ioctl(struct ksmdev_file *f, void __user *uarg,
+			       size_t usize)
+{
+	struct ksm_region r;
+	int err;
+
+	err = copy_struct_from_user(&r, sizeof(r), uarg, usize);
+	if (err)
+		return err;
+	err = ksmdev_region_check(&r, KSM_REGION_ALL);
+	if (err)
+		return err;
+	/* The regions' domains decide where their pages merge. */
+	if (r.domain)
+		return -EINVAL;
+	return ksmdev_region_merge(READ_ONCE(f->ctx), &r);
+}
+
 /* KSM_ATTACH_PROCESS (ABI.md, "Attach to a running process"). */
 static long ksmdev_attach_ioctl(struct ksmdev_file *f, void __user *uarg,
 				size_t usize)
@@ -191,7 +213,7 @@ static long ksmdev_set_config_ioctl(void __user *uarg, size_t usize)
 	err = copy_struct_from_user(&cfg, sizeof(cfg), uarg, usize);
 	if (err)
 		return err;
-	return ksmdev_config_set(&cfg);
+	return ksmdev_config_set(&cfg, usize);
 }
 
 /* @cmd is @ref, whatever size the caller's structure has. */
@@ -215,6 +237,8 @@ static long ksmdev_ioctl(struct file *file, unsigned int cmd,
 		return ksmdev_region_ioctl(f, false, uarg, usize);
 	if (ksmdev_cmd_is(cmd, KSM_ATTACH_PROCESS))
 		return ksmdev_attach_ioctl(f, uarg, usize);
+	if (ksmdev_cmd_is(cmd, KSM_MERGE_REGION))
+		return ksmdev_merge_ioctl(f, uarg, usize);
 	if (ksmdev_cmd_is(cmd, KSM_GET_STATS))
 		/* A momentarily stale snapshot is fine (see stats.c). */
 		return ksmdev_copy_out(uarg, usize, &ksmdev_stats,

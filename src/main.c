@@ -50,6 +50,9 @@ struct ksm_config ksmdev_config = {
 	.max_kernel_pages = KSMDEV_MAX_KERNEL_PAGES_DEFAULT,
 	.use_zero_pages = 0,
 	.scan_all_pages = 0,
+	.merge_across_nodes = 1,
+	.advisor_target_scan_ms = 0,
+	.advisor_max_cpu_percent = 25,
 };
 
 unsigned int ksmdev_max_regions = 4096;
@@ -70,9 +73,32 @@ static int ksmdev_config_check(const struct ksm_config *cfg)
 	    !cfg->pages_to_scan || cfg->pages_to_scan > KSM_PAGES_TO_SCAN_MAX ||
 	    cfg->sleep_millisecs > KSM_SLEEP_MSECS_MAX ||
 	    cfg->max_kernel_pages > totalram_pages() ||
-	    cfg->use_zero_pages > 1 || cfg->scan_all_pages > 1)
+	    cfg->use_zero_pages > 1 || cfg->scan_all_pages > 1 ||
+	    cfg->merge_across_nodes > 1 ||
+	    (cfg->advisor_target_scan_ms &&
+	     (cfg->advisor_target_scan_ms < KSM_ADVISOR_TARGET_MIN ||
+	      cfg->advisor_target_scan_ms > KSM_ADVISOR_TARGET_MAX)) ||
+	    !cfg->advisor_max_cpu_percent || cfg->advisor_max_cpu_percent > 100)
 		return -EINVAL;
+	/*
+	 * merge_across_nodes=0 is what every merge already is on a machine
+	 * with one node; with more, one stable tree per node is not built
+	 * yet (README, "NUMA").
+	 */
+	if (!cfg->merge_across_nodes && nr_node_ids > 1)
+		return -EOPNOTSUPP;
 	return 0;
+}
+
+/*
+ * Merged pages in existence: merge_across_nodes may not change then, as in
+ * the in-kernel KSM (a stable page would be in the wrong tree).
+ */
+static bool ksmdev_merged_pages_exist(void)
+{
+	return READ_ONCE(ksmdev_stats.pages_shared) ||
+	       READ_ONCE(ksmdev_stats.ksm_zero_pages) ||
+	       READ_ONCE(ksmdev_stats.pages_orphaned);
 }
 
 /*
@@ -85,6 +111,9 @@ static int ksmdev_config_apply(const struct ksm_config *cfg)
 	int err;
 
 	lockdep_assert_held(&ksmdev_config_lock);
+	if (cfg->merge_across_nodes != ksmdev_config.merge_across_nodes &&
+	    ksmdev_merged_pages_exist())
+		return -EBUSY;
 	if (cfg->run == KSM_RUN_UNMERGE && ksmdev_config.run != KSM_RUN_UNMERGE) {
 		/*
 		 * The scanner stays stopped while everything is unmerged: it
@@ -105,27 +134,48 @@ static int ksmdev_config_apply(const struct ksm_config *cfg)
 	WRITE_ONCE(ksmdev_config.max_kernel_pages, cfg->max_kernel_pages);
 	WRITE_ONCE(ksmdev_config.use_zero_pages, cfg->use_zero_pages);
 	WRITE_ONCE(ksmdev_config.scan_all_pages, cfg->scan_all_pages);
+	WRITE_ONCE(ksmdev_config.merge_across_nodes, cfg->merge_across_nodes);
+	WRITE_ONCE(ksmdev_config.advisor_target_scan_ms,
+		   cfg->advisor_target_scan_ms);
+	WRITE_ONCE(ksmdev_config.advisor_max_cpu_percent,
+		   cfg->advisor_max_cpu_percent);
+	if (!cfg->advisor_target_scan_ms)
+		WRITE_ONCE(ksmdev_stats.advisor_pages_to_scan,
+			   cfg->pages_to_scan);
 	mutex_unlock(&ksmdev_lock);
 	return 0;
 }
 
+/* The end of struct ksm_config as version 1 knew it. */
+#define KSMDEV_CONFIG_V1_SIZE	offsetofend(struct ksm_config, scan_all_pages)
+
 /**
  * ksmdev_config_set - validate and install a whole scanner configuration
- * @cfg: the new configuration
+ * @cfg:  the new configuration
+ * @size: how much of it the caller's structure holds: a version-2 setting
+ *        past its end keeps its value (uapi header), since 0 is not its
+ *        default
  *
- * Return: 0, -EINVAL for a value out of range (nothing changes), -EINTR (a
- * fatal signal while waiting for another configuration change), or the
- * error of the unmerge that run=2 asks for.
+ * Return: 0, -EINVAL for a value out of range (nothing changes), -EBUSY
+ * (merge_across_nodes changed while merged pages exist), -EOPNOTSUPP
+ * (merge_across_nodes=0 on more than one node), -EINTR (a fatal signal
+ * while waiting for another configuration change), or the error of the
+ * unmerge that run=2 asks for.
  */
-int ksmdev_config_set(const struct ksm_config *cfg)
+int ksmdev_config_set(const struct ksm_config *cfg, size_t size)
 {
-	int err = ksmdev_config_check(cfg);
+	size_t keep = max(size, KSMDEV_CONFIG_V1_SIZE);
+	struct ksm_config new = *cfg;
+	int err;
 
-	if (err)
-		return err;
 	if (mutex_lock_killable(&ksmdev_config_lock))
 		return -EINTR;
-	err = ksmdev_config_apply(cfg);
+	if (keep < sizeof(new))
+		memcpy((char *)&new + keep, (char *)&ksmdev_config + keep,
+		       sizeof(new) - keep);
+	err = ksmdev_config_check(&new);
+	if (!err)
+		err = ksmdev_config_apply(&new);
 	mutex_unlock(&ksmdev_config_lock);
 	ksmdev_scan_wake();
 	return err;
@@ -185,6 +235,15 @@ MODULE_PARM_DESC(use_zero_pages, "1 maps zero-filled pages to the zero page (0)"
 module_param_cb(scan_all_pages, &ksmdev_param_ops,
 		&ksmdev_config.scan_all_pages, 0644);
 MODULE_PARM_DESC(scan_all_pages, "1 looks at every page on every pass, 0 skips pages that keep failing to merge (0)");
+module_param_cb(merge_across_nodes, &ksmdev_param_ops,
+		&ksmdev_config.merge_across_nodes, 0644);
+MODULE_PARM_DESC(merge_across_nodes, "0 merges pages only within a NUMA node (1)");
+module_param_cb(advisor_target_scan_ms, &ksmdev_param_ops,
+		&ksmdev_config.advisor_target_scan_ms, 0644);
+MODULE_PARM_DESC(advisor_target_scan_ms, "0 off, else the time a full scan should take, 100..3600000 ms (0)");
+module_param_cb(advisor_max_cpu_percent, &ksmdev_param_ops,
+		&ksmdev_config.advisor_max_cpu_percent, 0644);
+MODULE_PARM_DESC(advisor_max_cpu_percent, "most of one CPU the advisor lets the scanner use, 1..100 (25)");
 
 static int __init ksmdev_init(void)
 {
@@ -192,6 +251,7 @@ static int __init ksmdev_init(void)
 
 	if (ksmdev_config.max_kernel_pages == KSMDEV_MAX_KERNEL_PAGES_DEFAULT)
 		ksmdev_config.max_kernel_pages = totalram_pages() / 4;
+	ksmdev_stats.advisor_pages_to_scan = ksmdev_config.pages_to_scan;
 
 	err = ksmdev_compat_init();
 	if (err)

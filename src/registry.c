@@ -925,6 +925,40 @@ static int ksmdev_ctx_mmget(struct ksmdev_ctx *ctx)
 }
 
 /**
+ * ksmdev_region_merge - KSM_MERGE_REGION: merge the registered pages of a
+ * range of @ctx's mm now, on the caller's CPU
+ * @ctx: the file's context (called from any holder of the file)
+ * @r:   the range, already validated; or KSM_REGION_ALL: all of @ctx
+ *
+ * Holds ctx->lock through the call, so that the context's regions stay as
+ * they are (its owner's register and unregister wait; an unmerge-all that
+ * comes to this context waits too, and makes us stop with EBUSY).
+ *
+ * Return: the pages of the range that map a merged page, or -EBUSY, -EINTR,
+ * -ESRCH (see ksmdev_merge_now(); -ESRCH also for an attached context
+ * whose process is gone).
+ */
+long ksmdev_region_merge(struct ksmdev_ctx *ctx, const struct ksm_region *r)
+{
+	unsigned long start = r->addr, end = r->addr + r->len;
+	long ret;
+
+	if (mutex_lock_killable(&ctx->lock))
+		return -EINTR;
+	ret = ksmdev_ctx_mmget(ctx);
+	if (!ret) {
+		if (r->flags & KSM_REGION_ALL) {
+			start = 0;
+			end = ctx->mm->task_size;
+		}
+		ret = ksmdev_merge_now(ctx, start, end);
+		mmput_async(ctx->mm);
+	}
+	mutex_unlock(&ctx->lock);
+	return ret;
+}
+
+/**
  * ksmdev_region_add - register a range of @ctx's mm, or all of it
  * @ctx: the caller's context (called from the opener's mm)
  * @r:   the range, already validated for alignment, size and flags; or

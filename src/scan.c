@@ -80,12 +80,16 @@ void ksmdev_scan_wake(void)
 	wake_up_interruptible(&ksmdev_thread_wait);
 }
 
-/* The scan window on one mm must end now. */
-static bool ksmdev_must_yield(struct mm_struct *mm)
+/*
+ * The scan window on one mm must end now. A KSM_MERGE_REGION caller (not a
+ * kthread) stops for a signal instead of kthread_should_stop().
+ */
+static bool ksmdev_must_yield(struct mm_struct *mm, bool now)
 {
 	return atomic_read(&ksmdev_lock_waiters) || need_resched() ||
 	       mmap_lock_is_contended(mm) ||
-	       atomic_read(&mm->mm_users) <= 1 || kthread_should_stop();
+	       atomic_read(&mm->mm_users) <= 1 ||
+	       (now ? signal_pending(current) : kthread_should_stop());
 }
 
 /*
@@ -93,6 +97,11 @@ static bool ksmdev_must_yield(struct mm_struct *mm)
  * ksmdev_lock; NULL when none runs or it reached the list's end).
  */
 static struct ksmdev_ctx *ksmdev_unmerge_cursor;
+/*
+ * An unmerge-all (run=2) runs (under ksmdev_lock): KSM_MERGE_REGION, which
+ * merges whatever run is, must not merge behind it (EBUSY).
+ */
+static bool ksmdev_unmerging;
 
 /* The context after @ctx on the list, or NULL. */
 static struct ksmdev_ctx *ksmdev_ctx_next(struct ksmdev_ctx *ctx)
@@ -117,12 +126,16 @@ void ksmdev_scan_forget_ctx(struct ksmdev_ctx *ctx)
 	ksmdev_cursor.addr = 0;
 }
 
-/* What the scanner works on at one moment (under ksmdev_lock). */
+/*
+ * What the scanner, or a KSM_MERGE_REGION caller, works on at one moment
+ * (under ksmdev_lock).
+ */
 struct ksmdev_scan {
 	struct ksmdev_ctx *ctx;
 	struct ksmdev_region *region;
 	struct vm_area_struct *vma;	/* mmap lock held for read */
 	bool mergeable;			/* ksmdev_vma_mergeable(vma) */
+	bool now;			/* KSM_MERGE_REGION: first sight */
 };
 
 static void ksmdev_batch_add(struct ksmdev_batch *b, unsigned long addr,
@@ -406,9 +419,13 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 	/* A candidate keeps its age (ksmdev_smart_skip()); a merge resets it. */
 	if ((old & (KSMDEV_SLOT_SEEN | KSMDEV_SLOT_MERGED)) == KSMDEV_SLOT_SEEN)
 		value |= old & (KSMDEV_SLOT_AGE | KSMDEV_SLOT_SKIPS);
-	/* New, changed, or written after a merge (COW broke it): volatile. */
-	if (!(old & KSMDEV_SLOT_SEEN) ||
-	    (old & KSMDEV_SLOT_CSUM_MASK) != (hash & KSMDEV_SLOT_CSUM_MASK)) {
+	/*
+	 * New, changed, or written after a merge (COW broke it): volatile,
+	 * unless a KSM_MERGE_REGION caller vouches that it is quiet.
+	 */
+	if (!s->now && (!(old & KSMDEV_SLOT_SEEN) ||
+			(old & KSMDEV_SLOT_CSUM_MASK) !=
+			(hash & KSMDEV_SLOT_CSUM_MASK))) {
 		ksmdev_slot_set(s->ctx, s->region, slot, value);
 		return;
 	}
@@ -471,7 +488,7 @@ static unsigned int ksmdev_scan_pages(struct ksmdev_scan *s,
 		} else {
 			slot = ksmdev_region_slot(s->region, at);
 			if (slot && ksmdev_page_candidate(page)) {
-				if (ksmdev_smart_skip(s, slot)) {
+				if (!s->now && ksmdev_smart_skip(s, slot)) {
 					put_page(page);
 					skipped++;
 					continue;
@@ -486,8 +503,10 @@ static unsigned int ksmdev_scan_pages(struct ksmdev_scan *s,
 			}
 		}
 		if (page) {
-			WRITE_ONCE(ksmdev_stats.pages_scanned,
-				   ksmdev_stats.pages_scanned + 1);
+			/* The scanner's work only, as ksmd's in mm/ksm.c. */
+			if (!s->now)
+				WRITE_ONCE(ksmdev_stats.pages_scanned,
+					   ksmdev_stats.pages_scanned + 1);
 			put_page(page);
 		}
 	}
@@ -517,7 +536,7 @@ static unsigned long ksmdev_scan_vma(struct ksmdev_scan *s,
 		else
 			*addr = next;
 		scanned += ksmdev_scan_pages(s, start, *addr, &b);
-		if (ksmdev_must_yield(mm))
+		if (ksmdev_must_yield(mm, s->now))
 			break;
 	}
 	return scanned;
@@ -630,7 +649,7 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 		}
 		if (addr >= s.region->end)
 			ksmdev_region_pass_end(ctx, s.region);
-		if (ksmdev_must_yield(mm))
+		if (ksmdev_must_yield(mm, false))
 			break;
 	}
 	mmap_read_unlock(mm);
@@ -816,6 +835,7 @@ int ksmdev_unmerge_all(void)
 	int err = 0;
 
 	ksmdev_lock_acquire();
+	ksmdev_unmerging = true;
 	ksmdev_unmerge_cursor = list_first_entry_or_null(&ksmdev_ctx_list,
 							 struct ksmdev_ctx,
 							 list);
@@ -829,8 +849,160 @@ int ksmdev_unmerge_all(void)
 		ksmdev_ctx_put(ctx);
 	}
 	ksmdev_unmerge_cursor = NULL;
+	ksmdev_unmerging = false;
 	mutex_unlock(&ksmdev_lock);
 	return err;
+}
+
+/*
+ * Pages of [start, end) of @ctx's regions that map a merged page or a
+ * merged zero page, as their slots say: each was looked at just now, or
+ * merged since (under ksmdev_lock).
+ */
+static unsigned long ksmdev_count_merged(struct ksmdev_ctx *ctx,
+					 unsigned long start,
+					 unsigned long end)
+{
+	struct ksmdev_region *region;
+	unsigned long addr, stop, nr = 0;
+	u64 *slot;
+
+	lockdep_assert_held(&ksmdev_lock);
+	for (region = ksmdev_region_next(ctx, start);
+	     region && region->start < end;
+	     region = ksmdev_region_next(ctx, region->end)) {
+		stop = min(end, region->end);
+		for (addr = ksmdev_region_slot_next(region,
+						    max(start, region->start),
+						    stop, &slot);
+		     addr < stop;
+		     addr = ksmdev_region_slot_next(region, addr + PAGE_SIZE,
+						    stop, &slot))
+			if (*slot & KSMDEV_SLOT_MERGED)
+				nr++;
+		cond_resched();
+	}
+	return nr;
+}
+
+/*
+ * Let go of ksmdev_lock, and of the mmap lock if somebody waits for it,
+ * for a moment. Returns -EINTR, without the mmap lock, if a signal came
+ * while waiting for it.
+ */
+static int ksmdev_merge_now_yield(struct mm_struct *mm)
+{
+	mutex_unlock(&ksmdev_lock);
+	if (mmap_lock_is_contended(mm)) {
+		mmap_read_unlock(mm);
+		cond_resched();
+		if (mmap_read_lock_killable(mm))
+			return -EINTR;
+	} else {
+		cond_resched();
+	}
+	ksmdev_lock_acquire();
+	return 0;
+}
+
+/**
+ * ksmdev_merge_now - KSM_MERGE_REGION: merge [start, end) of @ctx now
+ * @ctx:   the context
+ * @start: first address, page aligned
+ * @end:   address past the last page
+ *
+ * The caller's thread does what the scanner does, on its own CPU time and
+ * at first sight: a page seen for the first time is merged with an equal
+ * stable page or unstable one, or goes into the unstable tree at once,
+ * without waiting for a second visit to prove it quiet (ABI.md: the caller
+ * vouches for that). The unstable tree holds a hash only as a hint and
+ * every merge compares the contents again under the page table lock, so
+ * a page written meanwhile is never merged; it only costs a COW break.
+ * Pages outside @ctx's regions, and regions being unregistered, are left
+ * alone.
+ *
+ * Called with ctx->lock held (so that the regions' owner cannot change
+ * them under us; an unmerge-all waits for it) and a user of ctx->mm held,
+ * without ksmdev_lock or the mmap lock. The mmap lock is held for read
+ * through the call, let go to whoever waits for it between page tables, as
+ * ksmdev_lock is between batches: the scanner's rules (ksmdev.h), in the
+ * caller's context. Allocations are charged to the memory cgroup of @ctx's
+ * mm, as the scanner's are, not to the caller's.
+ *
+ * Return: how many pages of the range map a merged page or a merged zero
+ * page (at most INT_MAX, the ioctl's return value); -EBUSY (an unmerge-all
+ * runs), -EINTR (a signal: what merged stays merged), -ESRCH (the process
+ * exited meanwhile).
+ */
+long ksmdev_merge_now(struct ksmdev_ctx *ctx, unsigned long start,
+		      unsigned long end)
+{
+	struct ksmdev_scan s = { .ctx = ctx, .now = true };
+	struct mm_struct *mm = ctx->mm;
+	struct mem_cgroup *memcg, *old_memcg;
+	unsigned long addr = start, stop;
+	long ret = 0;
+
+	lockdep_assert_held(&ctx->lock);
+	if (mmap_read_lock_killable(mm))
+		return -EINTR;
+	/*
+	 * The caller has just written the pages: they sit in per-CPU LRU
+	 * batches, with a reference that fails every merge's pin check. As
+	 * mlock(2) does for any caller (mm/mlock.c), drain them; it queues
+	 * work only on CPUs that hold some.
+	 */
+	ksmdev_lru_add_drain_all();
+	memcg = get_mem_cgroup_from_mm(mm);
+	old_memcg = set_active_memcg(memcg);
+	ksmdev_lock_acquire();
+	while (addr < end) {
+		if (ksmdev_unmerging) {
+			ret = -EBUSY;
+			break;
+		}
+		if (signal_pending(current)) {
+			ret = -EINTR;
+			break;
+		}
+		if (atomic_read(&mm->mm_users) <= 1) {
+			ret = -ESRCH;	/* we hold the last user */
+			break;
+		}
+		s.region = ksmdev_region_next(ctx, addr);
+		if (!s.region || s.region->start >= end)
+			break;
+		stop = min(end, s.region->end);
+		addr = max(addr, s.region->start);
+		s.vma = s.region->going ? NULL : find_vma(mm, addr);
+		if (!s.vma || s.vma->vm_start >= stop) {
+			/* Going, or unmapped: the scanner's business. */
+			addr = stop;
+			continue;
+		}
+		addr = max(addr, s.vma->vm_start);
+		stop = min(stop, s.vma->vm_end);
+		if (!ksmdev_vma_scannable(s.vma)) {
+			addr = stop;
+			continue;
+		}
+		s.mergeable = ksmdev_vma_mergeable(s.vma);
+		ksmdev_scan_vma(&s, &addr, stop, ULONG_MAX);
+		if (addr < end && ksmdev_must_yield(mm, true)) {
+			ret = ksmdev_merge_now_yield(mm);
+			if (ret)
+				goto out;	/* without either lock */
+		}
+	}
+	if (!ret)
+		ret = min_t(unsigned long, ksmdev_count_merged(ctx, start, end),
+			    INT_MAX);
+	mutex_unlock(&ksmdev_lock);
+	mmap_read_unlock(mm);
+out:
+	set_active_memcg(old_memcg);
+	mem_cgroup_put(memcg);
+	return ret;
 }
 
 int ksmdev_scan_init(void)

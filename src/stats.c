@@ -92,6 +92,7 @@ static const struct {
 	KSMDEV_STAT(stable_nodes_limit_hits),
 	KSMDEV_STAT(metadata_bytes),
 	KSMDEV_STAT(pages_orphaned),
+	KSMDEV_STAT(advisor_pages_to_scan),
 };
 
 static_assert(ARRAY_SIZE(ksmdev_stat_files) * sizeof(u64) ==

@@ -598,29 +598,60 @@ TEST_F(abi, get_larger_struct)
 
 TEST_F(abi, set_config_sizes)
 {
-	uint64_t buf[8] = { 0 };
+	const size_t v1 = offsetof(struct ksm_config, merge_across_nodes);
+	const size_t n = sizeof(struct ksm_config) / 8;
+	uint64_t buf[24] = { 0 };
 	struct ksm_config c;
 
 	memcpy(buf, &self->saved, sizeof(self->saved));
 	buf[1] = self->saved.pages_to_scan + 1;
-	buf[6] = 1;
+	buf[n] = 1;
 	EXPECT_EQ(-E2BIG, ksm_ioctl_sized(self->fd, KSM_SET_CONFIG, sizeof(buf), buf));
 	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
 	EXPECT_EQ(0, memcmp(&c, &self->saved, sizeof(c)));
-	buf[6] = 0;
+	buf[n] = 0;
 	EXPECT_EQ(0, ksm_ioctl_sized(self->fd, KSM_SET_CONFIG, sizeof(buf), buf));
 	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
 	EXPECT_EQ(self->saved.pages_to_scan + 1, c.pages_to_scan);
 
 	/* A caller from before scan_all_pages: its missing tail reads as 0. */
 	buf[offsetof(struct ksm_config, scan_all_pages) / 8] = 1;
-	EXPECT_EQ(0, ksm_ioctl_sized(self->fd, KSM_SET_CONFIG, sizeof(c), buf));
+	EXPECT_EQ(0, ksm_ioctl_sized(self->fd, KSM_SET_CONFIG, v1, buf));
 	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
 	EXPECT_EQ(1, c.scan_all_pages);
 	EXPECT_EQ(0, ksm_ioctl_sized(self->fd, KSM_SET_CONFIG,
 				     offsetof(struct ksm_config, scan_all_pages), buf));
 	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
 	EXPECT_EQ(0, c.scan_all_pages);
+
+	/*
+	 * Version-2 settings past the caller's structure keep their values
+	 * (uapi header): 0 would be invalid (advisor_max_cpu_percent) or a
+	 * change of behaviour (merge_across_nodes), not a default.
+	 */
+	buf[offsetof(struct ksm_config, advisor_target_scan_ms) / 8] = 5000;
+	buf[offsetof(struct ksm_config, advisor_max_cpu_percent) / 8] = 40;
+	EXPECT_EQ(0, ksm_ioctl_sized(self->fd, KSM_SET_CONFIG, sizeof(c), buf));
+	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
+	EXPECT_EQ(5000, c.advisor_target_scan_ms);
+	EXPECT_EQ(40, c.advisor_max_cpu_percent);
+	EXPECT_EQ(1, c.merge_across_nodes);
+	buf[1] = self->saved.pages_to_scan + 2;
+	buf[offsetof(struct ksm_config, advisor_target_scan_ms) / 8] = 0;
+	buf[offsetof(struct ksm_config, advisor_max_cpu_percent) / 8] = 0;
+	EXPECT_EQ(0, ksm_ioctl_sized(self->fd, KSM_SET_CONFIG, v1, buf));
+	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
+	EXPECT_EQ(self->saved.pages_to_scan + 2, c.pages_to_scan);
+	EXPECT_EQ(5000, c.advisor_target_scan_ms);
+	EXPECT_EQ(40, c.advisor_max_cpu_percent);
+	EXPECT_EQ(1, c.merge_across_nodes);
+	/* One that ends inside them: what it holds is taken, the rest kept. */
+	buf[offsetof(struct ksm_config, advisor_target_scan_ms) / 8] = 200;
+	EXPECT_EQ(0, ksm_ioctl_sized(self->fd, KSM_SET_CONFIG,
+				     offsetof(struct ksm_config, advisor_max_cpu_percent), buf));
+	ASSERT_EQ(0, ksm_get_config(self->fd, &c));
+	EXPECT_EQ(200, c.advisor_target_scan_ms);
+	EXPECT_EQ(40, c.advisor_max_cpu_percent);
 }
 
 /* ---- permissions ---- */
@@ -715,6 +746,12 @@ TEST_F(abi, config_bad_values)
 		BAD(scan_all_pages, 2),
 		BAD(max_kernel_pages, total_ram_pages() + 1),
 		BAD(max_kernel_pages, UINT64_MAX),
+		BAD(merge_across_nodes, 2),
+		BAD(advisor_target_scan_ms, KSM_ADVISOR_TARGET_MIN - 1),
+		BAD(advisor_target_scan_ms, KSM_ADVISOR_TARGET_MAX + 1),
+		BAD(advisor_target_scan_ms, UINT64_MAX),
+		BAD(advisor_max_cpu_percent, 0),
+		BAD(advisor_max_cpu_percent, 101),
 #undef BAD
 	};
 	struct ksm_config base, bad, c;
@@ -753,6 +790,12 @@ static void expect_params(struct __test_metadata *_metadata,
 	EXPECT_EQ(c->use_zero_pages, v);
 	EXPECT_EQ(0, ksm_read_param("scan_all_pages", &v));
 	EXPECT_EQ(c->scan_all_pages, v);
+	EXPECT_EQ(0, ksm_read_param("merge_across_nodes", &v));
+	EXPECT_EQ(c->merge_across_nodes, v);
+	EXPECT_EQ(0, ksm_read_param("advisor_target_scan_ms", &v));
+	EXPECT_EQ(c->advisor_target_scan_ms, v);
+	EXPECT_EQ(0, ksm_read_param("advisor_max_cpu_percent", &v));
+	EXPECT_EQ(c->advisor_max_cpu_percent, v);
 }
 
 static void set_and_check(struct __test_metadata *_metadata, int fd,
@@ -777,6 +820,9 @@ TEST_F(abi, config_round_trip)
 	EXPECT_EQ(20, self->saved.sleep_millisecs);
 	EXPECT_EQ(0, self->saved.use_zero_pages);
 	EXPECT_EQ(0, self->saved.scan_all_pages);
+	EXPECT_EQ(1, self->saved.merge_across_nodes);
+	EXPECT_EQ(0, self->saved.advisor_target_scan_ms);
+	EXPECT_EQ(25, self->saved.advisor_max_cpu_percent);
 	EXPECT_GE(total, self->saved.max_kernel_pages);
 	expect_params(_metadata, &self->saved);
 
@@ -784,18 +830,26 @@ TEST_F(abi, config_round_trip)
 		.run = KSM_RUN_STOP, .pages_to_scan = 1234,
 		.sleep_millisecs = 7, .max_kernel_pages = total / 8 + 3,
 		.use_zero_pages = 1, .scan_all_pages = 1,
+		.merge_across_nodes = 1, .advisor_target_scan_ms = 1234,
+		.advisor_max_cpu_percent = 33,
 	};
 	set_and_check(_metadata, self->fd, &want);
 	/* Limits are inclusive. */
 	want.pages_to_scan = KSM_PAGES_TO_SCAN_MAX;
 	want.sleep_millisecs = KSM_SLEEP_MSECS_MAX;
 	want.max_kernel_pages = total;
+	want.advisor_target_scan_ms = KSM_ADVISOR_TARGET_MAX;
+	want.advisor_max_cpu_percent = 100;
 	set_and_check(_metadata, self->fd, &want);
 	want.pages_to_scan = 1;
 	want.sleep_millisecs = 0;
 	want.max_kernel_pages = 0;
 	want.use_zero_pages = 0;
 	want.scan_all_pages = 0;
+	want.advisor_target_scan_ms = KSM_ADVISOR_TARGET_MIN;
+	want.advisor_max_cpu_percent = 1;
+	set_and_check(_metadata, self->fd, &want);
+	want.advisor_target_scan_ms = 0;
 	set_and_check(_metadata, self->fd, &want);
 	/* Nothing merged: unmerge-all succeeds and reads back 2. */
 	want.run = KSM_RUN_UNMERGE;
@@ -815,7 +869,7 @@ static const char *const stat_names[] = {
 	"pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
 	"full_scans", "pages_scanned", "ksm_zero_pages", "regions", "mms",
 	"registered_pages", "stable_nodes_limit_hits", "metadata_bytes",
-	"pages_orphaned",
+	"pages_orphaned", "advisor_pages_to_scan",
 };
 
 static bool debugfs_ready(void)

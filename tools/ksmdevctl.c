@@ -68,7 +68,7 @@ static const struct field {
 	STAT(pages_volatile), STAT(full_scans), STAT(pages_scanned),
 	STAT(ksm_zero_pages), STAT(regions), STAT(mms), STAT(registered_pages),
 	STAT(stable_nodes_limit_hits), STAT(metadata_bytes),
-	STAT(pages_orphaned),
+	STAT(pages_orphaned), STAT(advisor_pages_to_scan),
 };
 
 #undef STAT
@@ -77,6 +77,8 @@ static const struct field {
 static const struct field config_fields[] = {
 	CONF(run), CONF(pages_to_scan), CONF(sleep_millisecs),
 	CONF(max_kernel_pages), CONF(use_zero_pages), CONF(scan_all_pages),
+	CONF(merge_across_nodes), CONF(advisor_target_scan_ms),
+	CONF(advisor_max_cpu_percent),
 };
 
 #undef CONF
@@ -118,7 +120,9 @@ static void print_help(FILE *out)
 		"             merging_pages\n"
 		"set          KEY is one of run (0 stop, 1 merge, 2 unmerge all and stop),\n"
 		"             pages_to_scan, sleep_millisecs, max_kernel_pages (0: no limit),\n"
-		"             use_zero_pages (0/1), scan_all_pages (0/1); all are applied\n"
+		"             use_zero_pages (0/1), scan_all_pages (0/1),\n"
+		"             merge_across_nodes (0/1), advisor_target_scan_ms (0 off, or\n"
+		"             100..3600000), advisor_max_cpu_percent (1..100); all are applied\n"
 		"             together or none is; needs CAP_SYS_ADMIN. --file FILE reads\n"
 		"             KEY=VALUE lines from FILE (# starts a comment line), as\n"
 		"             ksmdev.service does with /etc/ksmdev/ksmdev.conf\n"

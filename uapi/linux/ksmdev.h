@@ -37,6 +37,12 @@
  *    neither of its ends, makes one more), the pages inside are unmerged
  *    (ENOMEM, EINTR as for any unregister), and a range without any
  *    registered page is ENOENT.
+ *  - Version 2 grows struct ksm_stats (pages_orphaned,
+ *    advisor_pages_to_scan) and struct ksm_config (merge_across_nodes,
+ *    advisor_target_scan_ms, advisor_max_cpu_percent). KSM_SET_CONFIG
+ *    with a structure that ends before one of these version-2 settings
+ *    leaves that setting as it is (0 is a meaningful, or invalid, value
+ *    for each of them); the version-1 fields keep the rule above.
  */
 #ifndef _UAPI_LINUX_KSMDEV_H
 #define _UAPI_LINUX_KSMDEV_H
@@ -119,6 +125,9 @@ struct ksm_attach {
  *                           each first replaced, and outlive run=2 (pages
  *                           outside every region cannot be unmerged).
  *                           Added at the end for version 2.
+ * @advisor_pages_to_scan:   version 2: the pages per batch the scanner
+ *                           uses: pages_to_scan, or while the advisor is
+ *                           on (advisor_target_scan_ms), what it chose
  */
 struct ksm_stats {
 	__u64 pages_shared;
@@ -134,6 +143,7 @@ struct ksm_stats {
 	__u64 stable_nodes_limit_hits;
 	__u64 metadata_bytes;
 	__u64 pages_orphaned;
+	__u64 advisor_pages_to_scan;
 };
 
 /**
@@ -173,6 +183,17 @@ struct ksm_mm_stats {
  *                    (the in-kernel KSM's smart_scan); 1: every page on
  *                    every pass. Added in version 1 at the end: an older
  *                    caller's structure leaves it 0.
+ * @merge_across_nodes: version 2, 1 (default): pages merge whatever NUMA
+ *                    node they are on; 0: only with pages on the same
+ *                    node. Changing it while any merged page exists
+ *                    (pages_shared + ksm_zero_pages + pages_orphaned)
+ *                    is EBUSY.
+ * @advisor_target_scan_ms: version 2, 0 (default): off; else
+ *                    KSM_ADVISOR_TARGET_MIN .. KSM_ADVISOR_TARGET_MAX:
+ *                    the scanner sizes its batches so that a full scan
+ *                    takes about this long, ignoring pages_to_scan
+ * @advisor_max_cpu_percent: version 2, 1 .. 100 (default 25): the most of
+ *                    one CPU the scanner uses while the advisor is on
  */
 struct ksm_config {
 	__u64 run;
@@ -181,6 +202,9 @@ struct ksm_config {
 	__u64 max_kernel_pages;
 	__u64 use_zero_pages;
 	__u64 scan_all_pages;
+	__u64 merge_across_nodes;
+	__u64 advisor_target_scan_ms;
+	__u64 advisor_max_cpu_percent;
 };
 
 #define KSM_RUN_STOP		0
@@ -189,6 +213,8 @@ struct ksm_config {
 
 #define KSM_PAGES_TO_SCAN_MAX	0x1000000ULL
 #define KSM_SLEEP_MSECS_MAX	60000ULL
+#define KSM_ADVISOR_TARGET_MIN	100ULL
+#define KSM_ADVISOR_TARGET_MAX	3600000ULL
 
 #define KSM_GET_API_VERSION	_IO(KSMDEV_IOCTL_MAGIC, 0x00)
 #define KSM_REGISTER_REGION	_IOW(KSMDEV_IOCTL_MAGIC, 0x01, struct ksm_region)
@@ -198,5 +224,18 @@ struct ksm_config {
 #define KSM_GET_CONFIG		_IOR(KSMDEV_IOCTL_MAGIC, 0x05, struct ksm_config)
 #define KSM_SET_CONFIG		_IOW(KSMDEV_IOCTL_MAGIC, 0x06, struct ksm_config)
 #define KSM_ATTACH_PROCESS	_IOW(KSMDEV_IOCTL_MAGIC, 0x07, struct ksm_attach)
+/*
+ * KSM_MERGE_REGION (version 2): the calling thread merges the registered
+ * pages of [addr, addr + len) now (KSM_REGION_ALL, addr = len = 0: of the
+ * whole context), at first sight, whatever run is. Returns how many pages
+ * of the range map a merged page or a merged zero page (at most INT_MAX).
+ * EBUSY during run=2's unmerge, EINTR on a signal (what merged stays
+ * merged), ESRCH for an attached context whose process is gone, EINVAL
+ * for a bad range or flag (only KSM_REGION_ALL is taken) or a non-zero
+ * domain. Like the other ioctls but register and unregister, it works from
+ * any holder of the file; the pages' memory cgroup is charged, not the
+ * caller's.
+ */
+#define KSM_MERGE_REGION	_IOW(KSMDEV_IOCTL_MAGIC, 0x09, struct ksm_region)
 
 #endif /* _UAPI_LINUX_KSMDEV_H */
