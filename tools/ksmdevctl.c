@@ -390,6 +390,7 @@ static void print_status(const struct ksm_stats *s, const struct ksm_config *c,
 		"merges refused at max_kernel_pages",
 		"bytes",
 		"pages  merged, mapped by no registered page",
+		"pages  per batch, as the advisor sets it",
 	};
 	size_t i;
 	int k;
