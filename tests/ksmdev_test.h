@@ -225,7 +225,7 @@ static inline int ksm_set_run(int fd, uint64_t run)
 /*
  * The configuration the module loads with (ABI.md): run=1, 100 pages per
  * batch, 20 ms between batches, max_kernel_pages a quarter of RAM, no zero
- * pages. sysinfo() counts RAM as the kernel's totalram_pages() does.
+ * pages, merging across nodes, no advisor (25% of a CPU when on). sysinfo() counts RAM as the kernel's totalram_pages() does.
  */
 static inline int ksm_default_config(struct ksm_config *c)
 {
@@ -240,6 +240,9 @@ static inline int ksm_default_config(struct ksm_config *c)
 	c->max_kernel_pages = (uint64_t)si.totalram * si.mem_unit /
 			      ksm_page_size() / 4;
 	c->use_zero_pages = 0;
+	c->merge_across_nodes = 1;
+	c->advisor_target_scan_ms = 0;
+	c->advisor_max_cpu_percent = 25;
 	return 0;
 }
 
@@ -947,6 +950,7 @@ enum ksm_child_op {
 	KSM_CHILD_CLOSE,	/* close its /dev/ksm; reply 0 or -errno */
 	KSM_CHILD_REGISTER,	/* register its pages again; reply 0 or -errno */
 	KSM_CHILD_UNREGISTER,	/* unregister them; reply 0 or -errno */
+	KSM_CHILD_MERGE,	/* KSM_MERGE_REGION on them; reply its value */
 };
 
 /* Runs in the child before it maps anything; non-zero fails the setup. */
@@ -1064,6 +1068,10 @@ static inline void ksm_child_main(pid_t parent, int cmd, int reply,
 			break;
 		case KSM_CHILD_UNREGISTER:
 			ret = ksm_unregister(fd, p, npages * ps);
+			break;
+		case KSM_CHILD_MERGE:
+			ret = ksm_region_ioctl(fd, KSM_MERGE_REGION, p,
+					       npages * ps, 0);
 			break;
 		default:
 			ret = -EINVAL;
