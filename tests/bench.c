@@ -573,6 +573,71 @@ out:
 	munmap(raw, len + huge);
 }
 
+/* The calling thread's CPU time, in seconds. */
+static double self_cpu(void)
+{
+	struct rusage ru;
+
+	if (getrusage(RUSAGE_THREAD, &ru))
+		return -1;
+	return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+	       (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/*
+ * KSM_MERGE_REGION (ksmdev only; ksmd has nothing like it): BENCH_MERGE_MB
+ * merged by one call with the scanner stopped, as -P measures the scanner:
+ * identical pages, then the workload's mix (half of the pages the same in
+ * two copies, the rest unique). MiB/s of the range, and the caller's CPU.
+ */
+static void merge_now(const struct engine *e)
+{
+	const size_t len = merge_mb << 20, ps = ksm_page_size();
+	const size_t n = len / ps;
+	struct timespec t0;
+	double cpu0, secs;
+	int fd = -1, ret;
+	size_t i;
+	char *p;
+
+	if (is_ksmd(e))
+		return;
+	p = ksm_mmap_anon(len);
+	if (!p)
+		return;
+	for (i = 0; i < 2; i++) {
+		if (i == 0)
+			ksm_fill_vals(p, 0, n, 0x5a5a);
+		else
+			for (size_t k = 0; k < n; k++)
+				ksm_fill_val(p, k, k % 2 ? k : k % (n / 2));
+		if (engine_run(e, 0, FAST_PAGES, 0) ||
+		    engine_add(e, &fd, p, len)) {
+			printf("# %s: merge_now setup failed\n", e->name);
+			break;
+		}
+		cpu0 = self_cpu();
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		ret = ksm_region_ioctl(fd, KSM_MERGE_REGION, p, len, 0);
+		secs = secs_since(&t0);
+		if (ret < 0) {
+			printf("# %s: KSM_MERGE_REGION: %s\n", e->name,
+			       strerror(-ret));
+			break;
+		}
+		printf("ROW %s merge_now%s %.1f MiB/s\n", e->name,
+		       i ? "_mixed" : "", merge_mb / secs);
+		printf("ROW %s merge_now%s_cpu %.2f s\n", e->name,
+		       i ? "_mixed" : "", self_cpu() - cpu0);
+		printf("# %s: merge_now%s merged %d of %zu pages\n", e->name,
+		       i ? "_mixed" : "", ret, n);
+		engine_remove(e, fd, p, len);
+	}
+	if (fd >= 0)
+		close(fd);
+	munmap(p, len);
+}
+
 /*
  * A region of @len bytes with every @stride-th page present (unique
  * content): seconds per full scan, with the scanner flat out.
@@ -729,6 +794,7 @@ int main(void)
 			printf("# %s: merge, unmerge, COW\n", e->name);
 			micro(e, false);
 			micro(e, true);
+			merge_now(e);
 		}
 		if (strstr(phases, "sparse")) {
 			printf("# %s: sparse region\n", e->name);
