@@ -151,7 +151,9 @@ struct ksmdev_domain {
  * @node:    in ksmdev_trees.stable, by @hash then address
  * @orphan:  instead, once orphaned: in the list of orphans (tree.c)
  * @trees:   the trees @node is in; NULL for an orphan
- * @hash:    xxh64 of the content (which never changes)
+ * @hash:    its key: xxh64 of the content (which never changes), with
+ *           its node in the top bits if merge_across_nodes=0
+ *           (ksmdev_tree_key())
  * @kpage:   the page: order 0, allocated by ksmdev, never anonymous, never
  *           on the LRU, charged (kmem) to the memory cgroup of the process
  *           whose page it first replaced; this node holds one reference,
@@ -182,8 +184,8 @@ struct ksmdev_stable {
  * @link:   in @ctx's list of unstable nodes, so that unregistering or
  *          closing erases the nodes that point into it
  * @trees:  the trees @node is in
- * @hash:   xxh64 of the content when it was inserted: a hint only, the
- *          content is compared again under the page table lock
+ * @hash:   its key (ksmdev_tree_key()) when it was inserted: a hint
+ *          only, the content is compared again under the page table lock
  * @ctx:    the page's context
  * @addr:   the page's address in @ctx's mm
  *
@@ -440,6 +442,7 @@ void ksmdev_slot_set(struct ksmdev_ctx *ctx, struct ksmdev_region *region,
 struct ksmdev_domain *ksmdev_domain_get(u64 id);
 void ksmdev_domain_put(struct ksmdev_domain *domain);
 size_t ksmdev_unstable_bytes(void);
+u64 ksmdev_tree_key(u64 hash, struct page *page);
 struct ksmdev_stable *ksmdev_stable_search(struct ksmdev_trees *trees,
 					   u64 hash, struct page *page);
 struct ksmdev_stable *ksmdev_stable_of(struct page *page);

@@ -80,13 +80,6 @@ static int ksmdev_config_check(const struct ksm_config *cfg)
 	      cfg->advisor_target_scan_ms > KSM_ADVISOR_TARGET_MAX)) ||
 	    !cfg->advisor_max_cpu_percent || cfg->advisor_max_cpu_percent > 100)
 		return -EINVAL;
-	/*
-	 * merge_across_nodes=0 is what every merge already is on a machine
-	 * with one node; with more, one stable tree per node is not built
-	 * yet (README, "NUMA").
-	 */
-	if (!cfg->merge_across_nodes && nr_node_ids > 1)
-		return -EOPNOTSUPP;
 	return 0;
 }
 
@@ -111,9 +104,6 @@ static int ksmdev_config_apply(const struct ksm_config *cfg)
 	int err;
 
 	lockdep_assert_held(&ksmdev_config_lock);
-	if (cfg->merge_across_nodes != ksmdev_config.merge_across_nodes &&
-	    ksmdev_merged_pages_exist())
-		return -EBUSY;
 	if (cfg->run == KSM_RUN_UNMERGE && ksmdev_config.run != KSM_RUN_UNMERGE) {
 		/*
 		 * The scanner stays stopped while everything is unmerged: it
@@ -128,6 +118,17 @@ static int ksmdev_config_apply(const struct ksm_config *cfg)
 			return err;
 	}
 	ksmdev_lock_acquire();
+	/*
+	 * Under ksmdev_lock, which every merge holds: no merged page can
+	 * appear between this check and the change (tree.c, "NUMA"). After
+	 * a failed check, as after a failed unmerge, nothing else changes
+	 * (run=2 has stopped the scanner, though).
+	 */
+	if (cfg->merge_across_nodes != ksmdev_config.merge_across_nodes &&
+	    ksmdev_merged_pages_exist()) {
+		mutex_unlock(&ksmdev_lock);
+		return -EBUSY;
+	}
 	WRITE_ONCE(ksmdev_config.run, cfg->run);
 	WRITE_ONCE(ksmdev_config.pages_to_scan, cfg->pages_to_scan);
 	WRITE_ONCE(ksmdev_config.sleep_millisecs, cfg->sleep_millisecs);
@@ -157,8 +158,7 @@ static int ksmdev_config_apply(const struct ksm_config *cfg)
  *        default
  *
  * Return: 0, -EINVAL for a value out of range (nothing changes), -EBUSY
- * (merge_across_nodes changed while merged pages exist), -EOPNOTSUPP
- * (merge_across_nodes=0 on more than one node), -EINTR (a fatal signal
+ * (merge_across_nodes changed while merged pages exist), -EINTR (a fatal signal
  * while waiting for another configuration change), or the error of the
  * unmerge that run=2 asks for.
  */

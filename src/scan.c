@@ -302,6 +302,10 @@ static bool ksmdev_merge_unstable(struct ksmdev_scan *s, unsigned long addr,
 	if (!qslot || qpage == page || !ksmdev_pages_identical(page, qpage) ||
 	    ksmdev_split_page(qpage))
 		goto put;
+	/* Moved to another node since it was filed (merge_across_nodes=0). */
+	if (!READ_ONCE(ksmdev_config.merge_across_nodes) &&
+	    page_to_nid(qpage) != page_to_nid(page))
+		goto put;
 
 	stable = ksmdev_stable_create(un->trees, hash, page);
 	if (!stable)
@@ -437,6 +441,7 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 		return;
 	}
 
+	hash = ksmdev_tree_key(hash, page);
 	stable = ksmdev_stable_search(trees, hash, page);
 	if (stable) {
 		if (!ksmdev_split_page(page) &&

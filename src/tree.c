@@ -54,6 +54,17 @@
  * the page's next visit, as mm/ksm.c does); pages_volatile is the candidates
  * seen but in no tree.
  *
+ * NUMA (merge_across_nodes=0): pages merge only with pages of their own
+ * node, into a stable page allocated on that node. Rather than a tree per
+ * node (mm/ksm.c's root_stable_tree[nid]), which every scope (the global
+ * trees, each context's, each domain's) would need, the node is part of
+ * the key: ksmdev_tree_key() puts it in the top bits of the hash, so that
+ * one node's pages sort together and never meet another's. The setting
+ * changes only while no merged page exists (main.c), so the stable trees
+ * hold keys of one kind; unstable nodes filed under the other kind until
+ * the next full scan are only missed, never wrongly merged (a merge always
+ * compares contents, and checks the nodes, scan.c).
+ *
  * Everything here runs under ksmdev_lock.
  */
 #include <linux/highmem.h>
@@ -408,10 +419,30 @@ static void ksmdev_tree_insert(struct rb_root *root, struct rb_node *new,
 #define KSMDEV_UNSTABLE_HASH	(offsetof(struct ksmdev_unstable, hash) - \
 				 offsetof(struct ksmdev_unstable, node))
 
+/* Bits of the key that hold the node when merge_across_nodes=0. */
+#define KSMDEV_KEY_NID_SHIFT	(64 - NODES_SHIFT)
+
+/**
+ * ksmdev_tree_key - what @page is filed under in the trees
+ * @hash: xxh64 of @page's content
+ * @page: the page (a reference held)
+ *
+ * Return: @hash; with merge_across_nodes=0 on a NUMA kernel, its top
+ * NODES_SHIFT bits replaced by @page's node (see DOC). A key is only ever
+ * a hint: equal keys are confirmed by comparing the pages.
+ */
+u64 ksmdev_tree_key(u64 hash, struct page *page)
+{
+	if (!NODES_SHIFT || READ_ONCE(ksmdev_config.merge_across_nodes))
+		return hash;
+	return (hash & (U64_MAX >> NODES_SHIFT)) |
+	       ((u64)page_to_nid(page) << KSMDEV_KEY_NID_SHIFT);
+}
+
 /**
  * ksmdev_stable_search - a stable page of @trees with @page's content
  * @trees: the scope's trees
- * @hash:  xxh64 of @page's content
+ * @hash:  @page's key (ksmdev_tree_key())
  * @page:  the candidate page (a reference held)
  *
  * Return: the node, or NULL.
@@ -438,10 +469,24 @@ struct ksmdev_stable *ksmdev_stable_search(struct ksmdev_trees *trees,
 	return NULL;
 }
 
+/*
+ * A stable page is allocated on the node of the page it first replaces:
+ * with merge_across_nodes=0 only there (__GFP_THISNODE: no merge rather
+ * than a page on another node), otherwise there by preference.
+ */
+static gfp_t ksmdev_kpage_gfp(void)
+{
+	gfp_t gfp = GFP_HIGHUSER | __GFP_ACCOUNT | __GFP_NORETRY | __GFP_NOWARN;
+
+	if (!READ_ONCE(ksmdev_config.merge_across_nodes))
+		gfp |= __GFP_THISNODE;
+	return gfp;
+}
+
 /**
  * ksmdev_stable_create - a new stable page with @page's content
  * @trees: the scope's trees
- * @hash:  xxh64 of @page's content
+ * @hash:  @page's key (ksmdev_tree_key())
  * @page:  the page to copy
  *
  * The node has no sharer yet: give it some with ksmdev_slot_set(), then
@@ -471,8 +516,8 @@ struct ksmdev_stable *ksmdev_stable_create(struct ksmdev_trees *trees,
 	 * cgroup's limit, one try at reclaim and no OOM kill (__GFP_NORETRY):
 	 * a merge is never worth killing a task of the tenant for.
 	 */
-	stable->kpage = alloc_page(GFP_HIGHUSER | __GFP_ACCOUNT |
-				   __GFP_NORETRY | __GFP_NOWARN);
+	stable->kpage = alloc_pages_node(page_to_nid(page), ksmdev_kpage_gfp(),
+					 0);
 	if (!stable->kpage) {
 		ksmdev_meta_cache_free(ksmdev_stable_cache, stable);
 		return NULL;

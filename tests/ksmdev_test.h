@@ -783,6 +783,29 @@ static inline int ksm_pfns(const void *addr, size_t npages, uint64_t *pfns)
 }
 
 /* The PFN of the page at @addr; 0 if absent or unreadable. */
+/*
+ * The NUMA node of each of @npages pages at @addr (move_pages(2) asked,
+ * nothing moved), into @nodes: a node, or a negative errno for the page.
+ */
+static inline int ksm_nodes(const void *addr, size_t npages, uint64_t *nodes)
+{
+	size_t ps = ksm_page_size(), i;
+	int status[64];
+	void *pages[64];
+
+	for (i = 0; i < npages; i += 64) {
+		size_t k, n = npages - i < 64 ? npages - i : 64;
+
+		for (k = 0; k < n; k++)
+			pages[k] = (char *)addr + (i + k) * ps;
+		if (syscall(SYS_move_pages, 0, n, pages, NULL, status, 0))
+			return -errno;
+		for (k = 0; k < n; k++)
+			nodes[i + k] = (uint64_t)(int64_t)status[k];
+	}
+	return 0;
+}
+
 static inline uint64_t ksm_pfn(const void *addr)
 {
 	uint64_t pfn;
@@ -951,6 +974,8 @@ enum ksm_child_op {
 	KSM_CHILD_REGISTER,	/* register its pages again; reply 0 or -errno */
 	KSM_CHILD_UNREGISTER,	/* unregister them; reply 0 or -errno */
 	KSM_CHILD_MERGE,	/* KSM_MERGE_REGION on them; reply its value */
+	KSM_CHILD_NODES,	/* reply 0 or -errno, then npages NUMA nodes
+				 * (move_pages(2)'s status, as uint64_t) */
 };
 
 /* Runs in the child before it maps anything; non-zero fails the setup. */
@@ -1068,6 +1093,11 @@ static inline void ksm_child_main(pid_t parent, int cmd, int reply,
 			break;
 		case KSM_CHILD_UNREGISTER:
 			ret = ksm_unregister(fd, p, npages * ps);
+			break;
+		case KSM_CHILD_NODES:
+			ret = ksm_nodes(p, npages, pfns);
+			data = pfns;
+			len = npages * sizeof(*pfns);
 			break;
 		case KSM_CHILD_MERGE:
 			ret = ksm_region_ioctl(fd, KSM_MERGE_REGION, p,

@@ -775,7 +775,26 @@ GUEST_MODULES="null_blk"
 # run as tests themselves.
 GUEST_TOOLS="ksmdevctl libksmdev-preload.so fakevm libvirt-hook-qemu"
 
-KERNEL_CMDLINE="console=ttyS0 panic=-1 panic_on_warn=1 oops=panic softlockup_panic=1 hung_task_panic=1 nmi_watchdog=0 quiet loglevel=4"
+KERNEL_CMDLINE="console=ttyS0 panic=-1 panic_on_warn=1 oops=panic softlockup_panic=1 hung_task_panic=1 nmi_watchdog=0 numa_balancing=disable quiet loglevel=4"
+
+# guest_numa_args MEM: QEMU options for two NUMA nodes of MEM/2 each (MEM
+# as for -m: a number with M or G), one CPU each, so that tests/numa.c can
+# bind processes to either (merge_across_nodes). GUEST_NUMA=0: one node.
+# The guest boots with numa_balancing=disable (KERNEL_CMDLINE): pages that
+# move between nodes under a test would only make it flaky.
+guest_numa_args() {
+	local mem=$1 mib
+	[ "${GUEST_NUMA:-1}" = 1 ] || return 0
+	case $mem in
+	*G) mib=$((${mem%G} * 1024)) ;;
+	*M) mib=${mem%M} ;;
+	*) die "GUEST_MEM=$mem: give it in M or G" ;;
+	esac
+	echo "-object memory-backend-ram,id=node0,size=$((mib / 2))M" \
+		"-object memory-backend-ram,id=node1,size=$((mib - mib / 2))M" \
+		"-numa node,nodeid=0,cpus=0,memdev=node0" \
+		"-numa node,nodeid=1,cpus=1,memdev=node1"
+}
 
 # boot_guest KVER INITRD SECONDS [CONSOLE]: boot under TCG, bounded by
 # `timeout`. The console goes to the file CONSOLE (default: the terminal);
@@ -792,6 +811,7 @@ boot_guest() {
 	fi
 	run timeout --foreground -k 10 "$secs" qemu-system-x86_64 \
 		-accel tcg -cpu max -m "${GUEST_MEM:-2G}" -smp 2 \
+		$(guest_numa_args "${GUEST_MEM:-2G}") \
 		-nographic -no-reboot -monitor none \
 		-kernel "$(kernel_image "$kver")" -initrd "$initrd" \
 		-append "$KERNEL_CMDLINE ${KERNEL_EXTRA_CMDLINE:-}" \
