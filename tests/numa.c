@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * merge_across_nodes (ABI.md, "Counters and settings added"), in a guest
- * with two NUMA nodes (tests/qemu/lib.sh, guest_numa_args): two processes,
+ * with two NUMA nodes (tests/qemu/lib.sh, guest_topology_args): two processes,
  * each bound to one node by set_mempolicy(MPOL_BIND), hold the same pages.
  * With merge_across_nodes=1 all of them map one merged page; with 0 each
  * node's pages map a merged page of their own, allocated on that node

@@ -108,7 +108,7 @@ render() {
 	kver=$(sed -n 's/^### kernel //p' "$res")
 	mkdir -p "$BENCH_OUT" "$KSMDEV_ROOT/bench"
 	{
-		echo "Kernel $kver (Debian stock), QEMU TCG guest (-cpu max -smp 2 -m ${GUEST_MEM:-3G}) on $(nproc) host cores ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), $(date -u +%Y-%m-%d)."
+		echo "Kernel $kver (Debian stock), QEMU TCG guest (-cpu max, 2 CPUs and 2 NUMA nodes, -m ${GUEST_MEM:-3G}) on $(nproc) host cores ($(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')), $(date -u +%Y-%m-%d)."
 		echo
 		grep '^# ' "$res" | grep -v '^# needs' | sed 's/^# /    /'
 		echo

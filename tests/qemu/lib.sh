@@ -777,14 +777,20 @@ GUEST_TOOLS="ksmdevctl libksmdev-preload.so fakevm libvirt-hook-qemu"
 
 KERNEL_CMDLINE="console=ttyS0 panic=-1 panic_on_warn=1 oops=panic softlockup_panic=1 hung_task_panic=1 nmi_watchdog=0 numa_balancing=disable quiet loglevel=4"
 
-# guest_numa_args MEM: QEMU options for two NUMA nodes of MEM/2 each (MEM
-# as for -m: a number with M or G), one CPU each, so that tests/numa.c can
-# bind processes to either (merge_across_nodes). GUEST_NUMA=0: one node.
-# The guest boots with numa_balancing=disable (KERNEL_CMDLINE): pages that
-# move between nodes under a test would only make it flaky.
-guest_numa_args() {
+# guest_topology_args MEM: QEMU options for two CPUs and two NUMA nodes of
+# MEM/2 each (MEM as for -m: a number with M or G), a CPU each, in sockets
+# of their own (a last-level cache shared across nodes is a WARN at boot),
+# so that tests/numa.c can bind processes to either (merge_across_nodes).
+# GUEST_NUMA=0: one node. The guest boots with numa_balancing=disable
+# (KERNEL_CMDLINE): pages that move between nodes under a test would only
+# make it flaky.
+guest_topology_args() {
 	local mem=$1 mib
-	[ "${GUEST_NUMA:-1}" = 1 ] || return 0
+	if [ "${GUEST_NUMA:-1}" != 1 ]; then
+		echo "-smp 2"
+		return 0
+	fi
+	echo "-smp 2,sockets=2,cores=1,threads=1"
 	case $mem in
 	*G) mib=$((${mem%G} * 1024)) ;;
 	*M) mib=${mem%M} ;;
@@ -810,8 +816,8 @@ boot_guest() {
 		serial0=mon:stdio
 	fi
 	run timeout --foreground -k 10 "$secs" qemu-system-x86_64 \
-		-accel tcg -cpu max -m "${GUEST_MEM:-2G}" -smp 2 \
-		$(guest_numa_args "${GUEST_MEM:-2G}") \
+		-accel tcg -cpu max -m "${GUEST_MEM:-2G}" \
+		$(guest_topology_args "${GUEST_MEM:-2G}") \
 		-nographic -no-reboot -monitor none \
 		-kernel "$(kernel_image "$kver")" -initrd "$initrd" \
 		-append "$KERNEL_CMDLINE ${KERNEL_EXTRA_CMDLINE:-}" \
