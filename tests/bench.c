@@ -303,10 +303,19 @@ static uint64_t workload_max_saved(uint64_t *mergeable)
  * both ends (@c0, @c). Polls every @poll_us, until @end (ms). Returns false
  * if the passes did not happen by then.
  */
+/* metadata_bytes over the timed passes: the peak and the mean of samples. */
+struct md_samples {
+	uint64_t peak;
+	double sum;
+	unsigned long n;
+};
+
 static bool time_passes(const struct engine *e, unsigned long passes,
 			unsigned int poll_us, uint64_t end, double *secs,
-			double *cpu, struct counters *c0, struct counters *c)
+			double *cpu, struct counters *c0, struct counters *c,
+			struct md_samples *md)
 {
+	uint64_t next_md = 0, now, bytes;
 	struct timespec t0;
 	double cpu0;
 
@@ -321,6 +330,19 @@ static bool time_passes(const struct engine *e, unsigned long passes,
 	do {
 		usleep(poll_us);
 		read_counters(e, c);
+		/*
+		 * Every 50 ms (ksmd's figure reads /proc/slabinfo): the
+		 * unstable tree fills up during each pass, so one sample
+		 * tells little (issue: 15.1 B or 36.7 B, by where it fell).
+		 */
+		now = ksm_now_ms();
+		if (md && now >= next_md) {
+			bytes = metadata_bytes(e);
+			md->peak = bytes > md->peak ? bytes : md->peak;
+			md->sum += bytes;
+			md->n++;
+			next_md = now + 50;
+		}
 	} while (c->full_scans < c0->full_scans + passes && ksm_now_ms() < end);
 	if (c->full_scans < c0->full_scans + passes)
 		return false;
@@ -338,13 +360,14 @@ static bool time_passes(const struct engine *e, unsigned long passes,
 static void steady_state(const struct engine *e, size_t registered)
 {
 	double gib = registered * ksm_page_size() / (double)(1 << 30);
+	struct md_samples md = { 0 };
 	struct counters c0, c;
 	double secs, cpu;
 
 	engine_run(e, 1, steady_pages, sleep_ms);
 	if (!time_passes(e, steady_passes, 5000,
 			 ksm_now_ms() + timeout_s * 1000ULL, &secs, &cpu,
-			 &c0, &c)) {
+			 &c0, &c, &md)) {
 		printf("# %s: steady state: fewer than %lu passes in %lu s\n",
 		       e->name, steady_passes, timeout_s);
 		return;
@@ -357,6 +380,12 @@ static void steady_state(const struct engine *e, size_t registered)
 	       (c.full_scans - c0.full_scans) / registered);
 	printf("ROW %s steady_metadata_per_page %.1f B\n", e->name,
 	       metadata_bytes(e) / (double)registered);
+	if (md.n) {
+		printf("ROW %s metadata_per_page_peak %.1f B\n", e->name,
+		       md.peak / (double)registered);
+		printf("ROW %s metadata_per_page_mean %.1f B\n", e->name,
+		       md.sum / md.n / registered);
+	}
 	printf("ROW %s steady_saved_pages %llu pages\n", e->name,
 	       (unsigned long long)saved(&c));
 }
@@ -662,7 +691,7 @@ static double pass_time(const struct engine *e, size_t len, size_t stride,
 		goto out;
 	engine_run(e, 1, FAST_PAGES, 0);
 	if (!time_passes(e, 3, 1000, ksm_now_ms() + 600000, &secs, cpu_per_pass,
-			 &c0, &c))
+			 &c0, &c, NULL))
 		secs = -1;
 out:
 	engine_run(e, 2, FAST_PAGES, 0);
