@@ -34,6 +34,7 @@
 #include <linux/bitfield.h>
 #include <linux/jiffies.h>
 #include <linux/kthread.h>
+#include <linux/moduleparam.h>
 #include <linux/freezer.h>
 #include <linux/highmem.h>
 #include <linux/sched/mm.h>
@@ -243,6 +244,26 @@ static u64 ksmdev_page_hash(struct page *page)
 	return hash;
 }
 
+/*
+ * First-sight merging: a page the scanner meets for the first time (its
+ * slot is 0: never seen, or forgotten since it was last absent) is merged,
+ * or filed in the unstable tree, at once, where mm/ksm.c waits for a
+ * second visit to find its checksum unchanged. Duplicates converge in one
+ * pass instead of two. This is safe because our unstable tree is keyed by
+ * a snapshot of the hash and every merge compares the contents again
+ * under the page table lock: a page written meanwhile is never merged,
+ * and a write after the merge is an ordinary COW. What it may cost is
+ * churn, a merge undone by the next write; it is bounded to once per
+ * page: a page whose merge was broken (its slot then holds the stable
+ * page's PFN, not 0), or that changed between two visits, must prove quiet
+ * over two visits again, as in mm/ksm.c. The events file cow_breaks counts
+ * such breaks (bench: cow_breaks_first_pass). Not ABI: a parameter only,
+ * for the benchmark's comparison with two-pass merging.
+ */
+static bool ksmdev_first_sight = true;
+module_param_named(first_sight, ksmdev_first_sight, bool, 0644);
+MODULE_PARM_DESC(first_sight, "merge pages met for the first time at once, not on the next pass (Y)");
+
 /* The hash of a zero-filled page. */
 static u64 ksmdev_zero_hash;
 
@@ -424,12 +445,14 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 	if ((old & (KSMDEV_SLOT_SEEN | KSMDEV_SLOT_MERGED)) == KSMDEV_SLOT_SEEN)
 		value |= old & (KSMDEV_SLOT_AGE | KSMDEV_SLOT_SKIPS);
 	/*
-	 * New, changed, or written after a merge (COW broke it): volatile,
-	 * unless a KSM_MERGE_REGION caller vouches that it is quiet.
+	 * Changed since the last visit, or written after a merge (COW broke
+	 * it): volatile, unless a KSM_MERGE_REGION caller vouches that it is
+	 * quiet. A page seen for the first time (a slot never used, or
+	 * forgotten since: see ksmdev_first_sight) is a candidate at once.
 	 */
-	if (!s->now && (!(old & KSMDEV_SLOT_SEEN) ||
-			(old & KSMDEV_SLOT_CSUM_MASK) !=
-			(hash & KSMDEV_SLOT_CSUM_MASK))) {
+	if (!s->now && !(!old && READ_ONCE(ksmdev_first_sight)) &&
+	    (!(old & KSMDEV_SLOT_SEEN) ||
+	     (old & KSMDEV_SLOT_CSUM_MASK) != (hash & KSMDEV_SLOT_CSUM_MASK))) {
 		ksmdev_slot_set(s->ctx, s->region, slot, value);
 		return;
 	}
@@ -953,9 +976,10 @@ long ksmdev_merge_now(struct ksmdev_ctx *ctx, unsigned long start,
 		return -EINTR;
 	/*
 	 * The caller has just written the pages: they sit in per-CPU LRU
-	 * batches, with a reference that fails every merge's pin check. As
-	 * mlock(2) does for any caller (mm/mlock.c), drain them; it queues
-	 * work only on CPUs that hold some.
+	 * batches, with a reference that fails every merge's pin check.
+	 * Drain them, as madvise(MADV_COLLAPSE) does for any caller
+	 * (madvise_collapse(), mm/khugepaged.c, 6.1 to 7.2); it queues work
+	 * only on the CPUs that hold some, and waits for it.
 	 */
 	ksmdev_lru_add_drain_all();
 	memcg = get_mem_cgroup_from_mm(mm);

@@ -394,4 +394,121 @@ TEST_F_TIMEOUT(scanner, smart_scan_skips, 240)
 	munmap(p, npages * self->ps);
 }
 
+/* ---- first-sight merging ---- */
+
+#define FS_PAGES	64
+#define FS_VAL		0x66697273ULL
+#define FS_SLEEP_MS	300
+
+/*
+ * Flush every CPU's LRU batches, where freshly written pages wait with an
+ * extra reference that fails a merge: KSM_MERGE_REGION drains them (on a
+ * page of our own, which merges with nothing).
+ */
+static void drain_lru(struct __test_metadata *_metadata, int fd)
+{
+	char *p = ksm_mmap_anon(ksm_page_size());
+
+	ASSERT_NE(NULL, p);
+	ksm_fill_page(p, 0, 0x6472);
+	ASSERT_EQ(0, ksm_register(fd, p, ksm_page_size(), 0));
+	ASSERT_LE(0, ksm_region_ioctl(fd, KSM_MERGE_REGION, p,
+				      ksm_page_size(), 0));
+	ASSERT_EQ(0, ksm_unregister(fd, p, ksm_page_size()));
+	munmap(p, ksm_page_size());
+}
+
+/* What passes_until() waits for: pages_sharing, or debugfs merge_events. */
+static uint64_t fs_value(int fd, bool merges)
+{
+	struct ksm_stats s;
+	uint64_t v = 0;
+
+	if (merges)
+		return ksm_read_debugfs("merge_events", &v) ? 0 : v;
+	return ksm_get_stats(fd, &s) ? 0 : s.pages_sharing;
+}
+
+/*
+ * Batches of the scanner (each a whole pass: pages_to_scan is far more
+ * than there are pages, sleep_millisecs FS_SLEEP_MS) until the value
+ * (fs_value()) reaches @want: full_scans counted once the batch that got
+ * there is over (it takes far less than 100 ms), against @f0.
+ */
+static long passes_until(struct __test_metadata *_metadata, int fd,
+			 uint64_t f0, bool merges, uint64_t want)
+{
+	uint64_t end = ksm_now_ms() + SCAN_TIMEOUT_S * 1000ULL;
+	struct ksm_stats s;
+
+	while (fs_value(fd, merges) < want && ksm_now_ms() < end)
+		ksm_sleep_ms(2);
+	EXPECT_LE(want, fs_value(fd, merges));
+	ksm_sleep_ms(100);
+	if (ksm_get_stats(fd, &s))
+		return -1;
+	return (long)(s.full_scans - f0);
+}
+
+/*
+ * Identical pages of two processes: with first_sight (the default) they
+ * merge in the first pass that meets them; without it, as mm/ksm.c, on the
+ * second. A page whose merge a write broke must prove quiet again over two
+ * visits even with first_sight: the churn it may cost is once per page.
+ */
+static void first_sight_passes(struct __test_metadata *_metadata, int fd,
+			       bool first_sight)
+{
+	struct ksm_child ch[2];
+	struct ksm_config c;
+	struct ksm_stats s0;
+	uint64_t f0, m0;
+	int i;
+
+	ASSERT_EQ(0, ksm_write_param("first_sight", first_sight));
+	ASSERT_EQ(0, ksm_set_run(fd, KSM_RUN_STOP));
+	for (i = 0; i < 2; i++)
+		ASSERT_EQ(0, ksm_child_start(&ch[i], FS_PAGES, FS_VAL, 0));
+	drain_lru(_metadata, fd);
+	ASSERT_EQ(0, ksm_get_stats(fd, &s0));
+	f0 = s0.full_scans;
+	ASSERT_EQ(0, ksm_get_config(fd, &c));
+	c.run = KSM_RUN_MERGE;
+	c.pages_to_scan = KSM_FAST_PAGES_TO_SCAN;
+	c.sleep_millisecs = FS_SLEEP_MS;
+	c.scan_all_pages = 1;
+	ASSERT_EQ(0, ksm_set_config(fd, &c));
+	EXPECT_EQ(first_sight ? 1 : 2,
+		  passes_until(_metadata, fd, f0, false,
+			       s0.pages_sharing + 2 * FS_PAGES - 1));
+
+	/*
+	 * A COW break (the same content written): two visits to merge
+	 * again. The scanner stopped meanwhile, so that the passes count
+	 * from the write.
+	 */
+	ASSERT_EQ(0, ksm_set_run(fd, KSM_RUN_STOP));
+	ASSERT_EQ(0, ksm_child_set(&ch[0], 5, FS_VAL));
+	drain_lru(_metadata, fd);
+	ASSERT_EQ(0, ksm_get_stats(fd, &s0));
+	m0 = fs_value(fd, true);
+	ASSERT_EQ(0, ksm_set_run(fd, KSM_RUN_MERGE));
+	EXPECT_EQ(2, passes_until(_metadata, fd, s0.full_scans, true, m0 + 1));
+	for (i = 0; i < 2; i++) {
+		EXPECT_EQ(0, ksm_child_check(&ch[i]));
+		EXPECT_EQ(0, ksm_child_stop(&ch[i]));
+	}
+	EXPECT_EQ(0, ksm_write_param("first_sight", 1));
+}
+
+TEST_F_TIMEOUT(scanner, first_sight_one_pass, 180)
+{
+	first_sight_passes(_metadata, self->fd, true);
+}
+
+TEST_F_TIMEOUT(scanner, two_passes_without_first_sight, 180)
+{
+	first_sight_passes(_metadata, self->fd, false);
+}
+
 TEST_HARNESS_MAIN
