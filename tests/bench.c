@@ -396,12 +396,29 @@ static void steady_state(const struct engine *e, size_t registered)
  * time and CPU are told, as figures suffixed _eqcpu). Returns the
  * scanner's CPU seconds until convergence.
  */
-static double workload(const struct engine *e, unsigned long pts, bool eqcpu)
+/* ksmdev's COW breaks of merged pages (debugfs cow_breaks); 0 for ksmd. */
+static uint64_t cow_breaks(const struct engine *e)
+{
+	uint64_t v = 0;
+
+	if (is_ksmd(e) || ksm_read_debugfs("cow_breaks", &v))
+		return 0;
+	return v;
+}
+
+/*
+ * @twopass: ksmdev with first-sight merging off (module parameter
+ * first_sight=0), as mm/ksm.c merges: its time and CPU to convergence and
+ * its COW breaks, suffixed _2pass, against the first-sight run.
+ */
+static double workload(const struct engine *e, unsigned long pts, bool eqcpu,
+		       bool twopass)
 {
 	uint64_t mergeable, max = workload_max_saved(&mergeable);
 	uint64_t t0, t, t50 = 0, t90 = 0, last = 0, merged = 0;
 	size_t registered = bench_procs * (bench_mb << 20) / ksm_page_size();
-	const char *sfx = eqcpu ? "_eqcpu" : "";
+	const char *sfx = eqcpu ? "_eqcpu" : twopass ? "_2pass" : "";
+	uint64_t cow0, cow_pass1 = 0;
 	int ready[2], stop[2], status;
 	struct counters c0, c;
 	double cpu0, cpu;
@@ -422,14 +439,20 @@ static double workload(const struct engine *e, unsigned long pts, bool eqcpu)
 	for (p = 0; p < bench_procs; p++)
 		if (read(ready[0], &ch, 1) != 1)
 			printf("# %s: a workload process failed\n", e->name);
+	if (twopass && ksm_write_param("first_sight", 0))
+		printf("# %s: cannot turn first_sight off\n", e->name);
 	read_counters(e, &c0);
 	cpu0 = thread_cpu(e);
+	cow0 = cow_breaks(e);
 	t0 = ksm_now_ms();
 	engine_run(e, 1, pts, sleep_ms);
 	do {
 		ksm_sleep_ms(250);
 		t = ksm_now_ms() - t0;
 		read_counters(e, &c);
+		/* The first whole pass: the one after the pass in progress. */
+		if (!cow_pass1 && c.full_scans >= c0.full_scans + 2)
+			cow_pass1 = cow_breaks(e) - cow0 + 1;
 		printf("TS %s%s %llu %llu\n", e->name, sfx,
 		       (unsigned long long)t, (unsigned long long)saved(&c));
 		if (!t50 && saved(&c) * 2 >= max)
@@ -442,6 +465,22 @@ static double workload(const struct engine *e, unsigned long pts, bool eqcpu)
 	cpu = thread_cpu(e) - cpu0;
 	fflush(stdout);
 
+	if (!is_ksmd(e)) {
+		/* cow_pass1 is one more than the count, 0 until known. */
+		if (cow_pass1)
+			printf("ROW %s cow_breaks_first_pass%s %llu breaks\n",
+			       e->name, sfx,
+			       (unsigned long long)(cow_pass1 - 1));
+		printf("ROW %s cow_breaks_to_all%s %llu breaks\n", e->name,
+		       sfx, (unsigned long long)(cow_breaks(e) - cow0));
+	}
+	if (twopass) {
+		printf("ROW %s time_to_90_2pass %.1f s\n", e->name,
+		       t90 / 1000.0);
+		printf("ROW %s scanner_cpu_2pass %.2f s\n", e->name, cpu);
+		ksm_write_param("first_sight", 1);
+		goto out;
+	}
 	if (eqcpu) {
 		printf("ROW %s pages_to_scan_eqcpu %lu pages\n", e->name, pts);
 		printf("ROW %s time_to_90_eqcpu %.1f s\n", e->name, t90 / 1000.0);
@@ -784,7 +823,7 @@ int main(void)
 	steady_pages = env_ul("BENCH_STEADY_PAGES_TO_SCAN", steady_pages);
 	steady_passes = env_ul("BENCH_STEADY_PASSES", steady_passes);
 	if (!phases || !*phases)
-		phases = "upstream workload micro sparse";
+		phases = "upstream workload twopass micro sparse";
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
 	engines[1].fd = ksm_open();
@@ -804,7 +843,7 @@ int main(void)
 			continue;
 		if (strstr(phases, "workload")) {
 			printf("# %s: workload\n", e->name);
-			cpu[i] = workload(e, pages_to_scan, false);
+			cpu[i] = workload(e, pages_to_scan, false, false);
 		}
 		/*
 		 * At equal CPU budget: ksmdev again, its pages_to_scan scaled
@@ -817,7 +856,12 @@ int main(void)
 
 			printf("# %s: workload at ksmd's CPU (pages_to_scan %lu)\n",
 			       e->name, pts);
-			workload(e, pts ? pts : 1, true);
+			workload(e, pts ? pts : 1, true, false);
+		}
+		/* ksmdev as mm/ksm.c merges: twice over each page. */
+		if (strstr(phases, "twopass") && i == 1) {
+			printf("# %s: workload, first_sight=0\n", e->name);
+			workload(e, pages_to_scan, false, true);
 		}
 		if (strstr(phases, "micro")) {
 			printf("# %s: merge, unmerge, COW\n", e->name);
