@@ -147,8 +147,12 @@ static long ksmdev_region_ioctl(struct ksmdev_file *f, bool add,
 }
 
 /*
- * KSM_MERGE_REGION (ABI.md, "Merge now"): from any holder of the file, as
- * every ioctl but register and unregister (uapi header).
+ * KSM_MERGE_REGION (ABI.md, "Merge now"): from the opener's mm only, as
+ * register and unregister. Its exact count of one page's merge is a
+ * content oracle: from any holder of the file (a child that inherited it,
+ * or one it was passed to), a byte of the opener's memory could be read
+ * with 256 guesses, where the in-kernel KSM's side channel needs two scans
+ * and a timed write per guess (review of #15).
  */
 static long ksmdev_merge_ioctl(struct ksmdev_file *f, void __user *uarg,
 			       size_t usize)
@@ -156,6 +160,8 @@ static long ksmdev_merge_ioctl(struct ksmdev_file *f, void __user *uarg,
 	struct ksm_region r;
 	int err;
 
+	if (current->mm != f->opener)
+		return -EPERM;
 	err = copy_struct_from_user(&r, sizeof(r), uarg, usize);
 	if (err)
 		return err;

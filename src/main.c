@@ -164,7 +164,8 @@ static int ksmdev_config_apply(const struct ksm_config *cfg)
  */
 int ksmdev_config_set(const struct ksm_config *cfg, size_t size)
 {
-	size_t keep = max(size, KSMDEV_CONFIG_V1_SIZE);
+	/* A structure that ends inside a field: that field is not given. */
+	size_t keep = max(round_down(size, sizeof(u64)), KSMDEV_CONFIG_V1_SIZE);
 	struct ksm_config new = *cfg;
 	int err;
 

@@ -320,8 +320,16 @@ static bool ksmdev_merge_unstable(struct ksmdev_scan *s, unsigned long addr,
 	if (!qpage)
 		goto out;
 	qslot = ksmdev_region_slot(qregion, qaddr);
-	if (!qslot || qpage == page || !ksmdev_pages_identical(page, qpage) ||
-	    ksmdev_split_page(qpage))
+	/*
+	 * The node of this very page (filed by an earlier KSM_MERGE_REGION,
+	 * which no pass has reset since), or of a page that changed: stale,
+	 * gone, so that a page never has two nodes of one content.
+	 */
+	if (qpage == page || !ksmdev_pages_identical(page, qpage)) {
+		ksmdev_unstable_erase(un);
+		goto put;
+	}
+	if (!qslot || ksmdev_split_page(qpage))
 		goto put;
 	/* Moved to another node since it was filed (merge_across_nodes=0). */
 	if (!READ_ONCE(ksmdev_config.merge_across_nodes) &&
@@ -479,6 +487,14 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 		if (ksmdev_merge_unstable(s, addr, page, slot, un, hash))
 			return;
 	}
+	/*
+	 * A context holds at most one node per registered page, as a pass
+	 * gives it. Only KSM_MERGE_REGION calls, which no pass resets while
+	 * run is not 1, can pile up more (a page rewritten between calls
+	 * leaves a node of its old content): then its nodes go, all at once.
+	 */
+	if (s->ctx->nr_unstable >= s->ctx->nr_pages + KSMDEV_BATCH)
+		ksmdev_unstable_forget(s->ctx, 0, ULONG_MAX);
 	if (!ksmdev_unstable_insert(trees, hash, s->ctx, addr))
 		value |= KSMDEV_SLOT_UNSTABLE;
 	ksmdev_slot_set(s->ctx, s->region, slot, value);
@@ -899,6 +915,11 @@ static unsigned long ksmdev_count_merged(struct ksmdev_ctx *ctx,
 	for (region = ksmdev_region_next(ctx, start);
 	     region && region->start < end;
 	     region = ksmdev_region_next(ctx, region->end)) {
+		/* A whole region: its count, not a walk of its slots. */
+		if (start <= region->start && region->end <= end) {
+			nr += region->nr_merging;
+			continue;
+		}
 		stop = min(end, region->end);
 		for (addr = ksmdev_region_slot_next(region,
 						    max(start, region->start),
@@ -908,7 +929,6 @@ static unsigned long ksmdev_count_merged(struct ksmdev_ctx *ctx,
 						    stop, &slot))
 			if (*slot & KSMDEV_SLOT_MERGED)
 				nr++;
-		cond_resched();
 	}
 	return nr;
 }
@@ -959,7 +979,8 @@ static int ksmdev_merge_now_yield(struct mm_struct *mm)
  *
  * Return: how many pages of the range map a merged page or a merged zero
  * page (at most INT_MAX, the ioctl's return value); -EBUSY (an unmerge-all
- * runs), -EINTR (a signal: what merged stays merged), -ESRCH (the process
+ * runs), -ERESTARTSYS (a signal: EINTR unless the call restarts; what
+ * merged stays merged), -EINTR (a fatal signal), -ESRCH (the process
  * exited meanwhile).
  */
 long ksmdev_merge_now(struct ksmdev_ctx *ctx, unsigned long start,
@@ -968,20 +989,26 @@ long ksmdev_merge_now(struct ksmdev_ctx *ctx, unsigned long start,
 	struct ksmdev_scan s = { .ctx = ctx, .now = true };
 	struct mm_struct *mm = ctx->mm;
 	struct mem_cgroup *memcg, *old_memcg;
+	struct ksmdev_region *region;
 	unsigned long addr = start, stop;
 	long ret = 0;
 
 	lockdep_assert_held(&ctx->lock);
-	if (mmap_read_lock_killable(mm))
-		return -EINTR;
+	/* ctx->lock keeps the regions: nothing registered there, nothing to do. */
+	region = ksmdev_region_next(ctx, start);
+	if (!region || region->start >= end)
+		return 0;
 	/*
 	 * The caller has just written the pages: they sit in per-CPU LRU
 	 * batches, with a reference that fails every merge's pin check.
 	 * Drain them, as madvise(MADV_COLLAPSE) does for any caller
 	 * (madvise_collapse(), mm/khugepaged.c, 6.1 to 7.2); it queues work
-	 * only on the CPUs that hold some, and waits for it.
+	 * only on the CPUs that hold some, and waits for it. Before the
+	 * mmap lock: nobody waits for that while we wait for the drain.
 	 */
 	ksmdev_lru_add_drain_all();
+	if (mmap_read_lock_killable(mm))
+		return -EINTR;
 	memcg = get_mem_cgroup_from_mm(mm);
 	old_memcg = set_active_memcg(memcg);
 	ksmdev_lock_acquire();
@@ -991,7 +1018,8 @@ long ksmdev_merge_now(struct ksmdev_ctx *ctx, unsigned long start,
 			break;
 		}
 		if (signal_pending(current)) {
-			ret = -EINTR;
+			/* EINTR for a handler without SA_RESTART. */
+			ret = -ERESTARTSYS;
 			break;
 		}
 		if (atomic_read(&mm->mm_users) <= 1) {
@@ -1003,15 +1031,29 @@ long ksmdev_merge_now(struct ksmdev_ctx *ctx, unsigned long start,
 			break;
 		stop = min(end, s.region->end);
 		addr = max(addr, s.region->start);
-		s.vma = s.region->going ? NULL : find_vma(mm, addr);
-		if (!s.vma || s.vma->vm_start >= stop) {
-			/* Going, or unmapped: the scanner's business. */
+		if (s.region->going) {
 			addr = stop;
 			continue;
 		}
-		addr = max(addr, s.vma->vm_start);
+		/*
+		 * Holes and unsuitable mappings hold nothing mergeable any
+		 * more: their slots go, as in a pass, so that the count
+		 * returned is of pages mapped now.
+		 */
+		s.vma = find_vma(mm, addr);
+		if (!s.vma || s.vma->vm_start >= stop) {
+			ksmdev_region_forget(ctx, s.region, addr, stop);
+			addr = stop;
+			continue;
+		}
+		if (s.vma->vm_start > addr) {
+			ksmdev_region_forget(ctx, s.region, addr,
+					     s.vma->vm_start);
+			addr = s.vma->vm_start;
+		}
 		stop = min(stop, s.vma->vm_end);
 		if (!ksmdev_vma_scannable(s.vma)) {
+			ksmdev_region_forget(ctx, s.region, addr, stop);
 			addr = stop;
 			continue;
 		}

@@ -12,9 +12,9 @@
  *    structure is accepted, its missing tail read as zero and not written; a
  *    larger (newer) one is accepted only if the tail the driver does not know
  *    is zero (else E2BIG). Unknown ioctl numbers fail with ENOTTY.
- *  - KSM_REGISTER_REGION and KSM_UNREGISTER_REGION only work from the mm that
- *    opened the file (EPERM otherwise); the other ioctls work from any holder
- *    of the file descriptor. KSM_SET_CONFIG needs CAP_SYS_ADMIN.
+ *  - KSM_REGISTER_REGION, KSM_UNREGISTER_REGION and KSM_MERGE_REGION only
+ *    work from the mm that opened the file (EPERM otherwise); the other
+ *    ioctls work from any holder of the file descriptor. KSM_SET_CONFIG needs CAP_SYS_ADMIN.
  *  - A range overlapping a region already registered in any context of the
  *    same mm (another open() by the same process) is refused with EEXIST:
  *    each page of an mm is counted, and merged, through one context only.
@@ -232,9 +232,9 @@ struct ksm_config {
  * EBUSY during run=2's unmerge, EINTR on a signal (what merged stays
  * merged), ESRCH for an attached context whose process is gone, EINVAL
  * for a bad range or flag (only KSM_REGION_ALL is taken) or a non-zero
- * domain. Like the other ioctls but register and unregister, it works from
- * any holder of the file; the pages' memory cgroup is charged, not the
- * caller's.
+ * domain. Like register and unregister, only from the mm that opened the
+ * file (EPERM otherwise); what it allocates is charged to the memory
+ * cgroup of the context's process, as the scanner's work is.
  */
 #define KSM_MERGE_REGION	_IOW(KSMDEV_IOCTL_MAGIC, 0x09, struct ksm_region)
 
