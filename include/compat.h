@@ -31,6 +31,12 @@
 extern struct lockdep_map *ksmdev_mmu_start_map;
 #endif
 
+/*
+ * mm/internal.h's, which a module cannot include: the same declaration on
+ * 6.1, 6.12 and 7.2 (ksmdev_kpage_mlock()).
+ */
+void mlock_folio(struct folio *folio);
+
 /* The static calls of include/symbols.h, and the types of its variables. */
 #define KSMDEV_SYMBOL(sym)	DECLARE_STATIC_CALL(ksmdev_sc_##sym, sym)
 #define KSMDEV_DATA_SYMBOL(var, sym)	static_assert(__same_type(&(sym), var))
@@ -129,6 +135,16 @@ static inline void ksmdev_pte_map_failed(spinlock_t *ptl)
 #ifdef KSMDEV_HAVE_PTE_MAP_RCU
 	__release(RCU);
 #endif
+}
+
+/*
+ * Set PG_mlocked on @page (counted in NR_MLOCK if it was clear), what
+ * mlock_vma_folio() does for a locked mapping; callers hold the PTE lock
+ * of one that maps @page.
+ */
+static inline void ksmdev_mlock_page(struct page *page)
+{
+	static_call(ksmdev_sc_mlock_folio)(page_folio(page));
 }
 
 /* lru_add_drain_all(): flush the per-CPU batches that hold page references. */

@@ -466,6 +466,8 @@ void ksmdev_trees_exit(void);
 /* merge.c: replacing PTEs, and unmerging */
 bool ksmdev_vma_scannable(struct vm_area_struct *vma);
 bool ksmdev_vma_mergeable(struct vm_area_struct *vma);
+void ksmdev_kpage_mlock(struct vm_area_struct *vma, unsigned long addr,
+			struct page *page);
 bool ksmdev_page_candidate(struct page *page);
 pmd_t *ksmdev_table_pmd(struct mm_struct *mm, unsigned long addr);
 pmd_t *ksmdev_walk_to_pmd(struct mm_struct *mm, unsigned long addr,

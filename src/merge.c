@@ -52,16 +52,80 @@ bool ksmdev_vma_scannable(struct vm_area_struct *vma)
 				  VM_SHADOW_STACK));
 }
 
-/* Merging is done only in VMAs where the kernel will do the rest right. */
+/*
+ * Merging is done only in VMAs where the kernel will do the rest right.
+ * Not with userfaultfd armed: its PTE bits would be lost.
+ *
+ * mlocked VMAs (VM_LOCKED: mlock(), mlockall(), QEMU's mem-lock=on) merge,
+ * and the rmap functions keep the mlock accounting, as they do for
+ * mm/ksm.c's replace_page(), on 6.1 to 7.2 alike (mm/mlock.c):
+ * - The old page's rmap removal munlocks it (munlock_vma_folio(): its
+ *   mlock_count drops, PG_mlocked and NR_MLOCK with it), before it is
+ *   freed; a munlock still queued holds a reference, and the free clears a
+ *   PG_mlocked left over (free_pages_prepare()): no "Bad page state".
+ * - The stable page's file rmap in a VM_LOCKED VMA mlocks it
+ *   (mlock_vma_folio()): PG_mlocked, counted once in NR_MLOCK however many
+ *   VMAs lock it, as ksmd's page. It is never on the LRU, so mlock_folio()
+ *   and munlock_folio() never touch its mlock_count (which shares
+ *   page->lru; page->private, our node, is another word) nor move it
+ *   between LRU lists: they stop at !folio_test_clear_lru(), and a
+ *   munlock there clears PG_mlocked at once. So the first locked sharer
+ *   to go (munmap, munlock, exit, COW, unmerge) un-counts the page while
+ *   others may still lock it, where ksmd's page, on the unevictable LRU,
+ *   keeps a count; reclaim corrects that for LRU pages, the scanner does
+ *   it for ours, within a pass (ksmdev_kpage_mlock()). PG_mlocked matters to nothing but
+ *   NR_MLOCK here: reclaim and migration never see the page.
+ * - A copy made by a COW or an unshare fault in a VM_LOCKED VMA is mlocked
+ *   by the fault (folio_add_lru_vma(), 6.1: the same through
+ *   lru_cache_add_inactive_or_unevictable(), which ksmdev_unshare_copy()
+ *   calls as wp_page_copy() does).
+ * mlock() of a writable range faults it for write and so unmerges it;
+ * merging resumes after. Pages of a VM_LOCKONFAULT VMA merge once faulted.
+ */
 bool ksmdev_vma_mergeable(struct vm_area_struct *vma)
 {
-	/*
-	 * VM_LOCKED: mlock accounting of a kernel page is not ours to keep
-	 * right, so mlocked pages are scanned (counted in pages_scanned) but
-	 * never merged. userfaultfd: its PTE bits would be lost.
-	 */
-	return ksmdev_vma_scannable(vma) && !userfaultfd_armed(vma) &&
-	       !(vma->vm_flags & VM_LOCKED);
+	return ksmdev_vma_scannable(vma) && !userfaultfd_armed(vma);
+}
+
+/**
+ * ksmdev_kpage_mlock - count a stable page mlocked again where it is locked
+ * @vma:  a mergeable VMA (mmap lock held for read: VM_LOCKED cannot change)
+ * @addr: an address in it, where the scanner found @page mapped
+ * @page: a page that is not anonymous (a stable page), referenced
+ *
+ * A stable page is off the LRU, so the munlock of any one of its locked
+ * mappings clears its PG_mlocked, while other VMAs may still lock it (see
+ * ksmdev_vma_mergeable()). For a page on the LRU, reclaim would find such
+ * a VMA and mlock the page again (folio_referenced_one()); reclaim never
+ * sees ours, so the scanner does it, as mlock_pte_range() does: under the
+ * PTE lock, with the PTE still mapping @page, so that the munlock of this
+ * very mapping, when it goes, comes after and clears the flag. The page
+ * is never counted locked without a locked mapping.
+ */
+void ksmdev_kpage_mlock(struct vm_area_struct *vma, unsigned long addr,
+			struct page *page)
+{
+	spinlock_t *ptl;	/* the page table's lock */
+	pte_t *ptep, pte;
+	pmd_t *pmd;
+
+	/* As mlock_vma_folio(); no mergeable VMA is VM_SPECIAL anyway. */
+	if ((vma->vm_flags & (VM_LOCKED | VM_SPECIAL)) != VM_LOCKED ||
+	    folio_test_mlocked(page_folio(page)) || PageAnon(page) ||
+	    PageHWPoison(page))
+		return;
+	pmd = ksmdev_table_pmd(vma->vm_mm, addr);
+	if (!pmd)
+		return;
+	ptep = ksmdev_pte_map_lock(vma->vm_mm, pmd, addr, &ptl);
+	if (!ptep) {
+		ksmdev_pte_map_failed(ptl);
+		return;
+	}
+	pte = ptep_get(ptep);
+	if (pte_present(pte) && pte_pfn(pte) == page_to_pfn(page))
+		ksmdev_mlock_page(page);
+	pte_unmap_unlock(ptep, ptl);
 }
 
 /**

@@ -540,6 +540,7 @@ static unsigned int ksmdev_scan_pages(struct ksmdev_scan *s,
 				ksmdev_cmp_and_merge(s, at, page, slot);
 			} else if (slot && !PageAnon(page)) {
 				ksmdev_scan_kpage(s, page, slot);
+				ksmdev_kpage_mlock(s->vma, at, page);
 			} else if (slot) {
 				/* ksmd's, or a device's: not ours to track. */
 				ksmdev_region_forget(s->ctx, s->region, at,
