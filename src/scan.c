@@ -724,7 +724,9 @@ static void ksmdev_scan_pass_begin(void)
  *              its sleep, as the timer and wake-ups made it, 0 not known
  * @scanned:    pages scanned since the end of the last batch
  * @pass_pages: pages scanned by the pass under way
- * @last_pass:  pages the last full pass scanned, 0 none yet
+ * @last_pass:  pages a full pass scans: the last one's, or more if an
+ *              earlier one scanned more (see ksmdev_advisor_pass_end()),
+ *              0 none yet
  * @resume:     in jiffies, the end of the rest the cap asks for
  *
  * The scanner thread is its only user, so it needs no lock of its own; the
@@ -880,6 +882,21 @@ static unsigned long ksmdev_advisor_rest(void)
 	return 0;
 }
 
+/*
+ * A full pass ended. Smart scan makes passes of very different sizes (when
+ * pages that keep failing to merge are passed by together): a pass that
+ * scanned fewer pages than the last ones only lowers the estimate by the
+ * weight of a sample, so that the next full-sized pass is not sized from a
+ * short one (its batches would grow only with its own progress, too late).
+ */
+static void ksmdev_advisor_pass_end(void)
+{
+	struct ksmdev_advisor *a = &ksmdev_advisor;
+
+	a->last_pass = max_t(u64, a->pass_pages,
+			     ksmdev_advisor_ewma(a->last_pass, a->pass_pages));
+}
+
 /* The scanner goes to sleep with nothing to do: that idle is no cycle. */
 static void ksmdev_advisor_idle(void)
 {
@@ -924,8 +941,7 @@ static void ksmdev_scan_batch(void)
 				ksmdev_cursor.ctx = NULL;
 				WRITE_ONCE(ksmdev_stats.full_scans,
 					   ksmdev_stats.full_scans + 1);
-				ksmdev_advisor.last_pass =
-					ksmdev_advisor.pass_pages;
+				ksmdev_advisor_pass_end();
 				break;
 			}
 			ksmdev_cursor.ctx = list_next_entry(ctx, list);
