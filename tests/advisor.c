@@ -285,14 +285,14 @@ static double cpu_share(pid_t pid, unsigned int ms)
  * first test's region: 6.12 on TCG takes some 4 us of CPU a page, so 130
  * ms a pass): without a cap it takes most of a CPU; with
  * advisor_max_cpu_percent=10 it stays near 10% (at most 20%), and still
- * scans.
+ * scans; also with sleep_millisecs=0.
  */
 TEST_F_TIMEOUT(advisor, cpu_cap, 300)
 {
 	struct advisor_load w = advisor_load();
 	unsigned int window = debug_kernel() ? 8000 : 4000;
-	double uncapped, capped;
-	uint64_t scanned;
+	double uncapped, capped, nosleep;
+	uint64_t scanned, scanned0;
 	pid_t pid;
 
 	pid = find_kthread("ksmdev");
@@ -318,6 +318,22 @@ TEST_F_TIMEOUT(advisor, cpu_cap, 300)
 	EXPECT_GE(20.0, capped);
 	/* Still scanning, not stopped. */
 	EXPECT_LT(0, scanned);
+
+	/*
+	 * sleep_millisecs=0: no pause between batches but the rests the cap
+	 * asks for (small batches alone would still take the whole CPU).
+	 */
+	ASSERT_EQ(0, set_scanner(self->fd, 1, 0, 100, 10));
+	ksm_sleep_ms(1000);
+	scanned0 = STAT(self->fd, pages_scanned);
+	nosleep = cpu_share(pid, window);
+	scanned0 = STAT(self->fd, pages_scanned) - scanned0;
+	TH_LOG("sleep_millisecs=0: %.1f%% capped at 10%% (%llu pages scanned, %llu a batch)",
+	       nosleep, (unsigned long long)scanned0,
+	       (unsigned long long)STAT(self->fd, advisor_pages_to_scan));
+	ASSERT_LE(0, nosleep);
+	EXPECT_GE(20.0, nosleep);
+	EXPECT_LT(0, scanned0);
 }
 
 /* ---- switching it off ---- */
