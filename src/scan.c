@@ -30,6 +30,10 @@
  * context. A contended mm is thus scanned late, never skipped for good.
  * Regions being unregistered (region->going) are left alone: their unmerge
  * runs without ksmdev_lock and must not race with new merges.
+ *
+ * While advisor_target_scan_ms is set, the advisor (struct ksmdev_advisor)
+ * chooses the batch size instead of pages_to_scan, and may make the scanner
+ * sleep longer than sleep_millisecs to stay under advisor_max_cpu_percent.
  */
 #include <linux/bitfield.h>
 #include <linux/jiffies.h>
@@ -38,6 +42,7 @@
 #include <linux/freezer.h>
 #include <linux/highmem.h>
 #include <linux/sched/mm.h>
+#include <linux/math64.h>
 #include <linux/xxhash.h>
 #include <linux/slab.h>
 #include <linux/memcontrol.h>
@@ -736,25 +741,241 @@ static void ksmdev_scan_pass_begin(void)
 	}
 }
 
-/* One batch: pages_to_scan pages, or up to the end of a pass. */
+/*
+ * The advisor's averages weigh a new sample this much, in percent, as
+ * mm/ksm.c's EWMA_WEIGHT: one slow batch does not swing the batch size.
+ */
+#define KSMDEV_ADVISOR_WEIGHT	30
+
+/*
+ * Under the CPU cap, a batch is sized to take about its share of a cycle of
+ * at least this long (us), so that with sleep_millisecs=0 the scanner
+ * still alternates short batches and short rests rather than taking a page
+ * at a time, or a long burst followed by a long rest.
+ */
+#define KSMDEV_ADVISOR_MIN_CYCLE_US	(10 * USEC_PER_MSEC)
+
+/**
+ * struct ksmdev_advisor - batch sizing while advisor_target_scan_ms is set
+ * @on:         the advisor is on; the fields below belong to this stint
+ * @timed:      @last_ns and @last_run mark the end of the last batch
+ * @resting:    the CPU cap forbids a batch before @resume
+ * @last_ns:    ktime_get_ns() at the end of the last batch
+ * @last_run:   the scanner's sum_exec_runtime then
+ * @credit:     CPU time (ns) the cap still grants: never positive, so that
+ *              an idle spell cannot pay for a burst above the cap later
+ * @cost:       average CPU time (ns) per page scanned, 0 not known yet
+ * @idle_us:    average time (us) per cycle that the scanner did not run:
+ *              its sleep, as the timer and wake-ups made it, 0 not known
+ * @scanned:    pages scanned since the end of the last batch
+ * @pass_pages: pages scanned by the pass under way
+ * @last_pass:  pages a full pass scans: the last one's, or more if an
+ *              earlier one scanned more (see ksmdev_advisor_pass_end()),
+ *              0 none yet
+ * @resume:     in jiffies, the end of the rest the cap asks for
+ *
+ * The scanner thread is its only user, so it needs no lock of its own; the
+ * batch size is chosen under ksmdev_lock, which orders its publication in
+ * advisor_pages_to_scan with a configuration change turning the advisor off
+ * (that writes pages_to_scan there, under ksmdev_lock too).
+ *
+ * Sizes count pages as pages_to_scan does: those passed by (smart scan) do
+ * not count, nor do absent ones, so a pass's size is what the last full
+ * pass scanned (registered_pages before one completed). To make a pass of
+ * P pages take the target T, each cycle (a batch, then a rest) must scan
+ * P/T of its own length: a batch of B pages costs B * @cost of CPU after a
+ * rest of @idle_us, so B = R * (@idle_us + B * @cost) with R = P / T, that
+ * is B = P * @idle_us / (T - P * @cost) (upstream's advisor scales
+ * pages_to_scan by the last pass's time instead; ours measures the parts,
+ * since a pass may take many minutes). When T - P * @cost <= 0 the target
+ * takes more than a whole CPU: then as much as the cap allows.
+ *
+ * The cap is a budget of CPU time earned at advisor_max_cpu_percent of the
+ * wall time and spent by the scanner's runtime: after a batch that overspent
+ * it the scanner rests until the budget is paid back, whatever
+ * sleep_millisecs is. It is measured from the thread's own sum_exec_runtime
+ * (task_sched_runtime() is not exported: the value may lag by up to a tick,
+ * which the next batch's reading makes up). Batches are also kept short
+ * enough to spend at most their share of a cycle, so rests stay short.
+ */
+static struct ksmdev_advisor {
+	bool on;
+	bool timed;
+	bool resting;
+	u64 last_ns;
+	u64 last_run;
+	s64 credit;
+	u64 cost;
+	u64 idle_us;
+	unsigned long scanned;
+	unsigned long pass_pages;
+	unsigned long last_pass;
+	unsigned long resume;
+} ksmdev_advisor;
+
+static u64 ksmdev_advisor_ewma(u64 prev, u64 sample)
+{
+	if (!prev)
+		return sample;
+	return div_u64((100 - KSMDEV_ADVISOR_WEIGHT) * prev +
+		       KSMDEV_ADVISOR_WEIGHT * sample, 100);
+}
+
+/*
+ * The pages the next batch scans: pages_to_scan, or the advisor's choice,
+ * which is published in advisor_pages_to_scan (under ksmdev_lock).
+ */
+static unsigned long ksmdev_advisor_pages(void)
+{
+	struct ksmdev_advisor *a = &ksmdev_advisor;
+	u64 target_us = READ_ONCE(ksmdev_config.advisor_target_scan_ms) *
+			USEC_PER_MSEC;
+	u64 cap = READ_ONCE(ksmdev_config.advisor_max_cpu_percent);
+	u64 pass, idle_us, busy_us, want, most;
+
+	lockdep_assert_held(&ksmdev_lock);
+	if (!target_us) {
+		a->on = false;
+		return READ_ONCE(ksmdev_config.pages_to_scan);
+	}
+	if (!a->on) {
+		/* A new stint: nothing measured yet but the passes. */
+		*a = (struct ksmdev_advisor){ .on = true,
+					      .pass_pages = a->pass_pages,
+					      .last_pass = a->last_pass };
+	}
+	if (a->last_pass)
+		pass = max(a->last_pass, a->pass_pages);
+	else
+		pass = max_t(u64, ksmdev_stats.registered_pages,
+			     a->pass_pages);
+	/* Bounds that keep the products below in 64 bits. */
+	pass = clamp_val(pass, 1, U32_MAX);
+	idle_us = a->idle_us ?:
+		  READ_ONCE(ksmdev_config.sleep_millisecs) * USEC_PER_MSEC;
+	idle_us = min_t(u64, idle_us, KSM_SLEEP_MSECS_MAX * USEC_PER_MSEC * 2);
+	busy_us = div_u64(pass * min_t(u64, a->cost, U32_MAX), NSEC_PER_USEC);
+	if (busy_us < target_us)
+		want = div64_u64(pass * idle_us + target_us - busy_us - 1,
+				 target_us - busy_us);
+	else
+		want = KSM_PAGES_TO_SCAN_MAX;
+	if (cap < 100 && a->cost) {
+		/* At most cap% of a cycle, the rest being idle_us or more. */
+		most = div64_u64(cap * max_t(u64, idle_us,
+					     KSMDEV_ADVISOR_MIN_CYCLE_US) *
+				 NSEC_PER_USEC,
+				 (100 - cap) * a->cost);
+		want = min(want, most);
+	}
+	want = clamp_val(want, 1, KSM_PAGES_TO_SCAN_MAX);
+	WRITE_ONCE(ksmdev_stats.advisor_pages_to_scan, want);
+	return want;
+}
+
+/*
+ * After a batch: measure it against the cycle it ended, and return how long
+ * (jiffies) the CPU cap asks the scanner to rest from now, 0 if not at all.
+ */
+static unsigned long ksmdev_advisor_account(void)
+{
+	struct ksmdev_advisor *a = &ksmdev_advisor;
+	u64 cap = READ_ONCE(ksmdev_config.advisor_max_cpu_percent);
+	u64 now, run, wall, used, rest;
+
+	if (!a->on)
+		return 0;
+	now = ktime_get_ns();
+	run = current->se.sum_exec_runtime;
+	if (a->timed) {
+		wall = now - a->last_ns;
+		used = run > a->last_run ? run - a->last_run : 0;
+		if (a->scanned)
+			a->cost = ksmdev_advisor_ewma(a->cost,
+						      div64_u64(used,
+								a->scanned) ?: 1);
+		a->idle_us = ksmdev_advisor_ewma(a->idle_us,
+						 div_u64(wall > used ?
+							 wall - used : 0,
+							 NSEC_PER_USEC) ?: 1);
+		a->credit += (s64)div_u64(wall * cap, 100) - (s64)used;
+		a->credit = min_t(s64, a->credit, 0);
+	}
+	a->timed = true;
+	a->last_ns = now;
+	a->last_run = run;
+	a->scanned = 0;
+	if (a->credit >= 0)
+		return 0;
+	rest = nsecs_to_jiffies64(div64_u64((u64)-a->credit * 100, cap)) + 1;
+	a->resting = true;
+	a->resume = jiffies + rest;
+	return rest;
+}
+
+/* The rest (jiffies) the CPU cap still asks for, 0 if none. */
+static unsigned long ksmdev_advisor_rest(void)
+{
+	struct ksmdev_advisor *a = &ksmdev_advisor;
+
+	if (!a->resting)
+		return 0;
+	if (a->on && READ_ONCE(ksmdev_config.advisor_target_scan_ms) &&
+	    time_before(jiffies, a->resume))
+		return a->resume - jiffies;
+	a->resting = false;
+	return 0;
+}
+
+/*
+ * A full pass ended. Smart scan makes passes of very different sizes (when
+ * pages that keep failing to merge are passed by together): a pass that
+ * scanned fewer pages than the last ones only lowers the estimate by the
+ * weight of a sample, so that the next full-sized pass is not sized from a
+ * short one (its batches would grow only with its own progress, too late).
+ */
+static void ksmdev_advisor_pass_end(void)
+{
+	struct ksmdev_advisor *a = &ksmdev_advisor;
+
+	a->last_pass = max_t(u64, a->pass_pages,
+			     ksmdev_advisor_ewma(a->last_pass, a->pass_pages));
+}
+
+/* The scanner goes to sleep with nothing to do: that idle is no cycle. */
+static void ksmdev_advisor_idle(void)
+{
+	ksmdev_advisor.timed = false;
+	ksmdev_advisor.resting = false;
+}
+
+/*
+ * One batch: pages_to_scan pages (or the advisor's count), or up to the end
+ * of a pass.
+ */
 static void ksmdev_scan_batch(void)
 {
-	unsigned long budget = READ_ONCE(ksmdev_config.pages_to_scan);
+	unsigned long budget, scanned;
 	struct ksmdev_ctx *ctx;
 
 	mutex_lock(&ksmdev_lock);
+	budget = ksmdev_advisor_pages();
 	while (budget && ksmdev_should_run() && !kthread_should_stop()) {
 		if (!ksmdev_cursor.ctx) {
 			if (list_empty(&ksmdev_ctx_list))
 				break;
 			ksmdev_scan_pass_begin();
+			ksmdev_advisor.pass_pages = 0;
 			ksmdev_cursor.ctx = list_first_entry(&ksmdev_ctx_list,
 							     struct ksmdev_ctx,
 							     list);
 			ksmdev_cursor.addr = 0;
 		}
 		ctx = ksmdev_cursor.ctx;
-		budget -= min(budget, ksmdev_scan_ctx(ctx, budget));
+		scanned = ksmdev_scan_ctx(ctx, budget);
+		ksmdev_advisor.scanned += scanned;
+		ksmdev_advisor.pass_pages += scanned;
+		budget -= min(budget, scanned);
 		/* Closed while the scanner waited for its mm: moved on. */
 		if (ksmdev_cursor.ctx != ctx)
 			continue;
@@ -765,6 +986,7 @@ static void ksmdev_scan_batch(void)
 				ksmdev_cursor.ctx = NULL;
 				WRITE_ONCE(ksmdev_stats.full_scans,
 					   ksmdev_stats.full_scans + 1);
+				ksmdev_advisor_pass_end();
 				break;
 			}
 			ksmdev_cursor.ctx = list_next_entry(ctx, list);
@@ -788,19 +1010,30 @@ static int ksmdev_scan_thread(void *unused)
 	set_user_nice(current, 5);
 
 	while (!kthread_should_stop()) {
+		/* What the advisor's CPU cap asks for, beyond sleep_millisecs. */
+		unsigned long rest = 0;
+
 		seq = atomic_read(&ksmdev_wake_seq);
-		if (ksmdev_should_run())
-			ksmdev_scan_batch();
+		if (ksmdev_should_run()) {
+			/* Woken early from a rest: the rest goes on. */
+			rest = ksmdev_advisor_rest();
+			if (!rest) {
+				ksmdev_scan_batch();
+				rest = ksmdev_advisor_account();
+			}
+		}
 
 		if (!ksmdev_should_run()) {
+			ksmdev_advisor_idle();
 			/* Nothing to do: sleep until there is, no timer. */
 			wait_event_freezable(ksmdev_thread_wait,
 					     ksmdev_should_run() ||
 					     kthread_should_stop());
-		} else if (READ_ONCE(ksmdev_config.sleep_millisecs)) {
+		} else if (READ_ONCE(ksmdev_config.sleep_millisecs) || rest) {
 			unsigned long timeout;
 
 			timeout = msecs_to_jiffies(READ_ONCE(ksmdev_config.sleep_millisecs));
+			timeout = max(timeout, rest);
 
 			wait_event_freezable_timeout(ksmdev_thread_wait,
 						     atomic_read(&ksmdev_wake_seq) != seq ||

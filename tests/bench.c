@@ -17,7 +17,9 @@
  * rewritten every second, the rest unique. Then the analogues of upstream
  * ksm_tests: merging BENCH_MERGE_MB of identical pages (-P), the same on
  * THP (-H), unmerging them (-D), the cost of a write to a merged page (-C);
- * and a 64 GiB sparse region with 1% of its pages present.
+ * a 64 GiB sparse region with 1% of its pages present; and the advisor
+ * (ksmd's from 6.8 on): pass time against its target, CPU share against its
+ * cap.
  *
  * Runs as root in a QEMU guest with ksmdev loaded; never on a host.
  */
@@ -34,6 +36,7 @@ static unsigned long bench_mb = 256, bench_procs = 4, merge_mb = 100;
 static unsigned long pages_to_scan = 100, sleep_ms = 20, timeout_s = 900;
 static unsigned long sparse_gb = 64;
 static unsigned long steady_pages = 1000, steady_passes = 8;
+static unsigned long advisor_mb = 64, advisor_target_ms = 2000;
 
 static unsigned long env_ul(const char *name, unsigned long def)
 {
@@ -759,6 +762,88 @@ static void sparse(const struct engine *e)
 }
 
 /*
+ * Turn the engine's advisor on (@target_ms, at most @cpu percent of a CPU)
+ * or off (@target_ms 0). ksmd's (6.8+) takes whole seconds, at least 1.
+ * Returns -1 if the engine has none.
+ */
+static int engine_advisor(const struct engine *e, uint64_t target_ms,
+			  uint64_t cpu)
+{
+	struct ksm_config cfg;
+
+	if (is_ksmd(e)) {
+		if (access(SYSFS_KSM "advisor_mode", W_OK))
+			return -1;
+		if (!target_ms)
+			return ksm_write_str_file(SYSFS_KSM "advisor_mode", "none");
+		if (sysfs_ksm_set("advisor_target_scan_time",
+				  target_ms < 1000 ? 1 : target_ms / 1000) ||
+		    sysfs_ksm_set("advisor_max_cpu", cpu))
+			return -1;
+		return ksm_write_str_file(SYSFS_KSM "advisor_mode", "scan-time");
+	}
+	if (ksm_get_config(e->fd, &cfg))
+		return -1;
+	cfg.advisor_target_scan_ms = target_ms;
+	cfg.advisor_max_cpu_percent = cpu;
+	return ksm_set_config(e->fd, &cfg);
+}
+
+/*
+ * The advisor: BENCH_ADVISOR_MB of unique pages at pages_to_scan 1. With
+ * a target of BENCH_ADVISOR_TARGET_MS at most 25% of a CPU, the pass time
+ * and CPU share once settled (after 3 passes); then with a target no
+ * engine reaches (the least each takes) at most 10%: the CPU share.
+ */
+static void advisor(const struct engine *e)
+{
+	size_t len = advisor_mb << 20, n = len / ksm_page_size(), i;
+	struct counters c0, c;
+	double secs, cpu;
+	int fd = -1;
+	char *p;
+
+	p = ksm_mmap_anon(len);
+	if (!p)
+		return;
+	for (i = 0; i < n; i++)
+		ksm_fill_val(p + i * ksm_page_size(), 0, 0x7800000000ULL + i);
+	if (engine_add(e, &fd, p, len) || engine_run(e, 1, 1, sleep_ms) ||
+	    engine_advisor(e, advisor_target_ms, 25)) {
+		printf("# %s: no advisor\n", e->name);
+		goto out;
+	}
+	if (time_passes(e, 3, 10000, ksm_now_ms() + timeout_s * 1000ULL,
+			&secs, &cpu, &c0, &c, NULL) &&
+	    time_passes(e, 3, 10000, ksm_now_ms() + timeout_s * 1000ULL,
+			&secs, &cpu, &c0, &c, NULL)) {
+		printf("# %s: advisor, target %lu ms, cap 25%%: pass %.2f s, cpu %.2f s a pass\n",
+		       e->name, advisor_target_ms, secs, cpu);
+		printf("ROW %s advisor_pass_vs_target %.2f x\n", e->name,
+		       secs * 1000 / advisor_target_ms);
+		printf("ROW %s advisor_cpu_cap25 %.1f %%\n", e->name,
+		       100 * cpu / secs);
+	}
+	engine_advisor(e, 100, 10);
+	if (time_passes(e, 3, 10000, ksm_now_ms() + timeout_s * 1000ULL,
+			&secs, &cpu, &c0, &c, NULL) &&
+	    time_passes(e, 3, 10000, ksm_now_ms() + timeout_s * 1000ULL,
+			&secs, &cpu, &c0, &c, NULL)) {
+		printf("# %s: advisor, target unreachable, cap 10%%: pass %.2f s, cpu %.2f s a pass\n",
+		       e->name, secs, cpu);
+		printf("ROW %s advisor_cpu_cap10 %.1f %%\n", e->name,
+		       100 * cpu / secs);
+	}
+out:
+	engine_advisor(e, 0, 25);
+	engine_run(e, 2, pages_to_scan, sleep_ms);
+	wait_unmerged(e);
+	if (!is_ksmd(e) && fd >= 0)
+		close(fd);
+	munmap(p, len);
+}
+
+/*
  * Upstream's own ksm_tests (built by bench.sh from Debian's linux-source,
  * unmodified) against ksmd: an external reference for the -P/-H/-D/-C
  * figures above. Its output goes out as comments, its speeds as figures.
@@ -822,8 +907,10 @@ int main(void)
 	sparse_gb = env_ul("BENCH_SPARSE_GB", sparse_gb);
 	steady_pages = env_ul("BENCH_STEADY_PAGES_TO_SCAN", steady_pages);
 	steady_passes = env_ul("BENCH_STEADY_PASSES", steady_passes);
+	advisor_mb = env_ul("BENCH_ADVISOR_MB", advisor_mb);
+	advisor_target_ms = env_ul("BENCH_ADVISOR_TARGET_MS", advisor_target_ms);
 	if (!phases || !*phases)
-		phases = "upstream workload twopass micro sparse";
+		phases = "upstream workload twopass micro sparse advisor";
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
 	engines[1].fd = ksm_open();
@@ -872,6 +959,10 @@ int main(void)
 		if (strstr(phases, "sparse")) {
 			printf("# %s: sparse region\n", e->name);
 			sparse(e);
+		}
+		if (strstr(phases, "advisor")) {
+			printf("# %s: advisor\n", e->name);
+			advisor(e);
 		}
 	}
 	engine_run(&engines[1], 0, pages_to_scan, sleep_ms);

@@ -12,9 +12,10 @@
 # BENCH_PAGES_TO_SCAN (100), BENCH_SLEEP_MS (20), BENCH_MERGE_MB (100),
 # BENCH_SPARSE_GB (64), BENCH_TIMEOUT (900 s for the workload, per engine),
 # BENCH_STEADY_PAGES_TO_SCAN (1000) and BENCH_STEADY_PASSES (8) for the
-# steady state after convergence,
+# steady state after convergence, BENCH_ADVISOR_MB (64) and
+# BENCH_ADVISOR_TARGET_MS (2000) for the advisor,
 # BENCH_ONLY (ksmd or ksmdev: one engine), BENCH_PHASES (of "upstream
-# workload micro sparse", the default: all; upstream: Debian's own
+# workload micro sparse advisor", the default: all; upstream: Debian's own
 # tools/testing/selftests/mm/ksm_tests -P/-H/-D/-C against ksmd). BENCH_RESULT=FILE only makes the
 # table and the plot from an earlier run's result.txt. Not a test: prints
 # numbers, asserts nothing about speed.
@@ -25,7 +26,7 @@ set -euo pipefail
 export KERNELS=${BENCH_KERNEL:-6.12}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-7200}
 BENCH_OUT=$BUILD/bench
-BENCH_VARS="BENCH_MB BENCH_PROCS BENCH_PAGES_TO_SCAN BENCH_SLEEP_MS BENCH_MERGE_MB BENCH_SPARSE_GB BENCH_TIMEOUT BENCH_ONLY BENCH_PHASES BENCH_STEADY_PAGES_TO_SCAN BENCH_STEADY_PASSES"
+BENCH_VARS="BENCH_MB BENCH_PROCS BENCH_PAGES_TO_SCAN BENCH_SLEEP_MS BENCH_MERGE_MB BENCH_SPARSE_GB BENCH_TIMEOUT BENCH_ONLY BENCH_PHASES BENCH_STEADY_PAGES_TO_SCAN BENCH_STEADY_PASSES BENCH_ADVISOR_MB BENCH_ADVISOR_TARGET_MS"
 
 # table RESULT: the markdown table of the ROW lines, ksmd next to ksmdev.
 table() {
