@@ -15,7 +15,7 @@
 # steady state after convergence, BENCH_ADVISOR_MB (64) and
 # BENCH_ADVISOR_TARGET_MS (2000) for the advisor,
 # BENCH_ONLY (ksmd or ksmdev: one engine), BENCH_PHASES (of "upstream
-# workload micro sparse advisor", the default: all; upstream: Debian's own
+# workload twopass micro sparse advisor", separated by commas or spaces, the default: all; upstream: Debian's own
 # tools/testing/selftests/mm/ksm_tests -P/-H/-D/-C against ksmd). BENCH_RESULT=FILE only makes the
 # table and the plot from an earlier run's result.txt. Not a test: prints
 # numbers, asserts nothing about speed.
@@ -142,7 +142,7 @@ main() {
 	build_ksm_tests
 	{
 		for v in $BENCH_VARS; do
-			[ -n "${!v:-}" ] && echo "export $v=${!v}"
+			[ -n "${!v:-}" ] && echo "export $v='${!v}'"
 		done
 		true
 	} > "$BUILD/bench.env"
