@@ -111,67 +111,61 @@ static int ksmdev_region_check(const struct ksm_region *r, u64 flags_allowed)
 	return 0;
 }
 
-static long ksmdev_region_ioctl(struct ksmdev_file *f, bool add,
-				void __user *uarg, size_t usize)
+/* What a struct ksm_region is given for. */
+enum ksmdev_region_op { KSMDEV_REGISTER, KSMDEV_UNREGISTER, KSMDEV_MERGE };
+
+/* The flags each takes (ABI.md); any other is EINVAL. */
+static const u64 ksmdev_region_flags[] = {
+	[KSMDEV_REGISTER] = KSM_REGION_FLAGS_ALL | KSM_REGION_ALL,
+	[KSMDEV_UNREGISTER] = KSM_REGION_ALL | KSM_REGION_SPLIT,
+	[KSMDEV_MERGE] = KSM_REGION_ALL,
+};
+
+/*
+ * KSM_REGISTER_REGION, KSM_UNREGISTER_REGION and KSM_MERGE_REGION: only
+ * the mm that opened the device may change what it registers, in its own
+ * mm or, once attached, in the target's; and only it may merge now: the
+ * exact count KSM_MERGE_REGION returns for one page is a content oracle,
+ * with which any other holder of the file (a child that inherited it, or
+ * one it was passed to) could read a byte of the opener's memory in 256
+ * guesses, where the in-kernel KSM's side channel needs two scans and a
+ * timed write per guess (review of #15).
+ */
+static long ksmdev_region_ioctl(struct ksmdev_file *f,
+				enum ksmdev_region_op op, void __user *uarg,
+				size_t usize)
 {
 	struct ksmdev_ctx *ctx = READ_ONCE(f->ctx);
 	struct ksm_region r;
 	int err;
 
-	/*
-	 * Only the mm that opened the device may change what it registers,
-	 * in its own mm or, once attached, in the target's.
-	 */
 	if (current->mm != f->opener)
 		return -EPERM;
 	err = copy_struct_from_user(&r, sizeof(r), uarg, usize);
 	if (err)
 		return err;
-	err = ksmdev_region_check(&r, add ?
-				  KSM_REGION_FLAGS_ALL | KSM_REGION_ALL :
-				  KSM_REGION_ALL | KSM_REGION_SPLIT);
+	err = ksmdev_region_check(&r, ksmdev_region_flags[op]);
 	if (err)
 		return err;
 	/*
-	 * Domains (ABI version 2): a non-zero one only at registration, never
-	 * with KSM_REGION_SCOPE_MM (EINVAL), and only the host draws tenant
-	 * lines (EPERM).
+	 * Domains (ABI version 2): a non-zero one only at registration (at a
+	 * merge, the regions' domains decide), never with
+	 * KSM_REGION_SCOPE_MM (EINVAL), and only the host draws tenant lines
+	 * (EPERM).
 	 */
-	if (r.domain && (!add || (r.flags & KSM_REGION_SCOPE_MM)))
+	if (r.domain && (op != KSMDEV_REGISTER ||
+			 (r.flags & KSM_REGION_SCOPE_MM)))
 		return -EINVAL;
 	if (r.domain && !capable(CAP_SYS_ADMIN))
 		return -EPERM;
-	if (add)
+	switch (op) {
+	case KSMDEV_REGISTER:
 		return ksmdev_region_add(ctx, &r);
-	return ksmdev_region_remove(ctx, &r);
-}
-
-/*
- * KSM_MERGE_REGION (ABI.md, "Merge now"): from the opener's mm only, as
- * register and unregister. Its exact count of one page's merge is a
- * content oracle: from any holder of the file (a child that inherited it,
- * or one it was passed to), a byte of the opener's memory could be read
- * with 256 guesses, where the in-kernel KSM's side channel needs two scans
- * and a timed write per guess (review of #15).
- */
-static long ksmdev_merge_ioctl(struct ksmdev_file *f, void __user *uarg,
-			       size_t usize)
-{
-	struct ksm_region r;
-	int err;
-
-	if (current->mm != f->opener)
-		return -EPERM;
-	err = copy_struct_from_user(&r, sizeof(r), uarg, usize);
-	if (err)
-		return err;
-	err = ksmdev_region_check(&r, KSM_REGION_ALL);
-	if (err)
-		return err;
-	/* The regions' domains decide where their pages merge. */
-	if (r.domain)
-		return -EINVAL;
-	return ksmdev_region_merge(READ_ONCE(f->ctx), &r);
+	case KSMDEV_UNREGISTER:
+		return ksmdev_region_remove(ctx, &r);
+	default:
+		return ksmdev_region_merge(ctx, &r);
+	}
 }
 
 /* KSM_ATTACH_PROCESS (ABI.md, "Attach to a running process"). */
@@ -238,13 +232,13 @@ static long ksmdev_ioctl(struct file *file, unsigned int cmd,
 	if (cmd == KSM_GET_API_VERSION)
 		return KSMDEV_API_VERSION;
 	if (ksmdev_cmd_is(cmd, KSM_REGISTER_REGION))
-		return ksmdev_region_ioctl(f, true, uarg, usize);
+		return ksmdev_region_ioctl(f, KSMDEV_REGISTER, uarg, usize);
 	if (ksmdev_cmd_is(cmd, KSM_UNREGISTER_REGION))
-		return ksmdev_region_ioctl(f, false, uarg, usize);
+		return ksmdev_region_ioctl(f, KSMDEV_UNREGISTER, uarg, usize);
 	if (ksmdev_cmd_is(cmd, KSM_ATTACH_PROCESS))
 		return ksmdev_attach_ioctl(f, uarg, usize);
 	if (ksmdev_cmd_is(cmd, KSM_MERGE_REGION))
-		return ksmdev_merge_ioctl(f, uarg, usize);
+		return ksmdev_region_ioctl(f, KSMDEV_MERGE, uarg, usize);
 	if (ksmdev_cmd_is(cmd, KSM_GET_STATS))
 		/* A momentarily stale snapshot is fine (see stats.c). */
 		return ksmdev_copy_out(uarg, usize, &ksmdev_stats,

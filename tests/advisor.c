@@ -215,35 +215,6 @@ TEST_F_TIMEOUT(advisor, pass_time_follows_target, 300)
 
 /* ---- the CPU cap ---- */
 
-static pid_t find_kthread(const char *name)
-{
-	char path[300], comm[32];
-	struct dirent *de;
-	pid_t found = -1;
-	DIR *d;
-	FILE *f;
-
-	d = opendir("/proc");
-	if (!d)
-		return -1;
-	while ((de = readdir(d))) {
-		if (de->d_name[0] < '1' || de->d_name[0] > '9')
-			continue;
-		snprintf(path, sizeof(path), "/proc/%s/comm", de->d_name);
-		f = fopen(path, "r");
-		if (!f)
-			continue;
-		if (fgets(comm, sizeof(comm), f)) {
-			comm[strcspn(comm, "\n")] = '\0';
-			if (!strcmp(comm, name))
-				found = found == -1 ? atoi(de->d_name) : -2;
-		}
-		fclose(f);
-	}
-	closedir(d);
-	return found;
-}
-
 /* utime + stime of @pid, in clock ticks, or -1. */
 static int64_t cpu_ticks(pid_t pid)
 {
@@ -295,7 +266,7 @@ TEST_F_TIMEOUT(advisor, cpu_cap, 300)
 	uint64_t scanned, scanned0;
 	pid_t pid;
 
-	pid = find_kthread("ksmdev");
+	pid = ksm_find_kthread("ksmdev");
 	ASSERT_LT(0, pid) TH_LOG("no single kthread named ksmdev (%d)", pid);
 	map_unique(_metadata, self, 4 * w.npages);
 	ASSERT_EQ(0, set_scanner(self->fd, 1, 20, 100, 100));

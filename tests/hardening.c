@@ -52,7 +52,6 @@
 /* The in-kernel KSM's settings that the ksmd test changes, put back after. */
 static const char *const ksmd_knobs[] = { "run", "pages_to_scan",
 					  "sleep_millisecs" };
-#define KSMD_DIR	"/sys/kernel/mm/ksm/"
 
 FIXTURE(hard) {
 	int fd;
@@ -77,31 +76,15 @@ FIXTURE_SETUP(hard)
 	ASSERT_EQ(0, ret) TH_LOG("the merge counters are not 0 at start");
 }
 
-static int ksmd_write(const char *knob, uint64_t val)
-{
-	char path[128];
-
-	snprintf(path, sizeof(path), KSMD_DIR "%s", knob);
-	return ksm_write_u64_file(path, val);
-}
-
-static int ksmd_read(const char *knob, uint64_t *val)
-{
-	char path[128];
-
-	snprintf(path, sizeof(path), KSMD_DIR "%s", knob);
-	return ksm_read_u64_file(path, val, false);
-}
-
 FIXTURE_TEARDOWN(hard)
 {
 	size_t i;
 
 	if (self->ksmd_saved) {
 		/* Unmerge what ksmd merged, then put its settings back. */
-		EXPECT_EQ(0, ksmd_write("run", 2));
+		EXPECT_EQ(0, ksm_ksmd_write("run", 2));
 		for (i = 0; i < ARRAY_SIZE(ksmd_knobs); i++)
-			EXPECT_EQ(0, ksmd_write(ksmd_knobs[i], self->ksmd[i]));
+			EXPECT_EQ(0, ksm_ksmd_write(ksmd_knobs[i], self->ksmd[i]));
 	}
 	EXPECT_EQ(0, ksm_set_default_config(self->fd));
 	close(self->fd);
@@ -317,7 +300,7 @@ static void ksmd_wait(struct __test_metadata *_metadata, uint64_t sharing)
 	uint64_t end = ksm_now_ms() + WAIT_S * 1000ULL, v = 0;
 
 	for (;;) {
-		ASSERT_EQ(0, ksmd_read("pages_sharing", &v));
+		ASSERT_EQ(0, ksm_ksmd_read("pages_sharing", &v));
 		if (v >= sharing)
 			return;
 		ASSERT_GT(end, ksm_now_ms())
@@ -344,11 +327,11 @@ TEST_F_TIMEOUT(hard, ksmd_pages_left_to_ksmd, 300)
 	if (access(KSMD_DIR "run", W_OK))
 		SKIP(return, "no in-kernel KSM (" KSMD_DIR ")");
 	for (i = 0; i < ARRAY_SIZE(ksmd_knobs); i++)
-		ASSERT_EQ(0, ksmd_read(ksmd_knobs[i], &self->ksmd[i]));
+		ASSERT_EQ(0, ksm_ksmd_read(ksmd_knobs[i], &self->ksmd[i]));
 	self->ksmd_saved = true;
-	ASSERT_EQ(0, ksmd_write("pages_to_scan", 1000));
-	ASSERT_EQ(0, ksmd_write("sleep_millisecs", 10));
-	ASSERT_EQ(0, ksmd_write("run", 1));
+	ASSERT_EQ(0, ksm_ksmd_write("pages_to_scan", 1000));
+	ASSERT_EQ(0, ksm_ksmd_write("sleep_millisecs", 10));
+	ASSERT_EQ(0, ksm_ksmd_write("run", 1));
 
 	a = ksm_mmap_anon(len);
 	ASSERT_NE(NULL, a);
@@ -359,7 +342,7 @@ TEST_F_TIMEOUT(hard, ksmd_pages_left_to_ksmd, 300)
 	ASSERT_EQ(0, ksm_pfns(a, n, pfns));
 	ASSERT_TRUE(ksm_pfns_merged(pfns, n)) TH_LOG("ksmd did not merge them");
 	ksmd_pfn = pfns[0];
-	ASSERT_EQ(0, ksmd_read("pages_sharing", &ksmd_sharing));
+	ASSERT_EQ(0, ksm_ksmd_read("pages_sharing", &ksmd_sharing));
 
 	/* The same content, scanned by ksmdev only; and ksmd's, registered. */
 	b = ksm_mmap_anon(len);
@@ -379,7 +362,7 @@ TEST_F_TIMEOUT(hard, ksmd_pages_left_to_ksmd, 300)
 	EXPECT_EQ(n, ksm_count_eq(pfns, n, ksmd_pfn))
 		TH_LOG("%zu of ksmd's %zu pages were taken over",
 		       n - ksm_count_eq(pfns, n, ksmd_pfn), n);
-	ASSERT_EQ(0, ksmd_read("pages_sharing", &v));
+	ASSERT_EQ(0, ksm_ksmd_read("pages_sharing", &v));
 	EXPECT_EQ(ksmd_sharing, v);
 	ASSERT_EQ(0, ksm_pfns(b, n, opfns));
 	EXPECT_TRUE(ksm_pfns_merged(opfns, n));

@@ -10,6 +10,7 @@
 #ifndef KSMDEV_TEST_H
 #define KSMDEV_TEST_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdbool.h>
@@ -639,6 +640,55 @@ static inline int ksm_write_param(const char *name, uint64_t val)
 
 	snprintf(path, sizeof(path), KSM_PARAMS_DIR "/%s", name);
 	return ksm_write_u64_file(path, val);
+}
+
+/* The in-kernel KSM's settings, /sys/kernel/mm/ksm/KNOB. */
+#define KSMD_DIR	"/sys/kernel/mm/ksm/"
+
+static inline int ksm_ksmd_write(const char *knob, uint64_t val)
+{
+	char path[128];
+
+	snprintf(path, sizeof(path), KSMD_DIR "%s", knob);
+	return ksm_write_u64_file(path, val);
+}
+
+static inline int ksm_ksmd_read(const char *knob, uint64_t *val)
+{
+	char path[128];
+
+	snprintf(path, sizeof(path), KSMD_DIR "%s", knob);
+	return ksm_read_u64_file(path, val, false);
+}
+
+/* The pid of the one task named @name (a kthread): -1 none, -2 several. */
+static inline pid_t ksm_find_kthread(const char *name)
+{
+	char path[300], comm[32];
+	struct dirent *de;
+	pid_t found = -1;
+	DIR *d;
+	FILE *f;
+
+	d = opendir("/proc");
+	if (!d)
+		return -1;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] < '1' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%s/comm", de->d_name);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f)) {
+			comm[strcspn(comm, "\n")] = '\0';
+			if (!strcmp(comm, name))
+				found = found == -1 ? atoi(de->d_name) : -2;
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return found;
 }
 
 /* ---- memory ---- */

@@ -28,7 +28,6 @@
 /* The in-kernel KSM's settings that the ksmd runs change, put back after. */
 static const char *const ksmd_knobs[] = { "run", "pages_to_scan",
 					  "sleep_millisecs" };
-#define KSMD_DIR	"/sys/kernel/mm/ksm/"
 
 FIXTURE(mlock) {
 	int fd;
@@ -41,22 +40,6 @@ FIXTURE(mlock) {
 	struct ksm_config saved;	/* put back at teardown */
 	struct ksm_stats base;
 };
-
-static int ksmd_write(const char *knob, uint64_t val)
-{
-	char path[128];
-
-	snprintf(path, sizeof(path), KSMD_DIR "%s", knob);
-	return ksm_write_u64_file(path, val);
-}
-
-static int ksmd_read(const char *knob, uint64_t *val)
-{
-	char path[128];
-
-	snprintf(path, sizeof(path), KSMD_DIR "%s", knob);
-	return ksm_read_u64_file(path, val, false);
-}
 
 FIXTURE_SETUP(mlock)
 {
@@ -85,9 +68,9 @@ FIXTURE_TEARDOWN(mlock)
 	munlockall();
 	if (self->ksmd_saved) {
 		/* Unmerge what ksmd merged, then put its settings back. */
-		EXPECT_EQ(0, ksmd_write("run", 2));
+		EXPECT_EQ(0, ksm_ksmd_write("run", 2));
 		for (i = 0; i < ARRAY_SIZE(ksmd_knobs); i++)
-			EXPECT_EQ(0, ksmd_write(ksmd_knobs[i], self->ksmd[i]));
+			EXPECT_EQ(0, ksm_ksmd_write(ksmd_knobs[i], self->ksmd[i]));
 	}
 	if (self->unloaded) {
 		EXPECT_EQ(0, ksm_load_module(""));
@@ -206,11 +189,11 @@ static void ksmd_start(struct __test_metadata *_metadata,
 	size_t i;
 
 	for (i = 0; i < ARRAY_SIZE(ksmd_knobs); i++)
-		ASSERT_EQ(0, ksmd_read(ksmd_knobs[i], &self->ksmd[i]));
+		ASSERT_EQ(0, ksm_ksmd_read(ksmd_knobs[i], &self->ksmd[i]));
 	self->ksmd_saved = true;
-	ASSERT_EQ(0, ksmd_write("pages_to_scan", 1000));
-	ASSERT_EQ(0, ksmd_write("sleep_millisecs", 10));
-	ASSERT_EQ(0, ksmd_write("run", 1));
+	ASSERT_EQ(0, ksm_ksmd_write("pages_to_scan", 1000));
+	ASSERT_EQ(0, ksm_ksmd_write("sleep_millisecs", 10));
+	ASSERT_EQ(0, ksm_ksmd_write("run", 1));
 }
 
 /* Stop (run=0: no unmerge) or restart @who's merging. */
@@ -218,7 +201,7 @@ static int merger_run(FIXTURE_DATA(mlock) *self, enum merger who, bool on)
 {
 	if (who == BY_KSMDEV)
 		return ksm_set_run(self->fd, on ? KSM_RUN_MERGE : KSM_RUN_STOP);
-	return ksmd_write("run", on);
+	return ksm_ksmd_write("run", on);
 }
 
 /*

@@ -152,35 +152,6 @@ TEST_F_TIMEOUT(scanner, run0_stops_run1_resumes, 180)
 
 /* ---- the kthread keeps quiet ---- */
 
-static pid_t find_kthread(const char *name)
-{
-	char path[300], comm[32];
-	struct dirent *de;
-	pid_t found = -1;
-	DIR *d;
-	FILE *f;
-
-	d = opendir("/proc");
-	if (!d)
-		return -1;
-	while ((de = readdir(d))) {
-		if (de->d_name[0] < '1' || de->d_name[0] > '9')
-			continue;
-		snprintf(path, sizeof(path), "/proc/%s/comm", de->d_name);
-		f = fopen(path, "r");
-		if (!f)
-			continue;
-		if (fgets(comm, sizeof(comm), f)) {
-			comm[strcspn(comm, "\n")] = '\0';
-			if (!strcmp(comm, name))
-				found = found == -1 ? atoi(de->d_name) : -2;
-		}
-		fclose(f);
-	}
-	closedir(d);
-	return found;
-}
-
 struct activity {
 	uint64_t ticks;		/* utime + stime */
 	uint64_t switches;	/* voluntary + nonvoluntary */
@@ -228,7 +199,7 @@ static int read_activity(pid_t pid, struct activity *a)
 static void expect_kthread_idle(struct __test_metadata *_metadata)
 {
 	struct activity a, b;
-	pid_t pid = find_kthread("ksmdev");
+	pid_t pid = ksm_find_kthread("ksmdev");
 	int i;
 
 	ASSERT_LT(0, pid) TH_LOG("no single kthread named ksmdev (%d)", pid);
