@@ -31,12 +31,6 @@
 extern struct lockdep_map *ksmdev_mmu_start_map;
 #endif
 
-/*
- * mm/internal.h's, which a module cannot include: the same declaration on
- * 6.1, 6.12 and 7.2 (ksmdev_kpage_mlock()).
- */
-void mlock_folio(struct folio *folio);
-
 /* The static calls of include/symbols.h, and the types of its variables. */
 #define KSMDEV_SYMBOL(sym)	DECLARE_STATIC_CALL(ksmdev_sc_##sym, sym)
 #define KSMDEV_DATA_SYMBOL(var, sym)	static_assert(__same_type(&(sym), var))
@@ -144,7 +138,18 @@ static inline void ksmdev_pte_map_failed(spinlock_t *ptl)
  */
 static inline void ksmdev_mlock_page(struct page *page)
 {
-	static_call(ksmdev_sc_mlock_folio)(page_folio(page));
+	struct folio *folio = page_folio(page);
+
+	/*
+	 * What mlock_folio() (mm/mlock.c, 6.1 to 7.2) does for a folio off
+	 * the LRU, which ours always is: its per-CPU batch would only hold a
+	 * reference until that CPU drains, and keep an orphan from being
+	 * freed meanwhile (review). Exported helpers only.
+	 */
+	if (!folio_test_set_mlocked(folio)) {
+		zone_stat_mod_folio(folio, NR_MLOCK, 1);
+		count_vm_event(UNEVICTABLE_PGMLOCKED);
+	}
 }
 
 /* lru_add_drain_all(): flush the per-CPU batches that hold page references. */

@@ -490,6 +490,7 @@ void ksmdev_scan_exit(void);
 void ksmdev_scan_wake(void);
 void ksmdev_scan_forget_ctx(struct ksmdev_ctx *ctx);
 int ksmdev_unmerge_all(void);
+void ksmdev_unmerge_all_end(void);
 long ksmdev_merge_now(struct ksmdev_ctx *ctx, unsigned long start,
 		      unsigned long end);
 

@@ -13,8 +13,6 @@ KSMDEV_SYMBOL(ptep_clear_flush);
 KSMDEV_SYMBOL(__mmu_notifier_invalidate_range_start);
 KSMDEV_SYMBOL(__mmu_notifier_invalidate_range_end);
 KSMDEV_SYMBOL(lru_add_drain_all);
-/* A stable page that a locked VMA maps is counted mlocked again (merge.c). */
-KSMDEV_SYMBOL(mlock_folio);
 /* KSM_ATTACH_PROCESS: a pidfd's task, and its mm if we may ptrace it. */
 KSMDEV_SYMBOL(pidfd_get_task);
 KSMDEV_SYMBOL(mm_access);

@@ -114,10 +114,15 @@ static int ksmdev_config_apply(const struct ksm_config *cfg)
 		WRITE_ONCE(ksmdev_config.run, KSM_RUN_STOP);
 		mutex_unlock(&ksmdev_lock);
 		err = ksmdev_unmerge_all();
-		if (err)
+		if (err) {
+			ksmdev_lock_acquire();
+			ksmdev_unmerge_all_end();
+			mutex_unlock(&ksmdev_lock);
 			return err;
+		}
 	}
 	ksmdev_lock_acquire();
+	ksmdev_unmerge_all_end();
 	/*
 	 * Under ksmdev_lock, which every merge holds: no merged page can
 	 * appear between this check and the change (tree.c, "NUMA"). After

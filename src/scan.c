@@ -142,6 +142,7 @@ struct ksmdev_scan {
 	struct vm_area_struct *vma;	/* mmap lock held for read */
 	bool mergeable;			/* ksmdev_vma_mergeable(vma) */
 	bool now;			/* KSM_MERGE_REGION: first sight */
+	unsigned long visited;		/* now: candidate pages met so far */
 };
 
 static void ksmdev_batch_add(struct ksmdev_batch *b, unsigned long addr,
@@ -258,8 +259,10 @@ static u64 ksmdev_page_hash(struct page *page)
  * a snapshot of the hash and every merge compares the contents again
  * under the page table lock: a page written meanwhile is never merged,
  * and a write after the merge is an ordinary COW. What it may cost is
- * churn, a merge undone by the next write; it is bounded to once per
- * page: a page whose merge was broken (its slot then holds the stable
+ * churn, a merge undone by the next write: once each time the scanner
+ * meets the page anew (its slot is forgotten when the page is absent at a
+ * visit: swapped out, migrating, freed by MADV_DONTNEED and faulted
+ * again); a page whose merge was broken (its slot then holds the stable
  * page's PFN, not 0), or that changed between two visits, must prove quiet
  * over two visits again, as in mm/ksm.c. The events file cow_breaks counts
  * such breaks (bench: cow_breaks_first_pass). Not ABI: a parameter only,
@@ -271,6 +274,20 @@ MODULE_PARM_DESC(first_sight, "merge pages met for the first time at once, not o
 
 /* The hash of a zero-filled page. */
 static u64 ksmdev_zero_hash;
+
+/*
+ * May a page be merged at first sight (ksmdev_first_sight)? Only one met
+ * anew (slot 0), and not a zero-filled one nor part of a huge page: a
+ * freshly faulted huge page is mostly zeroes that its owner is about to
+ * write, and merging one would split it for a merge undone at once; a
+ * zero-filled small page is most often memory about to be used
+ * (review). Those wait for a second visit, as in mm/ksm.c.
+ */
+static bool ksmdev_first_sight_ok(u64 old, u64 hash, struct page *page)
+{
+	return !old && READ_ONCE(ksmdev_first_sight) &&
+	       hash != ksmdev_zero_hash && !PageCompound(page);
+}
 
 static u64 ksmdev_slot_stable_value(struct page *kpage)
 {
@@ -463,7 +480,7 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 	 * quiet. A page seen for the first time (a slot never used, or
 	 * forgotten since: see ksmdev_first_sight) is a candidate at once.
 	 */
-	if (!s->now && !(!old && READ_ONCE(ksmdev_first_sight)) &&
+	if (!s->now && !ksmdev_first_sight_ok(old, hash, page) &&
 	    (!(old & KSMDEV_SLOT_SEEN) ||
 	     (old & KSMDEV_SLOT_CSUM_MASK) != (hash & KSMDEV_SLOT_CSUM_MASK))) {
 		ksmdev_slot_set(s->ctx, s->region, slot, value);
@@ -493,12 +510,15 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 			return;
 	}
 	/*
-	 * A context holds at most one node per registered page, as a pass
-	 * gives it. Only KSM_MERGE_REGION calls, which no pass resets while
-	 * run is not 1, can pile up more (a page rewritten between calls
-	 * leaves a node of its old content): then its nodes go, all at once.
+	 * A pass files a page once, and the next pass begins anew. Only
+	 * KSM_MERGE_REGION calls, which no pass resets while run is not 1,
+	 * can pile up more (a page rewritten between calls leaves a node of
+	 * its old content): past about one node per registered page, or per
+	 * page this call has met (the count of a KSM_REGION_ALL region is of
+	 * its last pass), its nodes go, all at once.
 	 */
-	if (s->ctx->nr_unstable >= s->ctx->nr_pages + KSMDEV_BATCH)
+	if (s->now && s->ctx->nr_unstable >=
+		      max(s->ctx->nr_pages, s->visited) + KSMDEV_BATCH)
 		ksmdev_unstable_forget(s->ctx, 0, ULONG_MAX);
 	if (!ksmdev_unstable_insert(trees, hash, s->ctx, addr))
 		value |= KSMDEV_SLOT_UNSTABLE;
@@ -537,6 +557,7 @@ static unsigned int ksmdev_scan_pages(struct ksmdev_scan *s,
 		} else {
 			slot = ksmdev_region_slot(s->region, at);
 			if (slot && ksmdev_page_candidate(page)) {
+				s->visited++;
 				if (!s->now && ksmdev_smart_skip(s, slot)) {
 					put_page(page);
 					skipped++;
@@ -886,7 +907,7 @@ static unsigned long ksmdev_advisor_account(void)
 	if (!a->on)
 		return 0;
 	now = ktime_get_ns();
-	run = current->se.sum_exec_runtime;
+	run = READ_ONCE(current->se.sum_exec_runtime);
 	if (a->timed) {
 		wall = now - a->last_ns;
 		used = run > a->last_run ? run - a->last_run : 0;
@@ -1105,7 +1126,8 @@ out:
  * on (ksmdev_scan_forget_ctx()), and a reference keeps the one being
  * unmerged. Contexts opened meanwhile go to the list's tail, so none is
  * missed (seed 004). Stops at the first error (-ENOMEM, -EINTR), which the
- * caller returns.
+ * caller returns. KSM_MERGE_REGION is refused (EBUSY) from its start until
+ * the caller calls ksmdev_unmerge_all_end().
  */
 int ksmdev_unmerge_all(void)
 {
@@ -1127,9 +1149,19 @@ int ksmdev_unmerge_all(void)
 		ksmdev_ctx_put(ctx);
 	}
 	ksmdev_unmerge_cursor = NULL;
-	ksmdev_unmerging = false;
 	mutex_unlock(&ksmdev_lock);
 	return err;
+}
+
+/*
+ * The unmerge-all is over: run=2 is written, or it failed and run stays 0
+ * (under ksmdev_lock, by ksmdev_config_apply()). Only now may
+ * KSM_MERGE_REGION merge again: not between the unmerge's end and run=2.
+ */
+void ksmdev_unmerge_all_end(void)
+{
+	lockdep_assert_held(&ksmdev_lock);
+	ksmdev_unmerging = false;
 }
 
 /*

@@ -433,10 +433,12 @@ static void ksmdev_tree_insert(struct rb_root *root, struct rb_node *new,
  */
 u64 ksmdev_tree_key(u64 hash, struct page *page)
 {
-	if (!NODES_SHIFT || READ_ONCE(ksmdev_config.merge_across_nodes))
-		return hash;
-	return (hash & (U64_MAX >> NODES_SHIFT)) |
-	       ((u64)page_to_nid(page) << KSMDEV_KEY_NID_SHIFT);
+#if NODES_SHIFT
+	if (!READ_ONCE(ksmdev_config.merge_across_nodes))
+		return (hash & (U64_MAX >> NODES_SHIFT)) |
+		       ((u64)page_to_nid(page) << KSMDEV_KEY_NID_SHIFT);
+#endif
+	return hash;
 }
 
 /**
