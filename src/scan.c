@@ -488,10 +488,26 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 	}
 
 	if (READ_ONCE(ksmdev_config.use_zero_pages) &&
-	    hash == ksmdev_zero_hash && !ksmdev_split_page(page) &&
-	    !ksmdev_replace_page(s->vma, addr, page, NULL)) {
-		ksmdev_slot_set(s->ctx, s->region, slot, KSMDEV_SLOT_ZERO);
-		return;
+	    hash == ksmdev_zero_hash) {
+		if (!ksmdev_split_page(page) &&
+		    !ksmdev_replace_page(s->vma, addr, page, NULL)) {
+			ksmdev_slot_set(s->ctx, s->region, slot,
+					KSMDEV_SLOT_ZERO);
+			return;
+		}
+		/*
+		 * A zero-filled page that could not be mapped to the zero
+		 * page this time (a reference held for a moment, as 6.1's
+		 * per-CPU LRU batches hold one) waits for its next visit.
+		 * Filed in a tree, it would merge with another such page into
+		 * a stable page of zeroes (mm/ksm.c lets that happen), which
+		 * stays: a merged page is never looked at for zeroes again.
+		 * Only a page whose hash merely collides goes on.
+		 */
+		if (ksmdev_page_is_zero(page)) {
+			ksmdev_slot_set(s->ctx, s->region, slot, value);
+			return;
+		}
 	}
 
 	hash = ksmdev_tree_key(hash, page);
