@@ -37,6 +37,7 @@ static unsigned long pages_to_scan = 100, sleep_ms = 20, timeout_s = 900;
 static unsigned long sparse_gb = 64;
 static unsigned long steady_pages = 1000, steady_passes = 8;
 static unsigned long advisor_mb = 64, advisor_target_ms = 2000;
+static unsigned long rounds = 2, numa_mb = 32;
 
 static unsigned long env_ul(const char *name, unsigned long def)
 {
@@ -844,6 +845,128 @@ out:
 }
 
 /*
+ * NUMA (merge_across_nodes): BENCH_PROCS processes, each bound to a node
+ * in turn (set_mempolicy(MPOL_BIND)), with BENCH_NUMA_MB of pages the same
+ * in all of them, merged once across nodes and once only within each node.
+ * Pages saved both ways, and how many merged pages each left behind: the
+ * memory merge_across_nodes=0 gives up for node-local accesses.
+ */
+static int numa_nodes_online(void)
+{
+	char buf[64];
+	int a, b;
+
+	if (ksm_read_text("/sys/devices/system/node/online", buf,
+			  sizeof(buf)) <= 0)
+		return 1;
+	if (sscanf(buf, "%d-%d", &a, &b) == 2)
+		return b - a + 1;
+	return 1;
+}
+
+static int engine_across(const struct engine *e, uint64_t across)
+{
+	struct ksm_config cfg;
+
+	if (is_ksmd(e))
+		return sysfs_ksm_set("merge_across_nodes", across);
+	if (ksm_get_config(e->fd, &cfg))
+		return -1;
+	cfg.merge_across_nodes = across;
+	return ksm_set_config(e->fd, &cfg);
+}
+
+static void numa_child(const struct engine *e, unsigned int node,
+		       int ready, int stop)
+{
+	size_t len = numa_mb << 20, n = len / ksm_page_size();
+	unsigned long mask = 1UL << node;
+	int fd = -1;
+	char *p, c;
+
+	if (syscall(SYS_set_mempolicy, 2 /* MPOL_BIND */, &mask,
+		    8 * sizeof(mask)))
+		_exit(1);
+	p = ksm_mmap_anon(len);
+	if (!p)
+		_exit(2);
+	ksm_fill_vals(p, 0, n, 0x6e756d61ULL);
+	if (engine_add(e, &fd, p, len))
+		_exit(3);
+	if (write(ready, "r", 1) != 1)
+		_exit(4);
+	while (read(stop, &c, 1) < 0 && errno == EINTR)
+		;
+	_exit(0);
+}
+
+static void numa(const struct engine *e)
+{
+	const size_t n = (numa_mb << 20) / ksm_page_size();
+	int nodes = numa_nodes_online(), across;
+
+	if (nodes < 2) {
+		printf("# %s: numa: one node, nothing to measure\n", e->name);
+		return;
+	}
+	for (across = 1; across >= 0; across--) {
+		int ready[2], stop[2], status;
+		struct counters c;
+		unsigned int p;
+		pid_t pids[64];
+		uint64_t end;
+		char ch;
+
+		if (bench_procs > 64 || pipe(ready) || pipe(stop))
+			return;
+		if (engine_across(e, across)) {
+			printf("# %s: cannot set merge_across_nodes=%d: %s\n",
+			       e->name, across, strerror(errno));
+			close(ready[0]);
+			close(ready[1]);
+			close(stop[0]);
+			close(stop[1]);
+			break;
+		}
+		for (p = 0; p < bench_procs; p++) {
+			pids[p] = fork();
+			if (pids[p] == 0) {
+				close(stop[1]);
+				numa_child(e, p % nodes, ready[1], stop[0]);
+			}
+		}
+		close(stop[0]);
+		for (p = 0; p < bench_procs; p++)
+			if (read(ready[0], &ch, 1) != 1)
+				printf("# %s: a numa process failed\n",
+				       e->name);
+		engine_run(e, 1, FAST_PAGES, 0);
+		end = ksm_now_ms() + timeout_s * 1000ULL;
+		do {
+			ksm_sleep_ms(100);
+			read_counters(e, &c);
+		} while (c.shared + c.sharing < n * bench_procs &&
+			 ksm_now_ms() < end);
+		printf("ROW %s numa_saved_%s %llu pages\n", e->name,
+		       across ? "across" : "per_node",
+		       (unsigned long long)c.sharing);
+		printf("ROW %s numa_merged_pages_%s %llu pages\n", e->name,
+		       across ? "across" : "per_node",
+		       (unsigned long long)c.shared);
+		close(stop[1]);
+		for (p = 0; p < bench_procs; p++)
+			waitpid(pids[p], &status, 0);
+		close(ready[0]);
+		close(ready[1]);
+		engine_run(e, 2, FAST_PAGES, 0);
+		wait_unmerged(e);
+	}
+	if (engine_across(e, 1))
+		printf("# %s: cannot set merge_across_nodes back to 1\n",
+		       e->name);
+}
+
+/*
  * Upstream's own ksm_tests (built by bench.sh from Debian's linux-source,
  * unmodified) against ksmd: an external reference for the -P/-H/-D/-C
  * figures above. Its output goes out as comments, its speeds as figures.
@@ -887,6 +1010,52 @@ static void upstream_ksm_tests(void)
 	}
 }
 
+/* One engine's turn in round @r (the first is 0): the phases asked for. */
+static void phase_round(struct engine *e, unsigned int i, unsigned int r,
+			const char *phases, double *cpu)
+{
+	if (strstr(phases, "workload")) {
+		printf("# %s: workload\n", e->name);
+		cpu[i] = workload(e, pages_to_scan, false, false);
+	}
+	/*
+	 * At equal CPU budget: ksmdev again, its pages_to_scan scaled
+	 * by how much less CPU it took than ksmd (what an advisor
+	 * that targets a CPU share would do).
+	 */
+	if (strstr(phases, "workload") && i == 1 && !r &&
+	    cpu[0] > 0 && cpu[1] > 0) {
+		unsigned long pts = pages_to_scan * cpu[0] / cpu[1];
+
+		printf("# %s: workload at ksmd's CPU (pages_to_scan %lu)\n",
+		       e->name, pts);
+		workload(e, pts ? pts : 1, true, false);
+	}
+	/* ksmdev as mm/ksm.c merges: twice over each page. */
+	if (strstr(phases, "twopass") && i == 1 && !r) {
+		printf("# %s: workload, first_sight=0\n", e->name);
+		workload(e, pages_to_scan, false, true);
+	}
+	if (strstr(phases, "micro")) {
+		printf("# %s: merge, unmerge, COW\n", e->name);
+		micro(e, false);
+		micro(e, true);
+		merge_now(e);
+	}
+	if (strstr(phases, "sparse") && !r) {
+		printf("# %s: sparse region\n", e->name);
+		sparse(e);
+	}
+	if (strstr(phases, "advisor") && !r) {
+		printf("# %s: advisor\n", e->name);
+		advisor(e);
+	}
+	if (strstr(phases, "numa") && !r) {
+		printf("# %s: numa\n", e->name);
+		numa(e);
+	}
+}
+
 int main(void)
 {
 	struct engine engines[] = {
@@ -896,7 +1065,7 @@ int main(void)
 	const char *only = getenv("BENCH_ONLY");
 	const char *phases = getenv("BENCH_PHASES");
 	double cpu[2] = { -1, -1 };
-	unsigned int i;
+	unsigned int i, r;
 
 	bench_mb = env_ul("BENCH_MB", bench_mb);
 	bench_procs = env_ul("BENCH_PROCS", bench_procs);
@@ -909,8 +1078,10 @@ int main(void)
 	steady_passes = env_ul("BENCH_STEADY_PASSES", steady_passes);
 	advisor_mb = env_ul("BENCH_ADVISOR_MB", advisor_mb);
 	advisor_target_ms = env_ul("BENCH_ADVISOR_TARGET_MS", advisor_target_ms);
+	rounds = env_ul("BENCH_ROUNDS", rounds);
+	numa_mb = env_ul("BENCH_NUMA_MB", numa_mb);
 	if (!phases || !*phases)
-		phases = "upstream workload twopass micro sparse advisor";
+		phases = "upstream workload twopass micro sparse advisor numa";
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
 	engines[1].fd = ksm_open();
@@ -918,51 +1089,28 @@ int main(void)
 		printf("# needs /dev/ksm and " SYSFS_KSM " (root)\n");
 		return 1;
 	}
-	printf("# %lu processes x %lu MiB, pages_to_scan %lu, sleep_millisecs %lu; smart_scan %llu\n",
+	printf("# %lu processes x %lu MiB, pages_to_scan %lu, sleep_millisecs %lu; smart_scan %llu; %lu rounds\n",
 	       bench_procs, bench_mb, pages_to_scan, sleep_ms,
-	       (unsigned long long)sysfs_ksm("smart_scan"));
+	       (unsigned long long)sysfs_ksm("smart_scan"), rounds);
 	if (strstr(phases, "upstream") && (!only || !*only || !strcmp(only, "ksmd")))
 		upstream_ksm_tests();
-	for (i = 0; i < ARRAY_SIZE(engines); i++) {
-		struct engine *e = &engines[i];
+	/*
+	 * Rounds, the engines interleaved (ksmd, ksmdev, ksmd, ksmdev...):
+	 * the workload and the micro benchmarks, whose ratios bench.sh gives
+	 * as a median and a spread over the rounds, so that a slow spell of
+	 * the host is not taken for one engine's figure (private_write, which
+	 * no engine affects, tells such a spell). The phases that take long
+	 * or compare nothing (eqcpu, twopass, sparse, advisor, numa) run in
+	 * the first round only.
+	 */
+	for (r = 0; r < rounds; r++) {
+		printf("ROUND %u\n", r + 1);
+		for (i = 0; i < ARRAY_SIZE(engines); i++) {
+			struct engine *e = &engines[i];
 
-		if (only && *only && strcmp(only, e->name))
-			continue;
-		if (strstr(phases, "workload")) {
-			printf("# %s: workload\n", e->name);
-			cpu[i] = workload(e, pages_to_scan, false, false);
-		}
-		/*
-		 * At equal CPU budget: ksmdev again, its pages_to_scan scaled
-		 * by how much less CPU it took than ksmd (what an advisor
-		 * that targets a CPU share would do).
-		 */
-		if (strstr(phases, "workload") && i == 1 && cpu[0] > 0 &&
-		    cpu[1] > 0) {
-			unsigned long pts = pages_to_scan * cpu[0] / cpu[1];
-
-			printf("# %s: workload at ksmd's CPU (pages_to_scan %lu)\n",
-			       e->name, pts);
-			workload(e, pts ? pts : 1, true, false);
-		}
-		/* ksmdev as mm/ksm.c merges: twice over each page. */
-		if (strstr(phases, "twopass") && i == 1) {
-			printf("# %s: workload, first_sight=0\n", e->name);
-			workload(e, pages_to_scan, false, true);
-		}
-		if (strstr(phases, "micro")) {
-			printf("# %s: merge, unmerge, COW\n", e->name);
-			micro(e, false);
-			micro(e, true);
-			merge_now(e);
-		}
-		if (strstr(phases, "sparse")) {
-			printf("# %s: sparse region\n", e->name);
-			sparse(e);
-		}
-		if (strstr(phases, "advisor")) {
-			printf("# %s: advisor\n", e->name);
-			advisor(e);
+			if (only && *only && strcmp(only, e->name))
+				continue;
+			phase_round(e, i, r, phases, cpu);
 		}
 	}
 	engine_run(&engines[1], 0, pages_to_scan, sleep_ms);

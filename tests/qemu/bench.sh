@@ -13,9 +13,11 @@
 # BENCH_SPARSE_GB (64), BENCH_TIMEOUT (900 s for the workload, per engine),
 # BENCH_STEADY_PAGES_TO_SCAN (1000) and BENCH_STEADY_PASSES (8) for the
 # steady state after convergence, BENCH_ADVISOR_MB (64) and
-# BENCH_ADVISOR_TARGET_MS (2000) for the advisor,
+# BENCH_ADVISOR_TARGET_MS (2000) for the advisor, BENCH_ROUNDS (2: the
+# engines interleaved, ksmd, ksmdev, ksmd, ksmdev, for the workload and the
+# micro benchmarks), BENCH_NUMA_MB (32, per process, for the numa phase),
 # BENCH_ONLY (ksmd or ksmdev: one engine), BENCH_PHASES (of "upstream
-# workload twopass micro sparse advisor", separated by commas or spaces, the default: all; upstream: Debian's own
+# workload twopass micro sparse advisor numa", separated by commas or spaces, the default: all; upstream: Debian's own
 # tools/testing/selftests/mm/ksm_tests -P/-H/-D/-C against ksmd). BENCH_RESULT=FILE only makes the
 # table and the plot from an earlier run's result.txt. Not a test: prints
 # numbers, asserts nothing about speed.
@@ -26,25 +28,101 @@ set -euo pipefail
 export KERNELS=${BENCH_KERNEL:-6.12}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-7200}
 BENCH_OUT=$BUILD/bench
-BENCH_VARS="BENCH_MB BENCH_PROCS BENCH_PAGES_TO_SCAN BENCH_SLEEP_MS BENCH_MERGE_MB BENCH_SPARSE_GB BENCH_TIMEOUT BENCH_ONLY BENCH_PHASES BENCH_STEADY_PAGES_TO_SCAN BENCH_STEADY_PASSES BENCH_ADVISOR_MB BENCH_ADVISOR_TARGET_MS"
+BENCH_VARS="BENCH_MB BENCH_PROCS BENCH_PAGES_TO_SCAN BENCH_SLEEP_MS BENCH_MERGE_MB BENCH_SPARSE_GB BENCH_TIMEOUT BENCH_ONLY BENCH_PHASES BENCH_STEADY_PAGES_TO_SCAN BENCH_STEADY_PASSES BENCH_ADVISOR_MB BENCH_ADVISOR_TARGET_MS BENCH_ROUNDS BENCH_NUMA_MB"
 
 # table RESULT: the markdown table of the ROW lines, ksmd next to ksmdev.
+# With rounds (ROUND lines: the engines interleaved in one boot), each
+# engine's figure is its median over the rounds, and the ratio the median of
+# the rounds' ratios with their spread (lowest-highest). private_write, which
+# neither engine affects, is the control: a round where its ratio is off by
+# more than 10% was noisy, and the table says so. Then the goals of the
+# figures that have one (issue 15), met or not.
 table() {
 	awk '
+	function med(a, n,    i, j, t) {
+		for (i = 2; i <= n; i++)
+			for (j = i; j > 1 && a[j - 1] > a[j]; j--) {
+				t = a[j]; a[j] = a[j - 1]; a[j - 1] = t
+			}
+		return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+	}
+	function fmt(x) {
+		return x == int(x) ? sprintf("%d", x) : sprintf("%.2f", x)
+	}
+	# The median of engine e for key k over the rounds ("" if none).
+	function emed(e, k,    r, n, a) {
+		n = 0
+		for (r = 1; r <= nr; r++)
+			if ((e, k, r) in val)
+				a[++n] = val[e, k, r] + 0
+		return n ? med(a, n) : ""
+	}
+	# The rounds ratios of key k: their median in ratio[k], the
+	# spread in lo[k], hi[k], how many in cnt[k].
+	function ratios(k,    r, n, a, x) {
+		n = 0
+		for (r = 1; r <= nr; r++)
+			if (("ksmd", k, r) in val && ("ksmdev", k, r) in val &&
+			    val["ksmd", k, r] + 0 != 0) {
+				x = val["ksmdev", k, r] / val["ksmd", k, r]
+				a[++n] = x; rr[k, r] = x
+				if (n == 1 || x < lo[k]) lo[k] = x
+				if (n == 1 || x > hi[k]) hi[k] = x
+			}
+		cnt[k] = n
+		if (n) ratio[k] = med(a, n)
+	}
+	function goal(k, what, limit,    s) {
+		if (k == "metadata_per_page_peak") {
+			s = emed("ksmdev", k)
+			if (s == "") { printf "- %s: no figure\n", what; return }
+			printf "- %s: %s B, goal at most %s B: %s\n", what, fmt(s), limit, (s + 0 <= limit ? "met" : "not met")
+			return
+		}
+		if (!cnt[k]) { printf "- %s: no figure\n", what; return }
+		printf "- %s: %.2fx (%.2f-%.2f over %d rounds), goal at most %sx: %s\n", what, ratio[k], lo[k], hi[k], cnt[k], limit, (ratio[k] <= limit ? "met" : "not met")
+	}
+	$1 == "ROUND" { round = $2 + 0; if (round > nr) nr = round; next }
 	$1 == "ROW" {
+		if (!round) { round = 1; nr = 1 }
 		key = $3; unit = $5
 		if (!(key in seen)) { seen[key] = 1; order[n++] = key }
-		val[$2, key] = $4; units[key] = unit
+		val[$2, key, round] = $4; units[key] = unit
 	}
 	END {
-		print "| figure | ksmd (reference) | ksmdev | ksmdev / ksmd |"
-		print "|---|---:|---:|---:|"
+		if (!nr) nr = 1
+		print "| figure | ksmd (reference) | ksmdev | ksmdev / ksmd | spread (rounds) |"
+		print "|---|---:|---:|---:|---:|"
 		for (i = 0; i < n; i++) {
-			k = order[i]; a = val["ksmd", k]; b = val["ksmdev", k]
-			r = (a != "" && b != "" && a + 0 != 0) ? sprintf("%.2f", b / a) : "-"
+			k = order[i]; a = emed("ksmd", k); b = emed("ksmdev", k)
+			ratios(k)
+			r = cnt[k] ? sprintf("%.2f", ratio[k]) : "-"
+			sp = cnt[k] > 1 ? sprintf("%.2f-%.2f (%d)", lo[k], hi[k], cnt[k]) : "-"
 			u = units[k]; sub(/^of_/, "of ", u)
-			printf "| %s (%s) | %s | %s | %s |\n", k, u, (a == "" ? "-" : a), (b == "" ? "-" : b), r
+			printf "| %s (%s) | %s | %s | %s | %s |\n", k, u, (a == "" ? "-" : fmt(a)), (b == "" ? "-" : fmt(b)), r, sp
 		}
+		print ""
+		noisy = 0; list = ""
+		for (r = 1; r <= nr; r++) {
+			if (("private_write", r) in rr) {
+				x = rr["private_write", r]
+				list = list (list == "" ? "" : ", ") sprintf("round %d %.2f", r, x)
+				if (x > 1.10 || x < 1 / 1.10) noisy++
+			}
+		}
+		if (list == "")
+			print "Control: no private_write figure in this run: its noise is unknown."
+		else if (noisy)
+			printf "**Noisy run**: the control, private_write (which neither engine affects), ksmdev/ksmd: %s; %d round(s) off by more than 10%%. Read the ratios of this run with that in mind.\n", list, noisy
+		else
+			printf "Control: private_write (which neither engine affects), ksmdev/ksmd: %s; within 10%%: a quiet run.\n", list
+		print ""
+		print "Goals (ksmdev against ksmd in the same boot, median over the rounds):"
+		print ""
+		goal("time_to_90", "time to 90% of the pages saved", "0.5")
+		goal("scanner_cpu", "scanner CPU to convergence", "0.5")
+		goal("steady_cpu_per_gib_per_pass", "steady-state CPU per GiB per pass", "0.3")
+		goal("metadata_per_page_peak", "metadata per page, peak over a pass", "16")
 	}' "$1"
 }
 
@@ -52,7 +130,7 @@ table() {
 plot() {
 	local e title cmd=""
 	for e in ksmd ksmdev ksmdev_eqcpu; do
-		awk -v e="$e" '$1 == "TS" && $2 == e { print $3 / 1000, $4 }' "$1" \
+		awk -v e="$e" '$1 == "ROUND" { r = $2 } $1 == "TS" && $2 == e && r + 0 <= 1 { print $3 / 1000, $4 }' "$1" \
 			> "$BENCH_OUT/$e.dat"
 		[ -s "$BENCH_OUT/$e.dat" ] || continue
 		case $e in
