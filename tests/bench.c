@@ -38,6 +38,7 @@ static unsigned long sparse_gb = 64;
 static unsigned long steady_pages = 1000, steady_passes = 8;
 static unsigned long advisor_mb = 64, advisor_target_ms = 2000;
 static unsigned long rounds = 2, numa_mb = 32;
+static unsigned long vms_nr = 4, vms_passes = 6;
 
 static unsigned long env_ul(const char *name, unsigned long def)
 {
@@ -967,6 +968,121 @@ static void numa(const struct engine *e)
 }
 
 /*
+ * A real workload (the vms phase): VMS_NR small QEMU guests (the inner
+ * kernel and initramfs of tests/hypervisor.c) booted inside the bench
+ * guest. ksmd merges them through QEMU's own madvise(MADV_MERGEABLE)
+ * (mem-merge); ksmdev through the same call, handed to /dev/ksm by the
+ * preload library. The scanner starts once every guest has printed its
+ * line, at the workload's pace, and runs BENCH_VMS_PASSES full scans: pages
+ * saved then, and the time to 90% of them. The guests keep running (TCG
+ * inside TCG) and compete with the scanner for the CPUs, as VMs do.
+ */
+#define VMS_QEMU	"/usr/bin/qemu-system-x86_64"
+#define VMS_PRELOAD	"/tests/libksmdev-preload.so"
+#define VMS_UP_LINE	"ksmdev inner guest: up"
+#define VMS_MAX		8
+#define VMS_SAMPLES	8192
+
+static bool vm_up(unsigned int i)
+{
+	static char buf[65536];
+	char path[64];
+
+	snprintf(path, sizeof(path), "/tmp/bench-vm%u.log", i);
+	return ksm_read_text(path, buf, sizeof(buf)) > 0 &&
+	       strstr(buf, VMS_UP_LINE);
+}
+
+static void vms(const struct engine *e)
+{
+	static uint64_t at[VMS_SAMPLES], sv[VMS_SAMPLES];
+	uint64_t t0, end, t90 = 0, final;
+	unsigned int i, up, ns = 0;
+	struct counters c0, c;
+	pid_t pids[VMS_MAX];
+	double cpu0, cpu;
+	int status;
+
+	if (access(VMS_QEMU, X_OK) || access("/boot/inner-kernel", R_OK)) {
+		printf("# %s: vms: no QEMU or inner kernel in the guest\n",
+		       e->name);
+		return;
+	}
+	if (vms_nr > VMS_MAX)
+		vms_nr = VMS_MAX;
+	engine_run(e, 0, pages_to_scan, sleep_ms);
+	t0 = ksm_now_ms();
+	for (i = 0; i < vms_nr; i++) {
+		char serial[64], err[64];
+
+		snprintf(serial, sizeof(serial), "file:/tmp/bench-vm%u.log", i);
+		snprintf(err, sizeof(err), "/tmp/bench-vm%u.err", i);
+		unlink(serial + 5);
+		pids[i] = fork();
+		if (pids[i])
+			continue;
+		if (!freopen(err, "w", stderr))
+			_exit(126);
+		if (!is_ksmd(e))
+			setenv("LD_PRELOAD", VMS_PRELOAD, 1);
+		execl(VMS_QEMU, "qemu-system-x86_64", "-accel", "tcg",
+		      "-m", "128M", "-nodefaults", "-display", "none",
+		      "-monitor", "none", "-no-reboot",
+		      "-machine", "mem-merge=on", "-kernel", "/boot/inner-kernel",
+		      "-initrd", "/boot/inner-initrd",
+		      "-append", "console=ttyS0 nokaslr", "-serial", serial,
+		      (char *)NULL);
+		_exit(127);
+	}
+	end = t0 + timeout_s * 1000ULL;
+	do {
+		ksm_sleep_ms(500);
+		for (i = 0, up = 0; i < vms_nr; i++)
+			up += pids[i] > 0 && vm_up(i);
+	} while (up < vms_nr && ksm_now_ms() < end);
+	if (up < vms_nr) {
+		printf("# %s: vms: %u of %lu guests up in %lu s\n", e->name,
+		       up, vms_nr, timeout_s);
+		goto out;
+	}
+	printf("# %s: vms: %lu guests up in %.1f s\n", e->name, vms_nr,
+	       (ksm_now_ms() - t0) / 1000.0);
+	read_counters(e, &c0);
+	cpu0 = thread_cpu(e);
+	t0 = ksm_now_ms();
+	engine_run(e, 1, pages_to_scan, sleep_ms);
+	do {
+		ksm_sleep_ms(250);
+		read_counters(e, &c);
+		if (ns < VMS_SAMPLES) {
+			at[ns] = ksm_now_ms() - t0;
+			sv[ns++] = saved(&c);
+		}
+	} while (c.full_scans < c0.full_scans + vms_passes &&
+		 ksm_now_ms() < end);
+	cpu = thread_cpu(e) - cpu0;
+	final = saved(&c);
+	for (i = 0; i < ns && !t90; i++)
+		if (sv[i] * 10 >= final * 9)
+			t90 = at[i];
+	printf("ROW %s vms_saved_pages %llu pages\n", e->name,
+	       (unsigned long long)final);
+	printf("ROW %s vms_time_to_90 %.1f s\n", e->name, t90 / 1000.0);
+	printf("ROW %s vms_scanner_cpu %.2f s\n", e->name, cpu);
+	printf("ROW %s vms_full_scans %llu passes\n", e->name,
+	       (unsigned long long)(c.full_scans - c0.full_scans));
+out:
+	for (i = 0; i < vms_nr; i++) {
+		if (pids[i] <= 0)
+			continue;
+		kill(pids[i], SIGKILL);
+		waitpid(pids[i], &status, 0);
+	}
+	engine_run(e, 2, pages_to_scan, sleep_ms);
+	wait_unmerged(e);
+}
+
+/*
  * Upstream's own ksm_tests (built by bench.sh from Debian's linux-source,
  * unmodified) against ksmd: an external reference for the -P/-H/-D/-C
  * figures above. Its output goes out as comments, its speeds as figures.
@@ -1054,6 +1170,10 @@ static void phase_round(struct engine *e, unsigned int i, unsigned int r,
 		printf("# %s: numa\n", e->name);
 		numa(e);
 	}
+	if (strstr(phases, "vms") && !r) {
+		printf("# %s: vms\n", e->name);
+		vms(e);
+	}
 }
 
 int main(void)
@@ -1080,8 +1200,10 @@ int main(void)
 	advisor_target_ms = env_ul("BENCH_ADVISOR_TARGET_MS", advisor_target_ms);
 	rounds = env_ul("BENCH_ROUNDS", rounds);
 	numa_mb = env_ul("BENCH_NUMA_MB", numa_mb);
+	vms_nr = env_ul("BENCH_VMS", vms_nr);
+	vms_passes = env_ul("BENCH_VMS_PASSES", vms_passes);
 	if (!phases || !*phases)
-		phases = "upstream workload twopass micro sparse advisor numa";
+		phases = "upstream workload twopass micro sparse advisor numa vms";
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
 	engines[1].fd = ksm_open();

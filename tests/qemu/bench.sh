@@ -17,7 +17,7 @@
 # engines interleaved, ksmd, ksmdev, ksmd, ksmdev, for the workload and the
 # micro benchmarks), BENCH_NUMA_MB (32, per process, for the numa phase),
 # BENCH_ONLY (ksmd or ksmdev: one engine), BENCH_PHASES (of "upstream
-# workload twopass micro sparse advisor numa", separated by commas or spaces, the default: all; upstream: Debian's own
+# workload twopass micro sparse advisor numa vms", separated by commas or spaces, the default: all; upstream: Debian's own
 # tools/testing/selftests/mm/ksm_tests -P/-H/-D/-C against ksmd). BENCH_RESULT=FILE only makes the
 # table and the plot from an earlier run's result.txt. Not a test: prints
 # numbers, asserts nothing about speed.
@@ -28,7 +28,7 @@ set -euo pipefail
 export KERNELS=${BENCH_KERNEL:-6.12}
 QEMU_TIMEOUT=${QEMU_TIMEOUT:-7200}
 BENCH_OUT=$BUILD/bench
-BENCH_VARS="BENCH_MB BENCH_PROCS BENCH_PAGES_TO_SCAN BENCH_SLEEP_MS BENCH_MERGE_MB BENCH_SPARSE_GB BENCH_TIMEOUT BENCH_ONLY BENCH_PHASES BENCH_STEADY_PAGES_TO_SCAN BENCH_STEADY_PASSES BENCH_ADVISOR_MB BENCH_ADVISOR_TARGET_MS BENCH_ROUNDS BENCH_NUMA_MB"
+BENCH_VARS="BENCH_MB BENCH_PROCS BENCH_PAGES_TO_SCAN BENCH_SLEEP_MS BENCH_MERGE_MB BENCH_SPARSE_GB BENCH_TIMEOUT BENCH_ONLY BENCH_PHASES BENCH_STEADY_PAGES_TO_SCAN BENCH_STEADY_PASSES BENCH_ADVISOR_MB BENCH_ADVISOR_TARGET_MS BENCH_ROUNDS BENCH_NUMA_MB BENCH_VMS BENCH_VMS_PASSES"
 
 # table RESULT: the markdown table of the ROW lines, ksmd next to ksmdev.
 # With rounds (ROUND lines: the engines interleaved in one boot), each
@@ -218,6 +218,12 @@ main() {
 	log "building tests/bench.c"
 	build_test bench
 	build_ksm_tests
+	# The vms phase: QEMU guests under the preload library, inside the
+	# bench guest, on the inner kernel of tests/hypervisor.c.
+	build_preload || warn "the preload library did not build: no vms figures for ksmdev"
+	mkdir -p "$BUILD/logs"
+	build_inner_kernel > "$BUILD/logs/inner-kernel.log" 2>&1 ||
+		warn "the inner kernel did not build (log: $BUILD/logs/inner-kernel.log): no vms figures"
 	{
 		for v in $BENCH_VARS; do
 			[ -n "${!v:-}" ] && echo "export $v='${!v}'"

@@ -746,9 +746,10 @@ build_initramfs() {
 	add_test_kmods "$root" "$kver"
 	# The dynamic ones (fakevm, the preload library) need libc and ld.so.
 	copy_dynamic_libs "$root" "$root"/tests/*
-	# tests/integrations.c starts a QEMU for the libvirt hook too.
+	# tests/integrations.c starts a QEMU for the libvirt hook too, and
+	# the bench (tests/bench.c, its vms phase) four.
 	case " $* " in
-	*" hypervisor "*|*" integrations "*) add_qemu "$root" ;;
+	*" hypervisor "*|*" integrations "*|*" bench "*) add_qemu "$root" ;;
 	esac
 
 	mod=$(built_module "$kver") || die "no DKMS-installed ksmdev for $kver"
