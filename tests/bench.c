@@ -852,19 +852,6 @@ out:
  * Pages saved both ways, and how many merged pages each left behind: the
  * memory merge_across_nodes=0 gives up for node-local accesses.
  */
-static int numa_nodes_online(void)
-{
-	char buf[64];
-	int a, b;
-
-	if (ksm_read_text("/sys/devices/system/node/online", buf,
-			  sizeof(buf)) <= 0)
-		return 1;
-	if (sscanf(buf, "%d-%d", &a, &b) == 2)
-		return b - a + 1;
-	return 1;
-}
-
 static int engine_across(const struct engine *e, uint64_t across)
 {
 	struct ksm_config cfg;
@@ -904,7 +891,7 @@ static void numa_child(const struct engine *e, unsigned int node,
 static void numa(const struct engine *e)
 {
 	const size_t n = (numa_mb << 20) / ksm_page_size();
-	int nodes = numa_nodes_online(), across;
+	int nodes = ksm_nodes_online(), across;
 
 	if (nodes < 2) {
 		printf("# %s: numa: one node, nothing to measure\n", e->name);

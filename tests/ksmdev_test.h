@@ -832,7 +832,20 @@ static inline int ksm_pfns(const void *addr, size_t npages, uint64_t *pfns)
 	return 0;
 }
 
-/* The PFN of the page at @addr; 0 if absent or unreadable. */
+/* NUMA nodes online (2 in the test guests, lib.sh); 1 if unknown. */
+static inline int ksm_nodes_online(void)
+{
+	char buf[64];
+	int a, b;
+
+	if (ksm_read_text("/sys/devices/system/node/online", buf,
+			  sizeof(buf)) <= 0)
+		return 1;
+	if (sscanf(buf, "%d-%d", &a, &b) == 2)
+		return b - a + 1;
+	return 1;
+}
+
 /*
  * The NUMA node of each of @npages pages at @addr (move_pages(2) asked,
  * nothing moved), into @nodes: a node, or a negative errno for the page.
@@ -856,6 +869,7 @@ static inline int ksm_nodes(const void *addr, size_t npages, uint64_t *nodes)
 	return 0;
 }
 
+/* The PFN of the page at @addr; 0 if absent or unreadable. */
 static inline uint64_t ksm_pfn(const void *addr)
 {
 	uint64_t pfn;

@@ -27,20 +27,6 @@ FIXTURE(numa) {
 	struct ksm_child ch[2];
 };
 
-/* Nodes online: 2 in the test guests; the test needs both. */
-static int nodes_online(void)
-{
-	char buf[64];
-	int a, b;
-
-	if (ksm_read_text("/sys/devices/system/node/online", buf,
-			  sizeof(buf)) <= 0)
-		return 1;
-	if (sscanf(buf, "%d-%d", &a, &b) == 2)
-		return b - a + 1;
-	return 1;
-}
-
 static int bind_to_node(void *arg)
 {
 	unsigned long mask = 1UL << (uintptr_t)arg;
@@ -70,7 +56,7 @@ FIXTURE_SETUP(numa)
 	uintptr_t node;
 
 	self->ch[0].pid = self->ch[1].pid = -1;
-	ASSERT_LE(2, nodes_online())
+	ASSERT_LE(2, ksm_nodes_online())
 		TH_LOG("the test guests have two NUMA nodes (lib.sh)");
 	self->fd = ksm_open_fast(&self->saved, &self->base);
 	ASSERT_LE(0, self->fd);
