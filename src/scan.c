@@ -361,11 +361,22 @@ static bool ksmdev_merge_unstable(struct ksmdev_scan *s, unsigned long addr,
 	stable = ksmdev_stable_create(un->trees, hash, page);
 	if (!stable)
 		goto put;
-	if (!ksmdev_replace_page(s->vma, addr, page, stable->kpage)) {
-		ksmdev_slot_set(s->ctx, s->region, slot,
-				ksmdev_slot_stable_value(stable->kpage));
-		merged = true;
+	/*
+	 * Ours first, and @qpage only if ours is merged: alone on the stable
+	 * page it would save nothing, and cost a page off the LRU, charged to
+	 * our cgroup for another context's page (mm/ksm.c's
+	 * try_to_merge_two_pages() undoes its first merge when the second
+	 * fails). Ours fails this way when pinned, say; @un stays, a
+	 * candidate for others. The other way round (ours merged, @qpage
+	 * not) ours stays on the stable page, for the pages to come.
+	 */
+	if (ksmdev_replace_page(s->vma, addr, page, stable->kpage)) {
+		ksmdev_stable_release(stable);
+		goto put;
 	}
+	ksmdev_slot_set(s->ctx, s->region, slot,
+			ksmdev_slot_stable_value(stable->kpage));
+	merged = true;
 	if (!ksmdev_replace_page(qvma, qaddr, qpage, stable->kpage))
 		ksmdev_slot_set(qctx, qregion, qslot,
 				ksmdev_slot_stable_value(stable->kpage));
@@ -497,12 +508,14 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 		}
 		/*
 		 * A zero-filled page that could not be mapped to the zero
-		 * page this time (a reference held for a moment, as 6.1's
-		 * per-CPU LRU batches hold one) waits for its next visit.
-		 * Filed in a tree, it would merge with another such page into
-		 * a stable page of zeroes (mm/ksm.c lets that happen), which
-		 * stays: a merged page is never looked at for zeroes again.
-		 * Only a page whose hash merely collides goes on.
+		 * page this time (an extra reference: a per-CPU LRU batch's
+		 * until the next drain, a pin; locked this instant; in the
+		 * swap cache; a huge page that did not split) waits for its
+		 * next visit, counted in pages_volatile. Filed in a tree, it
+		 * could merge with another such page into a stable page of
+		 * zeroes (mm/ksm.c lets that happen), which would stay: a
+		 * merged page is never looked at for zeroes again. Only a
+		 * page whose hash merely collides goes on.
 		 */
 		if (ksmdev_page_is_zero(page)) {
 			ksmdev_slot_set(s->ctx, s->region, slot, value);

@@ -190,6 +190,50 @@ TEST_F_TIMEOUT(robust, pinned_by_vmsplice, 300)
 	munmap(p, 16 * self->ps);
 }
 
+/*
+ * A pinned page meets its unpinned twin, filed first in the unstable tree:
+ * neither is merged. The twin alone on a merged page would save nothing
+ * and cost a page off the LRU, counted in pages_shared (mm/ksm.c's
+ * try_to_merge_two_pages() undoes its first merge when the second fails).
+ * KSM_MERGE_REGION with run=0 makes the order sure: page 0 is filed, then
+ * page 1, pinned by vmsplice(), meets it. Unpinned, the two merge.
+ */
+TEST_F_TIMEOUT(robust, pinned_twin_not_merged_alone, 120)
+{
+	size_t len = 2 * self->ps;
+	uint64_t pfn0, pfn1;
+	struct ksm_stats s0, s;
+	struct iovec iov;
+	int pipefd[2];
+	char *p;
+
+	p = map_identical(2);
+	ASSERT_NE(NULL, p);
+	ASSERT_EQ(0, ksm_set_run(self->fd, KSM_RUN_STOP));
+	ASSERT_EQ(0, pipe(pipefd));
+	iov.iov_base = p + self->ps;
+	iov.iov_len = self->ps;
+	ASSERT_EQ((ssize_t)self->ps, vmsplice(pipefd[1], &iov, 1, 0))
+		TH_LOG("vmsplice: %s", strerror(errno));
+	pfn0 = ksm_pfn(p);
+	pfn1 = ksm_pfn(p + self->ps);
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s0));
+	ASSERT_EQ(0, ksm_register(self->fd, p, len, 0));
+	EXPECT_EQ(0, ksm_region_ioctl(self->fd, KSM_MERGE_REGION, p, len, 0));
+	EXPECT_EQ(pfn0, ksm_pfn(p)) TH_LOG("the twin was merged alone");
+	EXPECT_EQ(pfn1, ksm_pfn(p + self->ps));
+	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+	EXPECT_EQ(s0.pages_shared, s.pages_shared);
+	EXPECT_EQ(s0.pages_sharing, s.pages_sharing);
+
+	ASSERT_EQ(0, drain_pipe(pipefd));
+	EXPECT_EQ(2, ksm_region_ioctl(self->fd, KSM_MERGE_REGION, p, len, 0));
+	EXPECT_EQ(ksm_pfn(p), ksm_pfn(p + self->ps));
+	EXPECT_TRUE(all_identical(p, 2));
+	EXPECT_EQ(0, ksm_unregister(self->fd, p, len));
+	munmap(p, len);
+}
+
 struct uring {
 	int fd;
 };
