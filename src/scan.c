@@ -142,6 +142,7 @@ struct ksmdev_scan {
 	struct vm_area_struct *vma;	/* mmap lock held for read */
 	bool mergeable;			/* ksmdev_vma_mergeable(vma) */
 	bool now;			/* KSM_MERGE_REGION: first sight */
+	bool count_skipped;		/* the advisor's: see its sizes */
 	unsigned long visited;		/* now: candidate pages met so far */
 };
 
@@ -558,7 +559,8 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
  * Look at the pages gathered from [start, end) of the current region, then
  * forget the state of every address there that had no page. Returns how
  * many count against pages_to_scan: all but those passed by (smart scan),
- * which, as in mm/ksm.c, cost next to nothing and shorten the pass.
+ * which, as in mm/ksm.c, cost next to nothing and shorten the pass; all of
+ * them for the advisor (s->count_skipped, see struct ksmdev_advisor).
  */
 static unsigned int ksmdev_scan_pages(struct ksmdev_scan *s,
 				      unsigned long start, unsigned long end,
@@ -611,7 +613,7 @@ static unsigned int ksmdev_scan_pages(struct ksmdev_scan *s,
 		}
 	}
 	ksmdev_region_forget(s->ctx, s->region, addr, end);
-	return b->nr - skipped;
+	return b->nr - (s->count_skipped ? 0 : skipped);
 }
 
 /*
@@ -643,14 +645,15 @@ static unsigned long ksmdev_scan_vma(struct ksmdev_scan *s,
 }
 
 /*
- * One window on @ctx's mm, from the cursor: up to @budget pages. Returns
- * the pages scanned; moves the cursor's address on, to ULONG_MAX when the
+ * One window on @ctx's mm, from the cursor: up to @budget pages (counted
+ * as ksmdev_scan_pages() says, @count_skipped passed to it). Returns the
+ * pages scanned; moves the cursor's address on, to ULONG_MAX when the
  * context is done for this pass.
  */
 static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
-				     unsigned long budget)
+				     unsigned long budget, bool count_skipped)
 {
-	struct ksmdev_scan s = { .ctx = ctx };
+	struct ksmdev_scan s = { .ctx = ctx, .count_skipped = count_skipped };
 	struct mm_struct *mm = ctx->mm;
 	unsigned long addr = ksmdev_cursor.addr, scanned = 0, end;
 	struct mem_cgroup *memcg, *old_memcg;
@@ -814,13 +817,13 @@ static void ksmdev_scan_pass_begin(void)
  * @last_run:   the scanner's sum_exec_runtime then
  * @credit:     CPU time (ns) the cap still grants: never positive, so that
  *              an idle spell cannot pay for a burst above the cap later
- * @cost:       average CPU time (ns) per page scanned, 0 not known yet
+ * @cost:       average CPU time (ns) per page looked at, 0 not known yet
  * @idle_us:    average time (us) per cycle that the scanner did not run:
  *              its sleep, as the timer and wake-ups made it, 0 not known
- * @scanned:    pages scanned since the end of the last batch
- * @pass_pages: pages scanned by the pass under way
- * @last_pass:  pages a full pass scans: the last one's, or more if an
- *              earlier one scanned more (see ksmdev_advisor_pass_end()),
+ * @scanned:    pages looked at since the end of the last batch
+ * @pass_pages: pages looked at by the pass under way
+ * @last_pass:  pages a full pass looks at: the last one's, or more if an
+ *              earlier one saw more (see ksmdev_advisor_pass_end()),
  *              0 none yet
  * @resume:     in jiffies, the end of the rest the cap asks for
  *
@@ -829,11 +832,16 @@ static void ksmdev_scan_pass_begin(void)
  * advisor_pages_to_scan with a configuration change turning the advisor off
  * (that writes pages_to_scan there, under ksmdev_lock too).
  *
- * Sizes count pages as pages_to_scan does: those passed by (smart scan) do
- * not count, nor do absent ones, so a pass's size is what the last full
- * pass scanned (registered_pages before one completed). To make a pass of
- * P pages take the target T, each cycle (a batch, then a rest) must scan
- * P/T of its own length: a batch of B pages costs B * @cost of CPU after a
+ * Sizes count the pages looked at, those that smart scan passes by too
+ * (unlike pages_to_scan, which does not count them), but not absent ones:
+ * a pass's size is what the last full pass looked at (registered_pages
+ * before one completed). Smart scan passes by most pages on some passes
+ * and few on others (pages that stopped merging together age together);
+ * counted as pages_to_scan counts, the short passes went by in a fraction
+ * of the target (0.4x in the bench), while a skipped page costs next to
+ * nothing, which @cost, an average over all pages looked at, reflects.
+ * To make a pass of P pages take the target T, each cycle (a batch, then
+ * a rest) must scan P/T of its own length: a batch of B pages costs B * @cost of CPU after a
  * rest of @idle_us, so B = R * (@idle_us + B * @cost) with R = P / T, that
  * is B = P * @idle_us / (T - P * @cost) (upstream's advisor scales
  * pages_to_scan by the last pass's time instead; ours measures the parts,
@@ -978,11 +986,12 @@ static unsigned long ksmdev_advisor_rest(void)
 }
 
 /*
- * A full pass ended. Smart scan makes passes of very different sizes (when
- * pages that keep failing to merge are passed by together): a pass that
- * scanned fewer pages than the last ones only lowers the estimate by the
- * weight of a sample, so that the next full-sized pass is not sized from a
- * short one (its batches would grow only with its own progress, too late).
+ * A full pass ended. Passes differ in size when memory comes and goes (or
+ * when the advisor was turned on in the middle of one, counting as
+ * pages_to_scan does until then): a pass that looked at fewer pages than
+ * the last ones only lowers the estimate by the weight of a sample, so
+ * that the next full-sized pass is not sized from a short one (its batches
+ * would grow only with its own progress, too late).
  */
 static void ksmdev_advisor_pass_end(void)
 {
@@ -1022,7 +1031,7 @@ static void ksmdev_scan_batch(void)
 			ksmdev_cursor.addr = 0;
 		}
 		ctx = ksmdev_cursor.ctx;
-		scanned = ksmdev_scan_ctx(ctx, budget);
+		scanned = ksmdev_scan_ctx(ctx, budget, ksmdev_advisor.on);
 		ksmdev_advisor.scanned += scanned;
 		ksmdev_advisor.pass_pages += scanned;
 		budget -= min(budget, scanned);

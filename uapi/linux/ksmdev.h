@@ -127,7 +127,9 @@ struct ksm_attach {
  *                           Added at the end for version 2.
  * @advisor_pages_to_scan:   version 2: the pages per batch the scanner
  *                           uses: pages_to_scan, or while the advisor is
- *                           on (advisor_target_scan_ms), what it chose
+ *                           on (advisor_target_scan_ms), what it chose,
+ *                           counting also the pages smart scan passes by
+ *                           (which pages_to_scan does not count)
  */
 struct ksm_stats {
 	__u64 pages_shared;
