@@ -180,7 +180,7 @@ static double thread_cpu(const struct engine *e)
 	return cpu;
 }
 
-/* Wait until the engine has nothing merged (after run=2). */
+/* Wait until the engine has nothing merged (after run=2) that it counts. */
 static int wait_unmerged(const struct engine *e)
 {
 	uint64_t end = ksm_now_ms() + 120000;
@@ -852,7 +852,7 @@ out:
  * Pages saved both ways, and how many merged pages each left behind: the
  * memory merge_across_nodes=0 gives up for node-local accesses.
  */
-static int engine_across(const struct engine *e, uint64_t across)
+static int engine_across_once(const struct engine *e, uint64_t across)
 {
 	struct ksm_config cfg;
 
@@ -862,6 +862,23 @@ static int engine_across(const struct engine *e, uint64_t across)
 		return -1;
 	cfg.merge_across_nodes = across;
 	return ksm_set_config(e->fd, &cfg);
+}
+
+/*
+ * Both engines refuse the change (EBUSY) while a merged page exists; the
+ * ones the previous round's processes left when they exited are freed by
+ * the scanner's next visits (ksmdev: pages_orphaned), after run=2 is over:
+ * try again for a while.
+ */
+static int engine_across(const struct engine *e, uint64_t across)
+{
+	uint64_t end = ksm_now_ms() + 60000;
+	int ret;
+
+	while ((ret = engine_across_once(e, across)) == -EBUSY &&
+	       ksm_now_ms() < end)
+		ksm_sleep_ms(100);
+	return ret;
 }
 
 static void numa_child(const struct engine *e, unsigned int node,
@@ -898,7 +915,7 @@ static void numa(const struct engine *e)
 		return;
 	}
 	for (across = 1; across >= 0; across--) {
-		int ready[2], stop[2], status;
+		int ready[2], stop[2], status, ret;
 		struct counters c;
 		unsigned int p;
 		pid_t pids[64];
@@ -907,9 +924,10 @@ static void numa(const struct engine *e)
 
 		if (bench_procs > 64 || pipe(ready) || pipe(stop))
 			return;
-		if (engine_across(e, across)) {
+		ret = engine_across(e, across);
+		if (ret) {
 			printf("# %s: cannot set merge_across_nodes=%d: %s\n",
-			       e->name, across, strerror(errno));
+			       e->name, across, strerror(-ret));
 			close(ready[0]);
 			close(ready[1]);
 			close(stop[0]);
