@@ -278,16 +278,19 @@ static u64 ksmdev_zero_hash;
 
 /*
  * May a page be merged at first sight (ksmdev_first_sight)? Only one met
- * anew (slot 0), and not a zero-filled one nor part of a huge page: a
- * freshly faulted huge page is mostly zeroes that its owner is about to
- * write, and merging one would split it for a merge undone at once; a
- * zero-filled small page is most often memory about to be used
- * (review). Those wait for a second visit, as in mm/ksm.c.
+ * anew (slot 0), and not part of a huge page: a freshly faulted huge page
+ * is mostly zeroes that its owner is about to write, and merging one would
+ * split it for a merge undone at once; it waits for a second visit, as in
+ * mm/ksm.c. A zero-filled small page does not: the scanner meets a page at
+ * a random moment, so the zero-filled pages it meets are mostly those that
+ * stay so (memory a hypervisor preallocated or locked, pages a guest
+ * zeroed when it freed them), not the few caught between being cleared
+ * and being written; waiting a pass for them cost the bench a fifth of its
+ * savings for a whole pass (issue 15).
  */
-static bool ksmdev_first_sight_ok(u64 old, u64 hash, struct page *page)
+static bool ksmdev_first_sight_ok(u64 old, struct page *page)
 {
-	return !old && READ_ONCE(ksmdev_first_sight) &&
-	       hash != ksmdev_zero_hash && !PageCompound(page);
+	return !old && READ_ONCE(ksmdev_first_sight) && !PageCompound(page);
 }
 
 static u64 ksmdev_slot_stable_value(struct page *kpage)
@@ -492,7 +495,7 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 	 * quiet. A page seen for the first time (a slot never used, or
 	 * forgotten since: see ksmdev_first_sight) is a candidate at once.
 	 */
-	if (!s->now && !ksmdev_first_sight_ok(old, hash, page) &&
+	if (!s->now && !ksmdev_first_sight_ok(old, page) &&
 	    (!(old & KSMDEV_SLOT_SEEN) ||
 	     (old & KSMDEV_SLOT_CSUM_MASK) != (hash & KSMDEV_SLOT_CSUM_MASK))) {
 		ksmdev_slot_set(s->ctx, s->region, slot, value);

@@ -422,13 +422,14 @@ static long passes_until(struct __test_metadata *_metadata, int fd,
 }
 
 /*
- * Identical pages of two processes: with first_sight (the default) they
- * merge in the first pass that meets them; without it, as mm/ksm.c, on the
- * second. A page whose merge a write broke must prove quiet again over two
- * visits even with first_sight: the churn it may cost is once per page.
+ * Identical pages of two processes (of content @val: zero-filled if 0):
+ * with first_sight (the default) they merge in the first pass that meets
+ * them; without it, as mm/ksm.c, on the second. A page whose merge a write
+ * broke must prove quiet again over two visits even with first_sight: the
+ * churn it may cost is once per page.
  */
 static void first_sight_passes(struct __test_metadata *_metadata, int fd,
-			       bool first_sight)
+			       bool first_sight, uint64_t val)
 {
 	struct ksm_child ch[2];
 	struct ksm_config c;
@@ -439,12 +440,13 @@ static void first_sight_passes(struct __test_metadata *_metadata, int fd,
 	ASSERT_EQ(0, ksm_write_param("first_sight", first_sight));
 	ASSERT_EQ(0, ksm_set_run(fd, KSM_RUN_STOP));
 	for (i = 0; i < 2; i++)
-		ASSERT_EQ(0, ksm_child_start(&ch[i], FS_PAGES, FS_VAL, 0));
+		ASSERT_EQ(0, ksm_child_start(&ch[i], FS_PAGES, val, 0));
 	drain_lru(_metadata, fd);
 	ASSERT_EQ(0, ksm_get_stats(fd, &s0));
 	f0 = s0.full_scans;
 	ASSERT_EQ(0, ksm_get_config(fd, &c));
 	c.run = KSM_RUN_MERGE;
+	c.use_zero_pages = 0;	/* zero-filled pages counted in pages_sharing */
 	c.pages_to_scan = KSM_FAST_PAGES_TO_SCAN;
 	c.sleep_millisecs = FS_SLEEP_MS;
 	c.scan_all_pages = 1;
@@ -459,7 +461,7 @@ static void first_sight_passes(struct __test_metadata *_metadata, int fd,
 	 * from the write.
 	 */
 	ASSERT_EQ(0, ksm_set_run(fd, KSM_RUN_STOP));
-	ASSERT_EQ(0, ksm_child_set(&ch[0], 5, FS_VAL));
+	ASSERT_EQ(0, ksm_child_set(&ch[0], 5, val));
 	drain_lru(_metadata, fd);
 	ASSERT_EQ(0, ksm_get_stats(fd, &s0));
 	m0 = fs_value(fd, true);
@@ -474,12 +476,23 @@ static void first_sight_passes(struct __test_metadata *_metadata, int fd,
 
 TEST_F_TIMEOUT(scanner, first_sight_one_pass, 180)
 {
-	first_sight_passes(_metadata, self->fd, true);
+	first_sight_passes(_metadata, self->fd, true, FS_VAL);
+}
+
+/*
+ * Zero-filled pages too: the scanner meets a page at a random moment, so
+ * the pages it finds zero-filled are mostly those that stay so (memory
+ * preallocated or locked by a hypervisor, pages a guest zeroed on free),
+ * not the few caught between being cleared and being written.
+ */
+TEST_F_TIMEOUT(scanner, first_sight_zero_pages_one_pass, 180)
+{
+	first_sight_passes(_metadata, self->fd, true, 0);
 }
 
 TEST_F_TIMEOUT(scanner, two_passes_without_first_sight, 180)
 {
-	first_sight_passes(_metadata, self->fd, false);
+	first_sight_passes(_metadata, self->fd, false, FS_VAL);
 }
 
 TEST_HARNESS_MAIN
