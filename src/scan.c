@@ -278,19 +278,24 @@ static u64 ksmdev_zero_hash;
 
 /*
  * May a page be merged at first sight (ksmdev_first_sight)? Only one met
- * anew (slot 0), and not part of a huge page: a freshly faulted huge page
- * is mostly zeroes that its owner is about to write, and merging one would
- * split it for a merge undone at once; it waits for a second visit, as in
- * mm/ksm.c. A zero-filled small page does not: the scanner meets a page at
- * a random moment, so the zero-filled pages it meets are mostly those that
- * stay so (memory a hypervisor preallocated or locked, pages a guest
- * zeroed when it freed them), not the few caught between being cleared
- * and being written; waiting a pass for them cost the bench a fifth of its
- * savings for a whole pass (issue 15).
+ * anew (slot 0), and not a zero-filled one nor part of a huge page: a
+ * freshly faulted huge page is mostly zeroes that its owner is about to
+ * write, and merging one would split it for a merge undone at once. A page
+ * met anew is young (faulted since the last visit, unless it was there
+ * when its region was registered), and a young zero-filled page is most
+ * often memory cleared to be used: a guest kernel's init_on_alloc
+ * (Debian's default), a guest's huge page filled over time on our small
+ * ones, memory populated or locked at start-up. Those wait for a second
+ * visit, as in mm/ksm.c (6.12's cmp_and_merge_page() checks the checksum
+ * before anything else). The wait costs the bench's pages that never
+ * change a pass (tried without it: time to 90% of the savings from 0.60x
+ * ksmd's to 0.4x); KSM_MERGE_REGION merges them at once for a caller that
+ * knows its memory is quiet.
  */
-static bool ksmdev_first_sight_ok(u64 old, struct page *page)
+static bool ksmdev_first_sight_ok(u64 old, u64 hash, struct page *page)
 {
-	return !old && READ_ONCE(ksmdev_first_sight) && !PageCompound(page);
+	return !old && READ_ONCE(ksmdev_first_sight) &&
+	       hash != ksmdev_zero_hash && !PageCompound(page);
 }
 
 static u64 ksmdev_slot_stable_value(struct page *kpage)
@@ -495,7 +500,7 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 	 * quiet. A page seen for the first time (a slot never used, or
 	 * forgotten since: see ksmdev_first_sight) is a candidate at once.
 	 */
-	if (!s->now && !ksmdev_first_sight_ok(old, page) &&
+	if (!s->now && !ksmdev_first_sight_ok(old, hash, page) &&
 	    (!(old & KSMDEV_SLOT_SEEN) ||
 	     (old & KSMDEV_SLOT_CSUM_MASK) != (hash & KSMDEV_SLOT_CSUM_MASK))) {
 		ksmdev_slot_set(s->ctx, s->region, slot, value);
