@@ -1001,7 +1001,7 @@ static bool vm_up(unsigned int i)
 static void vms(const struct engine *e)
 {
 	static uint64_t at[VMS_SAMPLES], sv[VMS_SAMPLES];
-	uint64_t t0, end, t90 = 0, final;
+	uint64_t t0, end, t90 = 0, final, cow0;
 	unsigned int i, up, ns = 0;
 	struct counters c0, c;
 	pid_t pids[VMS_MAX];
@@ -1054,6 +1054,7 @@ static void vms(const struct engine *e)
 	       (ksm_now_ms() - t0) / 1000.0);
 	read_counters(e, &c0);
 	cpu0 = thread_cpu(e);
+	cow0 = cow_breaks(e);
 	t0 = ksm_now_ms();
 	engine_run(e, 1, pages_to_scan, sleep_ms);
 	do {
@@ -1076,6 +1077,10 @@ static void vms(const struct engine *e)
 	printf("ROW %s vms_scanner_cpu %.2f s\n", e->name, cpu);
 	printf("ROW %s vms_full_scans %llu passes\n", e->name,
 	       (unsigned long long)(c.full_scans - c0.full_scans));
+	/* The churn first-sight merging costs on a real workload. */
+	if (!is_ksmd(e))
+		printf("ROW %s vms_cow_breaks %llu breaks\n", e->name,
+		       (unsigned long long)(cow_breaks(e) - cow0));
 out:
 	for (i = 0; i < vms_nr; i++) {
 		if (pids[i] <= 0)
