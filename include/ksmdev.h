@@ -321,12 +321,11 @@ struct ksmdev_region {
  *             for @lock: an unmerge-all at work here stops at its next
  *             chunk instead of unmerging memory nobody registers any more
  *
- * The list link and everything from @unstable to @handles are protected
- * by ksmdev_lock; @mm, @pid, @target, @regions, @nr_regions, @exited, @attached and
- * @persistent change only under @lock as well, so that @lock alone is
- * enough to read them. @nr_pages changes under both, except that the
- * scanner updates the count of a KSM_REGION_ALL region under ksmdev_lock
- * alone.
+ * The list link and everything from @unstable to @handles are protected by
+ * ksmdev_lock; @mm, @pid, @target, @regions, @nr_regions, @exited, @attached
+ * and @persistent change only under @lock as well, so that @lock alone is
+ * enough to read them. @nr_pages changes under both, except that the scanner
+ * updates the count of a KSM_REGION_ALL region under ksmdev_lock alone.
  */
 struct ksmdev_ctx {
 	struct list_head list;

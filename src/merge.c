@@ -73,8 +73,9 @@ bool ksmdev_vma_scannable(struct vm_area_struct *vma)
  *   to go (munmap, munlock, exit, COW, unmerge) un-counts the page while
  *   others may still lock it, where ksmd's page, on the unevictable LRU,
  *   keeps a count; reclaim corrects that for LRU pages, the scanner does
- *   it for ours, within a pass (ksmdev_kpage_mlock()). PG_mlocked matters to nothing but
- *   NR_MLOCK here: reclaim and migration never see the page.
+ *   it for ours, within a pass (ksmdev_kpage_mlock()). PG_mlocked matters
+ *   to nothing but NR_MLOCK here: reclaim and migration never see the
+ *   page.
  * - A copy made by a COW or an unshare fault in a VM_LOCKED VMA is mlocked
  *   by the fault (folio_add_lru_vma(), 6.1: the same through
  *   lru_cache_add_inactive_or_unevictable(), which ksmdev_unshare_copy()
@@ -602,14 +603,14 @@ static bool ksmdev_mmap_yield(struct mm_struct *mm)
  * @stop:   address past the last page, inside @region
  *
  * Called with ctx->lock held, a reference on ctx->mm and its mmap lock held
- * for read (the unshare fault runs without FAULT_FLAG_ALLOW_RETRY, so keeps
- * it held; between chunks it is let go to a waiter, see ksmdev_mmap_yield(),
- * and held again on return), and without ksmdev_lock: the page faults run without it, so
- * that nobody else waits for them. It is taken for a moment per chunk, to
- * find the next merged pages (their slots say which zero pages are ours),
- * and at the end to forget that the region's pages were merged. Nothing
- * merges into @region meanwhile: it is going (the scanner leaves it alone),
- * or run is stopped (unmerge-all).
+ * for read (the unshare fault runs without FAULT_FLAG_ALLOW_RETRY, so keeps it
+ * held; between chunks it is let go to a waiter, see ksmdev_mmap_yield(), and
+ * held again on return), and without ksmdev_lock: the page faults run without
+ * it, so that nobody else waits for them. It is taken for a moment per chunk,
+ * to find the next merged pages (their slots say which zero pages are ours),
+ * and at the end to forget that the region's pages were merged. Nothing merges
+ * into @region meanwhile: it is going (the scanner leaves it alone), or run is
+ * stopped (unmerge-all).
  *
  * Returns promptly on failure; what was unmerged stays unmerged, and the
  * call can be repeated.

@@ -849,9 +849,10 @@ static void ksmdev_scan_pass_begin(void)
  * of the target (0.4x in the bench), while a skipped page costs next to
  * nothing, which @cost, an average over all pages looked at, reflects.
  * To make a pass of P pages take the target T, each cycle (a batch, then
- * a rest) must scan P/T of its own length: a batch of B pages costs B * @cost of CPU after a
- * rest of @idle_us, so B = R * (@idle_us + B * @cost) with R = P / T, that
- * is B = P * @idle_us / (T - P * @cost) (upstream's advisor scales
+ * a rest) must scan P/T of its own length: a batch of B pages costs
+ * B * @cost of CPU after a rest of @idle_us, so
+ * B = R * (@idle_us + B * @cost) with R = P / T, that is
+ * B = P * @idle_us / (T - P * @cost) (upstream's advisor scales
  * pages_to_scan by the last pass's time instead; ours measures the parts,
  * since a pass may take many minutes). When T - P * @cost <= 0 the target
  * takes more than a whole CPU: then as much as the cap allows.
