@@ -472,11 +472,15 @@ static double workload(const struct engine *e, unsigned long pts, bool eqcpu,
 	fflush(stdout);
 
 	if (!is_ksmd(e)) {
-		/* cow_pass1 is one more than the count, 0 until known. */
-		if (cow_pass1)
-			printf("ROW %s cow_breaks_first_pass%s %llu breaks\n",
-			       e->name, sfx,
-			       (unsigned long long)(cow_pass1 - 1));
+		/*
+		 * cow_pass1 is one more than the count, 0 until known: all
+		 * of them if everything merged before the first whole pass
+		 * was over.
+		 */
+		if (!cow_pass1)
+			cow_pass1 = cow_breaks(e) - cow0 + 1;
+		printf("ROW %s cow_breaks_first_pass%s %llu breaks\n",
+		       e->name, sfx, (unsigned long long)(cow_pass1 - 1));
 		printf("ROW %s cow_breaks_to_all%s %llu breaks\n", e->name,
 		       sfx, (unsigned long long)(cow_breaks(e) - cow0));
 	}
