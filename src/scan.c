@@ -142,7 +142,7 @@ struct ksmdev_scan {
 	struct vm_area_struct *vma;	/* mmap lock held for read */
 	bool mergeable;			/* ksmdev_vma_mergeable(vma) */
 	bool now;			/* KSM_MERGE_REGION: first sight */
-	bool count_skipped;		/* the advisor's: see its sizes */
+	bool count_skipped;		/* skipped pages count: advisor */
 	unsigned long visited;		/* now: candidate pages met so far */
 };
 
@@ -288,9 +288,9 @@ static u64 ksmdev_zero_hash;
  * ones, memory populated or locked at start-up. Those wait for a second
  * visit, as in mm/ksm.c (6.12's cmp_and_merge_page() checks the checksum
  * before anything else). The wait costs the bench's pages that never
- * change a pass (tried without it: time to 90% of the savings from 0.60x
- * ksmd's to 0.4x); KSM_MERGE_REGION merges them at once for a caller that
- * knows its memory is quiet.
+ * change a pass (tried without it: time to 90% of the savings 0.36x
+ * ksmd's, not 0.6x); KSM_MERGE_REGION merges them at once for a caller
+ * that knows its memory is quiet.
  */
 static bool ksmdev_first_sight_ok(u64 old, u64 hash, struct page *page)
 {
