@@ -713,25 +713,6 @@ TEST_F_TIMEOUT(hard, write_ptrace_pokedata, 240)
 		       ksm_exit_code(status));
 }
 
-/* A /proc/meminfo field, in kB; -1 if absent. */
-static long meminfo_kb(const char *field)
-{
-	char line[256];
-	size_t len = strlen(field);
-	long kb = -1;
-	FILE *f = fopen("/proc/meminfo", "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, field, len) && line[len] == ':') {
-			kb = strtol(line + len + 1, NULL, 10);
-			break;
-		}
-	fclose(f);
-	return kb;
-}
-
 /*
  * Mlocked as it is once every CPU's pending mlock/munlock batch is drained
  * (mlock() and munlock() of @dummy on each CPU drain that CPU's, in
@@ -758,7 +739,7 @@ static long mlocked_kb(void *dummy)
 	if (sched_setaffinity(0, sizeof(old), &old) ||
 	    ksm_write_str_file("/proc/sys/vm/stat_refresh", "1"))
 		return -1;
-	return meminfo_kb("Mlocked");
+	return ksm_meminfo_kb("Mlocked");
 }
 
 /* Wait (30 s) for Mlocked to be @kb again; false if it is not. */

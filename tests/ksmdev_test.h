@@ -504,6 +504,25 @@ static inline ssize_t ksm_read_text(const char *path, char *buf, size_t size)
 }
 
 /*
+ * A field of /proc/meminfo, in kB, or -1. read() into the stack: no stdio
+ * buffer, which mlockall(MCL_FUTURE) would lock and count.
+ */
+static inline long ksm_meminfo_kb(const char *field)
+{
+	char buf[8192], *line;
+	size_t len = strlen(field);
+	ssize_t n = ksm_read_text("/proc/meminfo", buf, sizeof(buf));
+
+	if (n <= 0)
+		return -1;
+	for (line = buf; line && *line; line = strchr(line, '\n'),
+	     line = line ? line + 1 : NULL)
+		if (!strncmp(line, field, len) && line[len] == ':')
+			return strtol(line + len + 1, NULL, 10);
+	return -1;
+}
+
+/*
  * Read one unsigned decimal value from @path. @strict: exactly digits and a
  * newline (the debugfs format of ABI.md); else (module parameters, sysctls)
  * the newline is optional and a bool parameter's Y/N reads as 1/0. Returns

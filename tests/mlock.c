@@ -83,25 +83,6 @@ FIXTURE_TEARDOWN(mlock)
 }
 
 /*
- * A field of /proc/meminfo, in kB, or -1. read() into the stack: no stdio
- * buffer, which mlockall(MCL_FUTURE) would lock and count.
- */
-static long meminfo_kb(const char *field)
-{
-	char buf[8192], *line;
-	size_t len = strlen(field);
-	ssize_t n = ksm_read_text("/proc/meminfo", buf, sizeof(buf));
-
-	if (n <= 0)
-		return -1;
-	for (line = buf; line && *line; line = strchr(line, '\n'),
-	     line = line ? line + 1 : NULL)
-		if (!strncmp(line, field, len) && line[len] == ':')
-			return strtol(line + len + 1, NULL, 10);
-	return -1;
-}
-
-/*
  * Mlocked as it is once every CPU's pending mlock/munlock batch is drained
  * (mlock() and munlock() of @dummy on each CPU drain that CPU's, in
  * mlock_vma_pages_range(), and do_mlock()'s lru_add_drain() its LRU batch)
@@ -129,8 +110,8 @@ static long mlocked_kb(void *dummy, long *unevictable)
 	    ksm_write_str_file("/proc/sys/vm/stat_refresh", "1"))
 		return -1;
 	if (unevictable)
-		*unevictable = meminfo_kb("Unevictable");
-	return meminfo_kb("Mlocked");
+		*unevictable = ksm_meminfo_kb("Unevictable");
+	return ksm_meminfo_kb("Mlocked");
 }
 
 /* Who merges: ksmdev (registered) or ksmd (MADV_MERGEABLE). */

@@ -245,23 +245,6 @@ TEST_F_TIMEOUT(module, merged_pages_survive_unload, 300)
 	EXPECT_EQ(0, s.pages_sharing);
 }
 
-/* A /proc/meminfo field, in kB; -1 if absent. */
-static long meminfo_kb(const char *field)
-{
-	char line[128];
-	size_t n = strlen(field);
-	long kb = -1;
-	FILE *f = fopen("/proc/meminfo", "r");
-
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, field, n) && line[n] == ':')
-			kb = strtol(line + n + 1, NULL, 10);
-	fclose(f);
-	return kb;
-}
-
 /*
  * 100 load/merge/close/unload cycles: each one loads, merges pages, closes
  * and unloads cleanly, and the kernel's unreclaimable slab does not grow
@@ -298,10 +281,10 @@ TEST_F_TIMEOUT(module, load_unload_cycles, 900)
 		ASSERT_EQ(0, ksm_load_module(""));
 		ASSERT_TRUE(wait_path(KSM_DEV_PATH, true, 10));
 		if (c + 1 == warm)
-			slab_warm = meminfo_kb("SUnreclaim");
+			slab_warm = ksm_meminfo_kb("SUnreclaim");
 	}
 	self->reload = false;
-	slab_end = meminfo_kb("SUnreclaim");
+	slab_end = ksm_meminfo_kb("SUnreclaim");
 	TH_LOG("SUnreclaim %ld kB after %zu cycles, %ld kB after %zu",
 	       slab_warm, warm, slab_end, cycles);
 	/* 90 cycles: even 20 kB lost per cycle would show. */
