@@ -158,6 +158,18 @@ static inline void ksmdev_lru_add_drain_all(void)
 	static_call(ksmdev_sc_lru_add_drain_all)();
 }
 
+/*
+ * folio_free_swap() (mm/swapfile.c, 6.1 to 7.2): take a locked folio out of
+ * the swap cache and free its swap slot, unless a swap entry (another
+ * process's PTE) still refers to it, it is under writeback, or
+ * hibernation has stopped swap I/O (pm_suspended_storage()). Only
+ * spinlocks: mm/ksm.c's replace_page() calls it under the page table lock.
+ */
+static inline bool ksmdev_folio_free_swap(struct folio *folio)
+{
+	return static_call(ksmdev_sc_folio_free_swap)(folio);
+}
+
 static inline pte_t ksmdev_ptep_clear_flush(struct vm_area_struct *vma,
 					    unsigned long addr, pte_t *ptep)
 {

@@ -13,6 +13,8 @@ KSMDEV_SYMBOL(ptep_clear_flush);
 KSMDEV_SYMBOL(__mmu_notifier_invalidate_range_start);
 KSMDEV_SYMBOL(__mmu_notifier_invalidate_range_end);
 KSMDEV_SYMBOL(lru_add_drain_all);
+/* A merged page read back from swap: its swap slot, freed at once. */
+KSMDEV_SYMBOL(folio_free_swap);
 /* KSM_ATTACH_PROCESS: a pidfd's task, and its mm if we may ptrace it. */
 KSMDEV_SYMBOL(pidfd_get_task);
 KSMDEV_SYMBOL(mm_access);

@@ -289,10 +289,17 @@ int ksmdev_split_page(struct page *page)
 	return err ? -EBUSY : 0;
 }
 
-/* No pin: the references are the mappings and the caller's one. */
+/*
+ * No pin: the references are the mappings, the caller's one, and the swap
+ * cache's if @page is in it (read back from swap, its slot still held:
+ * one reference for an order-0 page), as in mm/ksm.c's
+ * write_protect_page(). Under the page lock, which adding to and deleting
+ * from the swap cache take: the flag cannot change meanwhile.
+ */
 static bool ksmdev_page_unpinned(struct page *page)
 {
-	return page_count(page) == ksmdev_page_mapcount(page) + 1;
+	return page_count(page) == ksmdev_page_mapcount(page) + 1 +
+				   folio_test_swapcache(page_folio(page));
 }
 
 /**
@@ -306,10 +313,18 @@ static bool ksmdev_page_unpinned(struct page *page)
  * Called with ksmdev_lock and the mmap lock held (see below), and nothing
  * else: the invalidation of secondary MMUs may sleep.
  *
- * Return: 0, or -EAGAIN if the PTE changed, the page is locked, pinned or
- * in the swap cache, is no longer a candidate (ksmd took it), its content
- * is no longer that of @kpage, or a secondary MMU refused to drop its
- * mapping of @page.
+ * A page in the swap cache merges like any other: a read fault leaves a
+ * page read back from swap there, with its swap slot, unless swap is
+ * nearly full (vm_swap_full(), a memcg's swap limit), the page is mlocked,
+ * or the device is synchronous (zram: 6.1 and 6.12 skip the swap cache,
+ * 7.2 frees it at once). If that was its last mapping, its swap slot is
+ * freed with it, as mm/ksm.c's replace_page() does: else the page and the
+ * slot would stay until reclaim came by, and merging would save nothing
+ * meanwhile.
+ *
+ * Return: 0, or -EAGAIN if the PTE changed, the page is locked or pinned,
+ * is no longer a candidate (ksmd took it), its content is no longer that of
+ * @kpage, or a secondary MMU refused to drop its mapping of @page.
  */
 int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 			struct page *page, struct page *kpage)
@@ -322,7 +337,7 @@ int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 	pmd_t *pmd;
 
 	mmap_assert_locked(mm);
-	if (PageCompound(page) || folio_test_swapcache(page_folio(page)))
+	if (PageCompound(page))
 		return -EAGAIN;
 	pmd = ksmdev_table_pmd(mm, addr);
 	if (!pmd)
@@ -395,8 +410,25 @@ int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 		newpte = pte_mksoft_dirty(newpte);
 	set_pte_at(mm, addr, ptep, newpte);
 
+	/*
+	 * A write through the PTE that reclaim has not seen: the swap slot's
+	 * copy is stale. The page must say so while another process's swap
+	 * entry may still find it in the swap cache (mm/ksm.c's
+	 * write_protect_page() does the same).
+	 */
+	if (pte_dirty(orig))
+		folio_mark_dirty(page_folio(page));
 	ksmdev_page_remove_rmap(page, vma);
 	ksmdev_add_mm_counter(mm, MM_ANONPAGES, -1);
+	/*
+	 * Unmapped now, and in the swap cache: drop that and the swap slot.
+	 * We hold the page lock it needs; kept if another process's PTE still
+	 * holds the swap entry (then its fault finds the page there), or the
+	 * page is under writeback.
+	 */
+	if (folio_test_swapcache(page_folio(page)) &&
+	    !ksmdev_page_mapcount(page))
+		ksmdev_folio_free_swap(page_folio(page));
 	/* The PTE's reference; the caller still holds its own. */
 	put_page(page);
 	ksmdev_event(&ksmdev_events.merges);

@@ -518,13 +518,13 @@ static void ksmdev_cmp_and_merge(struct ksmdev_scan *s, unsigned long addr,
 		/*
 		 * A zero-filled page that could not be mapped to the zero
 		 * page this time (an extra reference: a per-CPU LRU batch's
-		 * until the next drain, a pin; locked this instant; in the
-		 * swap cache; a huge page that did not split) waits for its
-		 * next visit, counted in pages_volatile. Filed in a tree, it
-		 * could merge with another such page into a stable page of
-		 * zeroes (mm/ksm.c lets that happen), which would stay: a
-		 * merged page is never looked at for zeroes again. Only a
-		 * page whose hash merely collides goes on.
+		 * until the next drain, a pin; locked this instant; a huge
+		 * page that did not split) waits for its next visit, counted
+		 * in pages_volatile. Filed in a tree, it could merge with
+		 * another such page into a stable page of zeroes (mm/ksm.c
+		 * lets that happen), which would stay: a merged page is never
+		 * looked at for zeroes again. Only a page whose hash merely
+		 * collides goes on.
 		 */
 		if (ksmdev_page_is_zero(page)) {
 			ksmdev_slot_set(s->ctx, s->region, slot, value);
