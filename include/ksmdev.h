@@ -372,6 +372,8 @@ extern struct ksm_stats ksmdev_stats;
  * @skips:      visits to a page that failed to merge so often that the
  *              scanner passed it by (see KSMDEV_SLOT_AGE), as the in-kernel
  *              KSM's pages_skipped
+ * @stable_unused: stable pages allocated and copied for a merge of two
+ *              candidates that then failed, and freed unused
  *
  * Not ABI: debugfs only. Written under ksmdev_lock.
  */
@@ -380,6 +382,7 @@ struct ksmdev_events {
 	u64 cow_breaks;
 	u64 unmerges;
 	u64 skips;
+	u64 stable_unused;
 };
 
 extern struct ksmdev_events ksmdev_events;
@@ -468,6 +471,7 @@ bool ksmdev_vma_mergeable(struct vm_area_struct *vma);
 void ksmdev_kpage_mlock(struct vm_area_struct *vma, unsigned long addr,
 			struct page *page);
 bool ksmdev_page_candidate(struct page *page);
+bool ksmdev_page_unpinned_hint(struct page *page);
 pmd_t *ksmdev_table_pmd(struct mm_struct *mm, unsigned long addr);
 pmd_t *ksmdev_walk_to_pmd(struct mm_struct *mm, unsigned long addr,
 			  unsigned long end, unsigned long *next);

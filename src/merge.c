@@ -303,6 +303,20 @@ static bool ksmdev_page_unpinned(struct page *page)
 }
 
 /**
+ * ksmdev_page_unpinned_hint - would ksmdev_replace_page() find no pin?
+ * @page: an order-0 candidate page; the caller holds one reference
+ *
+ * A look without the page lock and with the PTE in place, so only a hint:
+ * a reference taken or dropped after it changes the answer, which
+ * ksmdev_replace_page() decides under both. For a caller about to allocate
+ * and copy a stable page for a merge that a pin would make fail.
+ */
+bool ksmdev_page_unpinned_hint(struct page *page)
+{
+	return ksmdev_page_unpinned(page);
+}
+
+/**
  * ksmdev_replace_page - map @kpage at @addr instead of @page
  * @vma:   a mergeable VMA; its mmap lock held for read
  * @addr:  where @page is mapped

@@ -367,6 +367,17 @@ static bool ksmdev_merge_unstable(struct ksmdev_scan *s, unsigned long addr,
 	    page_to_nid(qpage) != page_to_nid(page))
 		goto put;
 
+	/*
+	 * A pin on either page (O_DIRECT in flight; a VFIO, RDMA or io_uring
+	 * buffer, pinned for good and met at every pass) would make the merge
+	 * fail, or leave ours alone on the stable page: look before the
+	 * stable page is allocated and copied for nothing. @un stays, and
+	 * ours is filed beside it, a candidate for the pages to come. A pin
+	 * taken after this look is caught by ksmdev_replace_page().
+	 */
+	if (!ksmdev_page_unpinned_hint(page) ||
+	    !ksmdev_page_unpinned_hint(qpage))
+		goto put;
 	stable = ksmdev_stable_create(un->trees, hash, page);
 	if (!stable)
 		goto put;
@@ -375,9 +386,10 @@ static bool ksmdev_merge_unstable(struct ksmdev_scan *s, unsigned long addr,
 	 * page it would save nothing, and cost a page off the LRU, charged to
 	 * our cgroup for another context's page (mm/ksm.c's
 	 * try_to_merge_two_pages() undoes its first merge when the second
-	 * fails). Ours fails this way when pinned, say; @un stays, a
-	 * candidate for others. The other way round (ours merged, @qpage
-	 * not) ours stays on the stable page, for the pages to come.
+	 * fails). Ours fails this way when pinned since the look above; @un
+	 * stays, a candidate for others. The other way round (ours merged,
+	 * @qpage pinned since that look) ours stays on the stable page, for
+	 * the pages to come.
 	 */
 	if (ksmdev_replace_page(s->vma, addr, page, stable->kpage)) {
 		ksmdev_stable_release(stable);

@@ -178,6 +178,9 @@ void ksmdev_debugfs_init(void)
 				   &ksmdev_events.unmerges, &ksmdev_stat_fops);
 	debugfs_create_file_unsafe("pages_skipped", 0444, ksmdev_debugfs_dir,
 				   &ksmdev_events.skips, &ksmdev_stat_fops);
+	debugfs_create_file_unsafe("stable_unused", 0444, ksmdev_debugfs_dir,
+				   &ksmdev_events.stable_unused,
+				   &ksmdev_stat_fops);
 }
 
 void ksmdev_debugfs_exit(void)

@@ -294,8 +294,10 @@ static void ksmdev_stable_put(struct ksmdev_stable *stable)
 /* Retire @stable if nobody came to map it after all. */
 void ksmdev_stable_release(struct ksmdev_stable *stable)
 {
-	if (!stable->sharers)
+	if (!stable->sharers) {
+		ksmdev_event(&ksmdev_events.stable_unused);
 		ksmdev_stable_retire(stable);
+	}
 }
 
 /**

@@ -191,17 +191,22 @@ TEST_F_TIMEOUT(robust, pinned_by_vmsplice, 300)
 }
 
 /*
- * A pinned page meets its unpinned twin, filed first in the unstable tree:
- * neither is merged. The twin alone on a merged page would save nothing
- * and cost a page off the LRU, counted in pages_shared (mm/ksm.c's
- * try_to_merge_two_pages() undoes its first merge when the second fails).
- * KSM_MERGE_REGION with run=0 makes the order sure: page 0 is filed, then
- * page 1, pinned by vmsplice(), meets it. Unpinned, the two merge.
+ * A pinned page meets its unpinned twin in the unstable tree: neither is
+ * merged, and no stable page is even made (debugfs stable_unused). The
+ * twin alone on a merged page would save nothing and cost a page off the
+ * LRU, counted in pages_shared (mm/ksm.c's try_to_merge_two_pages() undoes
+ * its first merge when the second fails); a stable page allocated and
+ * copied for a merge that fails is work wasted at every pass while the pin
+ * lasts (VFIO, RDMA and io_uring pin for good). KSM_MERGE_REGION with run=0
+ * makes the order sure: page @pinned_first ? 0 : 1 is pinned by
+ * vmsplice(), page 0 is filed, then page 1 meets it. Unpinned, the two
+ * merge.
  */
-TEST_F_TIMEOUT(robust, pinned_twin_not_merged_alone, 120)
+static void check_pinned_twin(struct __test_metadata *_metadata, int fd,
+			      bool pinned_first)
 {
-	size_t len = 2 * self->ps;
-	uint64_t pfn0, pfn1;
+	size_t ps = ksm_page_size(), len = 2 * ps;
+	uint64_t pfn0, pfn1, unused0, unused;
 	struct ksm_stats s0, s;
 	struct iovec iov;
 	int pipefd[2];
@@ -209,29 +214,45 @@ TEST_F_TIMEOUT(robust, pinned_twin_not_merged_alone, 120)
 
 	p = map_identical(2);
 	ASSERT_NE(NULL, p);
-	ASSERT_EQ(0, ksm_set_run(self->fd, KSM_RUN_STOP));
+	ASSERT_EQ(0, ksm_set_run(fd, KSM_RUN_STOP));
 	ASSERT_EQ(0, pipe(pipefd));
-	iov.iov_base = p + self->ps;
-	iov.iov_len = self->ps;
-	ASSERT_EQ((ssize_t)self->ps, vmsplice(pipefd[1], &iov, 1, 0))
+	iov.iov_base = p + (pinned_first ? 0 : ps);
+	iov.iov_len = ps;
+	ASSERT_EQ((ssize_t)ps, vmsplice(pipefd[1], &iov, 1, 0))
 		TH_LOG("vmsplice: %s", strerror(errno));
 	pfn0 = ksm_pfn(p);
-	pfn1 = ksm_pfn(p + self->ps);
-	ASSERT_EQ(0, ksm_get_stats(self->fd, &s0));
-	ASSERT_EQ(0, ksm_register(self->fd, p, len, 0));
-	EXPECT_EQ(0, ksm_region_ioctl(self->fd, KSM_MERGE_REGION, p, len, 0));
-	EXPECT_EQ(pfn0, ksm_pfn(p)) TH_LOG("the twin was merged alone");
-	EXPECT_EQ(pfn1, ksm_pfn(p + self->ps));
-	ASSERT_EQ(0, ksm_get_stats(self->fd, &s));
+	pfn1 = ksm_pfn(p + ps);
+	ASSERT_EQ(0, ksm_get_stats(fd, &s0));
+	ASSERT_EQ(0, ksm_read_debugfs("stable_unused", &unused0));
+	ASSERT_EQ(0, ksm_register(fd, p, len, 0));
+	EXPECT_EQ(0, ksm_region_ioctl(fd, KSM_MERGE_REGION, p, ps, 0));
+	EXPECT_EQ(0, ksm_region_ioctl(fd, KSM_MERGE_REGION, p + ps, ps, 0));
+	EXPECT_EQ(pfn0, ksm_pfn(p)) TH_LOG("page 0 was merged alone");
+	EXPECT_EQ(pfn1, ksm_pfn(p + ps)) TH_LOG("page 1 was merged alone");
+	ASSERT_EQ(0, ksm_get_stats(fd, &s));
 	EXPECT_EQ(s0.pages_shared, s.pages_shared);
 	EXPECT_EQ(s0.pages_sharing, s.pages_sharing);
+	ASSERT_EQ(0, ksm_read_debugfs("stable_unused", &unused));
+	EXPECT_EQ(unused0, unused) TH_LOG("a stable page made for nothing");
 
 	ASSERT_EQ(0, drain_pipe(pipefd));
-	EXPECT_EQ(2, ksm_region_ioctl(self->fd, KSM_MERGE_REGION, p, len, 0));
-	EXPECT_EQ(ksm_pfn(p), ksm_pfn(p + self->ps));
+	EXPECT_EQ(2, ksm_region_ioctl(fd, KSM_MERGE_REGION, p, len, 0));
+	EXPECT_EQ(ksm_pfn(p), ksm_pfn(p + ps));
 	EXPECT_TRUE(all_identical(p, 2));
-	EXPECT_EQ(0, ksm_unregister(self->fd, p, len));
+	EXPECT_EQ(0, ksm_unregister(fd, p, len));
 	munmap(p, len);
+}
+
+/* The pinned page meets its twin, filed first. */
+TEST_F_TIMEOUT(robust, pinned_twin_not_merged_alone, 120)
+{
+	check_pinned_twin(_metadata, self->fd, false);
+}
+
+/* The twin meets the pinned page, filed first. */
+TEST_F_TIMEOUT(robust, twin_of_pinned_not_merged_alone, 120)
+{
+	check_pinned_twin(_metadata, self->fd, true);
 }
 
 struct uring {
