@@ -460,6 +460,7 @@ TEST_F_TIMEOUT(cli, status_debugfs_diagnostics, 180)
 	static const char *const no_debugfs[] = { "/sys/kernel/debug", NULL };
 	static const char *const names[] = {
 		"merge_events", "cow_breaks", "unmerge_events", "pages_skipped",
+		"stable_unused",
 	};
 	const size_t npages = 32;
 	struct ksm_stats s;

@@ -108,8 +108,8 @@ static void print_help(FILE *out)
 		"             saved = (pages_sharing + ksm_zero_pages) pages, less\n"
 		"             metadata_bytes (the in-kernel KSM's general_profit); with\n"
 		"             debugfs mounted, its diagnostics too (merge_events, cow_breaks,\n"
-		"             unmerge_events, pages_skipped); ksmdevctl's own open of the\n"
-		"             device counts as one of the mms\n"
+		"             unmerge_events, pages_skipped, stable_unused); ksmdevctl's\n"
+		"             own open of the device counts as one of the mms\n"
 		"watch        status at once, then every SECONDS (default 1), COUNT times\n"
 		"             (default: until Ctrl-C), with rates per second over the time\n"
 		"             measured between two refreshes; clears the screen only on a\n"
@@ -285,8 +285,8 @@ static int read_u64_file(const char *path, unsigned long long *v)
 /*
  * The debugfs diagnostics: every file of /sys/kernel/debug/ksm/ that holds
  * one number and is not a struct ksm_stats field (merge_events, cow_breaks,
- * unmerge_events, pages_skipped today), sorted by name. n < 0: none
- * readable, errno says why.
+ * unmerge_events, pages_skipped, stable_unused today), sorted by name.
+ * n < 0: none readable, errno says why.
  */
 #define MAX_DIAG	16
 struct diag {
@@ -363,6 +363,7 @@ static const char *diag_what(const char *name)
 		{ "cow_breaks", "merged pages found written (copied on write)" },
 		{ "unmerge_events", "merged pages given a private copy by unmerging" },
 		{ "pages_skipped", "visits smart scan saved" },
+		{ "stable_unused", "merged pages made for a merge that failed" },
 	};
 	size_t i;
 
