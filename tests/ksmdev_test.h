@@ -523,6 +523,24 @@ static inline long ksm_meminfo_kb(const char *field)
 }
 
 /*
+ * Close the write end of the pipe @arg (an int[2]) and read it empty: the
+ * page references vmsplice() left in it go. 0 or -errno; a callback for
+ * tests that unpin this way.
+ */
+static inline int ksm_drain_pipe(void *arg)
+{
+	int *pipefd = arg;
+	char buf[4096];
+	ssize_t n;
+
+	close(pipefd[1]);
+	while ((n = read(pipefd[0], buf, sizeof(buf))) > 0)
+		;
+	close(pipefd[0]);
+	return n < 0 ? -errno : 0;
+}
+
+/*
  * Read one unsigned decimal value from @path. @strict: exactly digits and a
  * newline (the debugfs format of ABI.md); else (module parameters, sysctls)
  * the newline is optional and a bool parameter's Y/N reads as 1/0. Returns

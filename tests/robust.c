@@ -154,19 +154,6 @@ static void check_pinned_never_merge(struct __test_metadata *_metadata,
 	EXPECT_EQ(0, ksm_unregister(fd, p, 16 * ksm_page_size()));
 }
 
-static int drain_pipe(void *arg)
-{
-	int *pipefd = arg;
-	char buf[4096];
-	ssize_t n;
-
-	close(pipefd[1]);
-	while ((n = read(pipefd[0], buf, sizeof(buf))) > 0)
-		;
-	close(pipefd[0]);
-	return n < 0 ? -errno : 0;
-}
-
 /* vmsplice() holds page references in the pipe until it is read. */
 TEST_F_TIMEOUT(robust, pinned_by_vmsplice, 300)
 {
@@ -185,7 +172,7 @@ TEST_F_TIMEOUT(robust, pinned_by_vmsplice, 300)
 		TH_LOG("vmsplice: %s", strerror(errno));
 	for (i = 0; i < 8; i++)
 		before[i] = ksm_pfn(p + i * self->ps);
-	check_pinned_never_merge(_metadata, self->fd, p, before, drain_pipe,
+	check_pinned_never_merge(_metadata, self->fd, p, before, ksm_drain_pipe,
 				 pipefd);
 	munmap(p, 16 * self->ps);
 }
@@ -235,7 +222,7 @@ static void check_pinned_twin(struct __test_metadata *_metadata, int fd,
 	ASSERT_EQ(0, ksm_read_debugfs("stable_unused", &unused));
 	EXPECT_EQ(unused0, unused) TH_LOG("a stable page made for nothing");
 
-	ASSERT_EQ(0, drain_pipe(pipefd));
+	ASSERT_EQ(0, ksm_drain_pipe(pipefd));
 	EXPECT_EQ(2, ksm_region_ioctl(fd, KSM_MERGE_REGION, p, len, 0));
 	EXPECT_EQ(ksm_pfn(p), ksm_pfn(p + ps));
 	EXPECT_TRUE(all_identical(p, 2));

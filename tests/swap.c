@@ -95,17 +95,22 @@ static long swap_used_kb(void)
 	return ret;
 }
 
-/*
- * SwapCached, every CPU's counter delta folded in (vm.stat_refresh): the
- * swap cache's pages. The test's are the only ones in the guest: nothing
- * else is swapped out. Not the slots in use (/proc/swaps): 6.1 and 6.12
- * hand freed slots back in per-CPU batches of 64.
- */
-static long swapcache_kb(void)
+/* A /proc/meminfo field (kB), every CPU's delta folded in, or -1. */
+static long meminfo_fresh_kb(const char *field)
 {
 	if (ksm_write_str_file("/proc/sys/vm/stat_refresh", "1"))
 		return -1;
-	return ksm_meminfo_kb("SwapCached");
+	return ksm_meminfo_kb(field);
+}
+
+/*
+ * SwapCached: the swap cache's pages. The test's are the only ones in the
+ * guest: nothing else is swapped out. Not the slots in use (/proc/swaps):
+ * 6.1 and 6.12 hand freed slots back in per-CPU batches of 64.
+ */
+static long swapcache_kb(void)
+{
+	return meminfo_fresh_kb("SwapCached");
 }
 
 FIXTURE_SETUP(swap)
@@ -162,14 +167,6 @@ static long count_swapped(const void *p, size_t n)
 	return swapped;
 }
 
-/* Writeback (kB, every CPU's delta folded in), or -1. */
-static long writeback_kb(void)
-{
-	if (ksm_write_str_file("/proc/sys/vm/stat_refresh", "1"))
-		return -1;
-	return ksm_meminfo_kb("Writeback");
-}
-
 /*
  * Swap all @n pages of @p out, and wait for their writes to end.
  * MADV_PAGEOUT passes by a page it cannot take this instant (still in a
@@ -195,7 +192,7 @@ static int page_out(const void *p, size_t n)
 	} while (ksm_now_ms() < end);
 	if ((size_t)swapped != n)
 		return -ETIME;
-	while ((wb = writeback_kb()) != 0) {
+	while ((wb = meminfo_fresh_kb("Writeback")) != 0) {
 		if (wb < 0)
 			return -EIO;
 		if (ksm_now_ms() >= end)
@@ -385,7 +382,7 @@ TEST_F(swap, pinned_swapcache_page_not_merged)
 	const size_t n = SWAP_PAGES, npin = 8, ps = self->ps;
 	const uint64_t val = 0x70696e73;
 	uint64_t before[SWAP_PAGES], pfns[SWAP_PAGES];
-	char *p = swapped_back(_metadata, n, val), buf[4096];
+	char *p = swapped_back(_metadata, n, val);
 	struct iovec iov;
 	int pipefd[2];
 	size_t i;
@@ -409,10 +406,7 @@ TEST_F(swap, pinned_swapcache_page_not_merged)
 		TH_LOG("not just the pinned pages kept in the swap cache");
 	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, n, val));
 
-	close(pipefd[1]);
-	while (read(pipefd[0], buf, sizeof(buf)) > 0)
-		;
-	close(pipefd[0]);
+	ASSERT_EQ(0, ksm_drain_pipe(pipefd));
 	EXPECT_EQ((int)n, ksm_region_ioctl(self->fd, KSM_MERGE_REGION, p,
 					   n * ps, 0));
 	ASSERT_EQ(0, ksm_pfns(p, n, pfns));
