@@ -417,4 +417,62 @@ TEST_F(swap, pinned_swapcache_page_not_merged)
 	munmap(p, n * ps);
 }
 
+/*
+ * Pages read back from swap, then written: the write reuses each page
+ * (exclusive), so they stay in the swap cache with their slots, which
+ * now hold the old content, and their PTEs are dirty. A child forked then
+ * maps them too, with dirty PTEs of its own, so the parent's merge leaves
+ * them in the swap cache, for the child. Paged out from the child, read
+ * back, paged out again clean and read back from the slots: the write,
+ * never the old content.
+ */
+TEST_F_TIMEOUT(swap, written_swapcache_page_keeps_write, 120)
+{
+	const size_t n = SWAP_PAGES, ps = self->ps;
+	const uint64_t val = 0x6f6c64, val2 = 0x6e6577;
+	int go[2], status;
+	char *p = swapped_back(_metadata, n, val);
+	pid_t pid;
+
+	ASSERT_NE(NULL, p);
+	ksm_fill_vals(p, 0, n, val2);
+	ASSERT_EQ((long)n, count_swapcache(p, n))
+		TH_LOG("the write took them out of the swap cache");
+	ASSERT_EQ(0, pipe(go));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		char c;
+
+		close(go[1]);
+		if (read(go[0], &c, 1) != 1)
+			_exit(2);
+		if (page_out(p, n))
+			_exit(3);
+		if (ksm_count_bad_vals(p, 0, n, val2))
+			_exit(4);
+		/* Clean now: dropped at once, read back from the slots. */
+		if (page_out(p, n))
+			_exit(5);
+		if (swapcache_kb() != 0)
+			_exit(6);
+		_exit(ksm_count_bad_vals(p, 0, n, val2) ? 7 : 0);
+	}
+	close(go[0]);
+	ASSERT_EQ(0, ksm_register(self->fd, p, n * ps, 0));
+	EXPECT_EQ((int)n, ksm_region_ioctl(self->fd, KSM_MERGE_REGION, p,
+					   n * ps, 0));
+	/* The child maps them: kept in the swap cache. */
+	EXPECT_EQ((long)(n * ps / 1024), swapcache_kb());
+	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, n, val2));
+	EXPECT_EQ(1, write(go[1], "g", 1));
+	close(go[1]);
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		TH_LOG("child: status %#x", status);
+	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, n, val2));
+	EXPECT_EQ(0, ksm_unregister(self->fd, p, n * ps));
+	munmap(p, n * ps);
+}
+
 TEST_HARNESS_MAIN
