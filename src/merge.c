@@ -425,10 +425,14 @@ int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 	set_pte_at(mm, addr, ptep, newpte);
 
 	/*
-	 * A write through the PTE that reclaim has not seen: the swap slot's
-	 * copy is stale. The page must say so while another process's swap
-	 * entry may still find it in the swap cache (mm/ksm.c's
-	 * write_protect_page() does the same).
+	 * A write through this PTE that the page does not know of yet: on
+	 * reclaim, a clean page in the swap cache is dropped unwritten, its
+	 * slot's old copy kept. It can still be mapped elsewhere with clean
+	 * PTEs: fork() copies a PTE before write-protecting it, and a thread
+	 * writing in between dirties the parent's alone (6.12's and 7.2's
+	 * swap-in maps an exclusive page writable and clean). Reclaim's
+	 * try_to_unmap_one() and mm/ksm.c's write_protect_page() move the bit
+	 * to the page for the same reason.
 	 */
 	if (pte_dirty(orig))
 		folio_mark_dirty(page_folio(page));
