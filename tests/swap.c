@@ -320,6 +320,68 @@ TEST_F_TIMEOUT(swap, scanner_merges_swapcache_pages, 300)
 }
 
 /*
+ * What a child forked by fork_waiting_child() checks of @p's @n pages once
+ * released: 0 if all is well, else an exit code that says what failed.
+ */
+typedef int (*child_check_t)(const char *p, size_t n, uint64_t val);
+
+/*
+ * Fork a child that shares @p as fork() leaves it, and waits until
+ * release_child() before it runs @check: the parent merges meanwhile.
+ * Returns the child's pid, the write end of its go pipe in @go; or -errno.
+ */
+static pid_t fork_waiting_child(const char *p, size_t n, uint64_t val,
+				child_check_t check, int *go)
+{
+	int fds[2];
+	pid_t pid;
+	char c;
+
+	if (pipe(fds))
+		return -errno;
+	fflush(NULL);
+	pid = fork();
+	if (pid < 0) {
+		pid = -errno;
+		close(fds[0]);
+		close(fds[1]);
+		return pid;
+	}
+	if (pid == 0) {
+		close(fds[1]);
+		if (read(fds[0], &c, 1) != 1)
+			_exit(2);
+		_exit(check(p, n, val));
+	}
+	close(fds[0]);
+	*go = fds[1];
+	return pid;
+}
+
+/* Let the child run its check; its exit code, or -errno. */
+static int release_child(pid_t pid, int go)
+{
+	int status, ret = write(go, "g", 1) == 1 ? 0 : -errno;
+
+	close(go);
+	if (ret) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &status, 0);
+		return ret;
+	}
+	ret = ksm_waitpid_timeout(pid, &status, 60);
+	return ret ? ret : ksm_exit_code(status);
+}
+
+/* Its own swap entries, faulted in only now: the content it swapped out. */
+static int check_swapped_content(const char *p, size_t n, uint64_t val)
+{
+	if (count_swapped(p, n) != (long)n)
+		return 3;
+	return ksm_count_bad_vals(p, 0, n, val) ? 4 : 0;
+}
+
+/*
  * A child forked while the pages were out holds their swap entries too:
  * the parent's merge keeps the pages in the swap cache for it, and the
  * child reads its own content back.
@@ -328,29 +390,16 @@ TEST_F(swap, entry_held_elsewhere_keeps_page)
 {
 	const size_t n = SWAP_PAGES, ps = self->ps;
 	const uint64_t val = 0x666f726b;
-	int go[2], status;
 	char *p = ksm_mmap_anon(n * ps);
 	long used;
 	pid_t pid;
+	int go;
 
 	ASSERT_NE(NULL, p);
 	ksm_fill_vals(p, 0, n, val);
 	ASSERT_EQ(0, page_out(p, n));
-	ASSERT_EQ(0, pipe(go));
-	pid = fork();
-	ASSERT_LE(0, pid);
-	if (pid == 0) {
-		char c;
-
-		close(go[1]);
-		if (read(go[0], &c, 1) != 1)
-			_exit(2);
-		/* Its own swap entries: faulted in only now. */
-		if (count_swapped(p, n) != (long)n)
-			_exit(3);
-		_exit(ksm_count_bad_vals(p, 0, n, val) ? 4 : 0);
-	}
-	close(go[0]);
+	pid = fork_waiting_child(p, n, val, check_swapped_content, &go);
+	ASSERT_LE(0, pid) TH_LOG("fork: %s", strerror(-pid));
 	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, n, val));
 	EXPECT_EQ((long)n, count_swapcache(p, n));
 	used = swap_used_kb();
@@ -361,11 +410,7 @@ TEST_F(swap, entry_held_elsewhere_keeps_page)
 	/* The child's entries keep the pages, for its faults. */
 	EXPECT_EQ((long)(n * ps / 1024), swapcache_kb());
 	EXPECT_EQ(used, swap_used_kb()) TH_LOG("a slot the child holds freed");
-	EXPECT_EQ(1, write(go[1], "g", 1));
-	close(go[1]);
-	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-		TH_LOG("child: status %#x", status);
+	EXPECT_EQ(0, release_child(pid, go));
 	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, n, val));
 	EXPECT_EQ(0, ksm_unregister(self->fd, p, n * ps));
 	munmap(p, n * ps);
@@ -426,50 +471,45 @@ TEST_F(swap, pinned_swapcache_page_not_merged)
  * back, paged out again clean and read back from the slots: the write,
  * never the old content.
  */
+/*
+ * Swapped out and back (its own write, from the parent, must come back),
+ * then out again clean: dropped from the swap cache at once, and read back
+ * from the slots.
+ */
+static int check_write_survives_swap(const char *p, size_t n, uint64_t val)
+{
+	if (page_out(p, n))
+		return 3;
+	if (ksm_count_bad_vals(p, 0, n, val))
+		return 4;
+	if (page_out(p, n))
+		return 5;
+	if (swapcache_kb() != 0)
+		return 6;
+	return ksm_count_bad_vals(p, 0, n, val) ? 7 : 0;
+}
+
 TEST_F_TIMEOUT(swap, written_swapcache_page_keeps_write, 120)
 {
 	const size_t n = SWAP_PAGES, ps = self->ps;
 	const uint64_t val = 0x6f6c64, val2 = 0x6e6577;
-	int go[2], status;
 	char *p = swapped_back(_metadata, n, val);
 	pid_t pid;
+	int go;
 
 	ASSERT_NE(NULL, p);
 	ksm_fill_vals(p, 0, n, val2);
 	ASSERT_EQ((long)n, count_swapcache(p, n))
 		TH_LOG("the write took them out of the swap cache");
-	ASSERT_EQ(0, pipe(go));
-	pid = fork();
-	ASSERT_LE(0, pid);
-	if (pid == 0) {
-		char c;
-
-		close(go[1]);
-		if (read(go[0], &c, 1) != 1)
-			_exit(2);
-		if (page_out(p, n))
-			_exit(3);
-		if (ksm_count_bad_vals(p, 0, n, val2))
-			_exit(4);
-		/* Clean now: dropped at once, read back from the slots. */
-		if (page_out(p, n))
-			_exit(5);
-		if (swapcache_kb() != 0)
-			_exit(6);
-		_exit(ksm_count_bad_vals(p, 0, n, val2) ? 7 : 0);
-	}
-	close(go[0]);
+	pid = fork_waiting_child(p, n, val2, check_write_survives_swap, &go);
+	ASSERT_LE(0, pid) TH_LOG("fork: %s", strerror(-pid));
 	ASSERT_EQ(0, ksm_register(self->fd, p, n * ps, 0));
 	EXPECT_EQ((int)n, ksm_region_ioctl(self->fd, KSM_MERGE_REGION, p,
 					   n * ps, 0));
 	/* The child maps them: kept in the swap cache. */
 	EXPECT_EQ((long)(n * ps / 1024), swapcache_kb());
 	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, n, val2));
-	EXPECT_EQ(1, write(go[1], "g", 1));
-	close(go[1]);
-	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
-		TH_LOG("child: status %#x", status);
+	EXPECT_EQ(0, release_child(pid, go));
 	EXPECT_EQ(0, ksm_count_bad_vals(p, 0, n, val2));
 	EXPECT_EQ(0, ksm_unregister(self->fd, p, n * ps));
 	munmap(p, n * ps);
