@@ -440,9 +440,12 @@ int ksmdev_replace_page(struct vm_area_struct *vma, unsigned long addr,
 	ksmdev_add_mm_counter(mm, MM_ANONPAGES, -1);
 	/*
 	 * Unmapped now, and in the swap cache: drop that and the swap slot.
-	 * We hold the page lock it needs; kept if another process's PTE still
-	 * holds the swap entry (then its fault finds the page there), or the
-	 * page is under writeback.
+	 * We hold the page lock it needs, and with it the mapcount read
+	 * cannot go stale: a swap-in fault (do_swap_page()) maps a page of
+	 * the swap cache only under that lock, and fork() copies only a
+	 * mapping that exists. Kept if another process's PTE still holds
+	 * the swap entry (then its fault finds the page there), or the page
+	 * is under writeback.
 	 */
 	if (folio_test_swapcache(page_folio(page)) &&
 	    !ksmdev_page_mapcount(page))
