@@ -24,8 +24,12 @@
  * page fault or GUP, never across a blocking mmap_read_lock() (only
  * mmap_read_trylock() under it), never while waiting for a ksmdev_ctx.lock
  * (only mutex_trylock() under it). The scanner holds it for one batch at a
- * time and lets go early when somebody waits for it (ksmdev_lock_waiters),
- * so nobody waits for it longer than a page's worth of work. This is what
+ * time and lets go early when somebody waits for it (ksmdev_lock_waiters,
+ * counted by ksmdev_lock_acquire(), through which every taker goes); a
+ * loop that takes it again at once lets go with ksmdev_lock_pass(), which
+ * waits a moment for a waiter to have it (a mutex does not hand it over by
+ * itself). So nobody who can run waits for it longer than a step's worth
+ * of work (a page table, a batch of pages). This is what
  * keeps one process's long unmerge from stalling another's exit, close,
  * register or stats (hardening issue, item 6).
  *
@@ -358,6 +362,7 @@ extern struct ksm_config ksmdev_config;
 extern unsigned int ksmdev_max_regions;
 
 void ksmdev_lock_acquire(void);
+void ksmdev_lock_pass(void);
 int ksmdev_config_set(const struct ksm_config *cfg, size_t size);
 
 /* stats.c: counters (written under ksmdev_lock) and debugfs */

@@ -11,12 +11,17 @@
 #include <linux/module.h>
 #include <linux/moduleparam.h>
 #include <linux/mm.h>
+#include <linux/jiffies.h>
+#include <linux/sched/clock.h>
 
 #include "ksmdev.h"
 
 /* See include/ksmdev.h for what it protects and the lock order. */
 DEFINE_MUTEX(ksmdev_lock);
-/* Tasks waiting for ksmdev_lock: the scanner lets go early when non-zero. */
+/*
+ * Tasks waiting for ksmdev_lock: the scanner and a merge-now let go early
+ * when non-zero, ksmdev_lock_pass() waits for one of them to get it.
+ */
 atomic_t ksmdev_lock_waiters = ATOMIC_INIT(0);
 /*
  * Serializes configuration changes (KSM_SET_CONFIG, module parameters),
@@ -59,12 +64,70 @@ unsigned int ksmdev_max_regions = 4096;
 module_param_named(max_regions, ksmdev_max_regions, uint, 0644);
 MODULE_PARM_DESC(max_regions, "most regions one context may register (4096)");
 
-/* Take ksmdev_lock, telling the scanner that somebody is waiting. */
+/*
+ * Kept for ksmdev_lock_pass(): how many times ksmdev_lock was taken, and
+ * when it was taken last (local_clock()), written under it; the turn that
+ * a pass last waited for in vain, written by that pass after it let go (a
+ * lost update costs one more bounded wait). Read without the lock.
+ */
+static unsigned long ksmdev_lock_turns;
+static u64 ksmdev_lock_since;
+static unsigned long ksmdev_lock_turn_missed = ULONG_MAX;
+
+/*
+ * Take ksmdev_lock, telling whoever holds it that somebody is waiting
+ * (ksmdev_lock_waiters). Every taker of ksmdev_lock goes through here.
+ */
 void ksmdev_lock_acquire(void)
 {
 	atomic_inc(&ksmdev_lock_waiters);
 	mutex_lock(&ksmdev_lock);
 	atomic_dec(&ksmdev_lock_waiters);
+	WRITE_ONCE(ksmdev_lock_turns, ksmdev_lock_turns + 1);
+	ksmdev_lock_since = local_clock();
+}
+
+/**
+ * ksmdev_lock_pass - let go of ksmdev_lock so that a waiter gets it
+ *
+ * For a loop that works in bounded steps under ksmdev_lock and takes it
+ * again at once (an unmerge's walk, the scanner's batches, a merge-now).
+ * An unlock followed by a lock does not let a waiter in: one spinning on
+ * the owner (mutex optimistic spinning, kernel/locking/mutex.c
+ * mutex_spin_on_owner()) sees the same owner before and after, unless it
+ * looks in the instant between, and only a waiter asleep on the wait list
+ * is ever handed the lock (MUTEX_FLAG_HANDOFF). A bystander's
+ * KSM_GET_MM_STATS was seen spinning 150 ms of a 200 ms unregister that
+ * took the lock 512 times (tests/limits.c, under TCG).
+ *
+ * So, while somebody waits, wait until one of them has had it: at most as
+ * long as this step held it, so that waiters that cannot run (at nice 19,
+ * in a throttled cgroup) slow the loop to half its speed at worst; not
+ * again for a turn already missed, so that one such waiter costs one wait;
+ * and not when this CPU is wanted. The waiters' own sections are short.
+ *
+ * Called with ksmdev_lock held; returns without it.
+ */
+void ksmdev_lock_pass(void)
+{
+	unsigned long turn = ksmdev_lock_turns, tick = jiffies + 2;
+	u64 now = local_clock(), until = now + (now - ksmdev_lock_since);
+	bool wait;
+
+	lockdep_assert_held(&ksmdev_lock);
+	wait = atomic_read(&ksmdev_lock_waiters) &&
+	       READ_ONCE(ksmdev_lock_turn_missed) != turn;
+	mutex_unlock(&ksmdev_lock);
+	while (wait && READ_ONCE(ksmdev_lock_turns) == turn &&
+	       atomic_read(&ksmdev_lock_waiters) && !need_resched()) {
+		/* jiffies too: local_clock() may differ between CPUs. */
+		if (local_clock() > until || time_after(jiffies, tick)) {
+			WRITE_ONCE(ksmdev_lock_turn_missed, turn);
+			break;
+		}
+		cpu_relax();
+	}
+	cond_resched();
 }
 
 static int ksmdev_config_check(const struct ksm_config *cfg)

@@ -621,8 +621,7 @@ static void ksmdev_region_unmerged(struct ksmdev_ctx *ctx,
 				ksmdev_slot_set(ctx, region, slot, 0);
 			addr += PAGE_SIZE;
 		}
-		mutex_unlock(&ksmdev_lock);
-		cond_resched();
+		ksmdev_lock_pass();
 	}
 }
 
@@ -716,12 +715,11 @@ int ksmdev_unmerge_range(struct ksmdev_ctx *ctx, struct ksmdev_region *region,
 				chunk[nr] = addr;
 				addr += PAGE_SIZE;
 			}
-			mutex_unlock(&ksmdev_lock);
+			ksmdev_lock_pass();
 			if (!nr) {
 				/* None in this round's page tables: on. */
 				if (ksmdev_mmap_yield(mm))
 					break;
-				cond_resched();
 				continue;
 			}
 			/*

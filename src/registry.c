@@ -1520,7 +1520,7 @@ void ksmdev_registry_exit(void)
 	 * list. Unhooked first, so that no exit queues work any more; then
 	 * the work queued already runs to its end.
 	 */
-	mutex_lock(&ksmdev_lock);
+	ksmdev_lock_acquire();
 	ksmdev_exit_closing = true;
 	list_for_each_entry(ctx, &ksmdev_ctx_list, list)
 		if (ctx->target)
@@ -1528,7 +1528,7 @@ void ksmdev_registry_exit(void)
 	mutex_unlock(&ksmdev_lock);
 	destroy_workqueue(ksmdev_exit_wq);
 
-	mutex_lock(&ksmdev_lock);
+	ksmdev_lock_acquire();
 	list_for_each_entry_safe(ctx, tmp, &ksmdev_ctx_list, list) {
 		/* Nobody else can hold it: see above. */
 		if (WARN_ON_ONCE(!ctx->persistent || ctx->handles ||

@@ -706,7 +706,7 @@ static unsigned long ksmdev_scan_ctx(struct ksmdev_ctx *ctx,
 		 */
 		mutex_unlock(&ksmdev_lock);
 		mmap_read_lock(mm);
-		mutex_lock(&ksmdev_lock);
+		ksmdev_lock_acquire();
 		if (ksmdev_cursor.ctx != ctx || ctx->mm != mm ||
 		    !ksmdev_should_run() || kthread_should_stop()) {
 			mmap_read_unlock(mm);
@@ -1038,7 +1038,7 @@ static void ksmdev_scan_batch(void)
 	unsigned long budget, scanned;
 	struct ksmdev_ctx *ctx;
 
-	mutex_lock(&ksmdev_lock);
+	ksmdev_lock_acquire();
 	budget = ksmdev_advisor_pages();
 	while (budget && ksmdev_should_run() && !kthread_should_stop()) {
 		if (!ksmdev_cursor.ctx) {
@@ -1074,9 +1074,8 @@ static void ksmdev_scan_batch(void)
 		}
 		if (atomic_read(&ksmdev_lock_waiters) || need_resched()) {
 			/* Let the ioctl in; the cursor stays valid. */
-			mutex_unlock(&ksmdev_lock);
-			cond_resched();
-			mutex_lock(&ksmdev_lock);
+			ksmdev_lock_pass();
+			ksmdev_lock_acquire();
 		}
 	}
 	mutex_unlock(&ksmdev_lock);
@@ -1265,14 +1264,12 @@ static unsigned long ksmdev_count_merged(struct ksmdev_ctx *ctx,
  */
 static int ksmdev_merge_now_yield(struct mm_struct *mm)
 {
-	mutex_unlock(&ksmdev_lock);
+	ksmdev_lock_pass();
 	if (mmap_lock_is_contended(mm)) {
 		mmap_read_unlock(mm);
 		cond_resched();
 		if (mmap_read_lock_killable(mm))
 			return -EINTR;
-	} else {
-		cond_resched();
 	}
 	ksmdev_lock_acquire();
 	return 0;

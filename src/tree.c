@@ -644,7 +644,7 @@ void ksmdev_trees_exit(void)
 	struct ksmdev_stable *stable, *tmp;
 
 	cancel_delayed_work_sync(&ksmdev_reap_work);
-	mutex_lock(&ksmdev_lock);
+	ksmdev_lock_acquire();
 	list_for_each_entry_safe(stable, tmp, &ksmdev_orphans, orphan) {
 		list_del(&stable->orphan);
 		ksmdev_stat_add(&ksmdev_stats.pages_orphaned, -1);
