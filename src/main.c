@@ -106,7 +106,11 @@ void ksmdev_lock_acquire(void)
  * again for a turn already missed, so that one such waiter costs one wait;
  * and not when this CPU is wanted. The waiters' own sections are short.
  *
- * Called with ksmdev_lock held; returns without it.
+ * Called with ksmdev_lock held; returns without it. The unmerge and
+ * merge-now callers also hold their ctx->lock and their mm's mmap lock for
+ * reading while it waits: whoever waits for those (that process's mmap()
+ * or munmap(), a close of that context) waits at most as long again as
+ * the step itself, which it waited for anyway.
  */
 void ksmdev_lock_pass(void)
 {
